@@ -1,0 +1,7 @@
+"""difflab: denoising diffusion models, from DDPM to latent diffusion, as one library with a command line."""
+from . import schedules
+from .models.denoiser import Denoiser, from_eps, from_score, from_v, from_x0
+
+__version__ = "0.1.0"
+
+__all__ = ["schedules", "Denoiser", "from_eps", "from_x0", "from_v", "from_score", "__version__"]

@@ -1,0 +1,121 @@
+"""The one model contract: a denoiser maps (x_t, t, cond) to the x_0 prediction under a schedule.
+
+Networks may be trained to predict eps, x_0, v or the score; the conversion between those parametrisations
+happens here and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from ..schedules import Schedule, append_dims, as_tensor
+
+Prediction = Literal["eps", "x0", "v", "score"]
+PREDICTIONS: tuple[str, ...] = get_args(Prediction)
+
+
+def x0_from(prediction: Prediction, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """x_0 implied by a network output of the given kind at x_t = alpha x_0 + sigma eps (alpha, sigma broadcastable)."""
+    if prediction == "eps":
+        return (x - sigma * out) / alpha
+    if prediction == "x0":
+        return out
+    if prediction == "v":  # v = alpha eps - sigma x_0 (Salimans & Ho 2022); general (non-VP) inverse
+        return (alpha * x - sigma * out) / (alpha**2 + sigma**2)
+    if prediction == "score":  # score = -eps / sigma
+        return (x + sigma**2 * out) / alpha
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+def target_for(prediction: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Regression target of a network of the given kind, for data x_0 noised with eps."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return alpha * eps - sigma * x0
+    if prediction == "score":
+        return -eps / sigma
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+def eps_from_x0(x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """eps = (x_t - alpha x_0) / sigma."""
+    return (x - alpha * x0) / sigma
+
+
+class Denoiser(nn.Module):
+    """D(x_t, t, cond) -> x_0 prediction, wrapping a network ``net(x_t, t[, cond])`` that predicts ``prediction``.
+
+    ``t`` is the schedule's own time (the step index 0..T-1 for DDPM schedules, [0, 1] for continuous ones),
+    a tensor of shape [B].  ``eps`` and ``score`` give the same prediction in other parametrisations.
+    """
+
+    def __init__(self, net: Callable[..., Tensor], schedule: Schedule, prediction: Prediction = "eps"):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        self.net = net  # an nn.Module is registered as a submodule; a plain function is kept as an attribute
+        self.schedule = schedule
+        self.prediction: Prediction = prediction
+
+    def raw(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """The network's own output at (x_t, t)."""
+        t = _batch_t(t, x)
+        return self.net(x, t) if cond is None else self.net(x, t, cond)
+
+    def coefficients(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha(t), sigma(t) shaped to broadcast against x, in x's dtype."""
+        t = _batch_t(t, x)
+        a, s = self.schedule.alpha_sigma(t)
+        return append_dims(a.to(x.dtype), x.ndim), append_dims(s.to(x.dtype), x.ndim)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        a, s = self.coefficients(t, x)
+        return x0_from(self.prediction, self.raw(x, t, cond), x, a, s)
+
+    def eps(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """eps prediction (exact for eps-networks, converted otherwise)."""
+        if self.prediction == "eps":
+            return self.raw(x, t, cond)
+        a, s = self.coefficients(t, x)
+        return eps_from_x0(x, self(x, t, cond), a, s)
+
+    def score(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """grad_x log p_t(x) = -eps / sigma."""
+        _, s = self.coefficients(t, x)
+        return -self.eps(x, t, cond) / s
+
+
+def _batch_t(t: Tensor | float, x: Tensor) -> Tensor:
+    t = as_tensor(t, like=x)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    return t
+
+
+def from_eps(net: Callable[..., Tensor], schedule: Schedule) -> Denoiser:
+    """Denoiser from a network predicting eps (Ho et al. 2020)."""
+    return Denoiser(net, schedule, "eps")
+
+
+def from_x0(net: Callable[..., Tensor], schedule: Schedule) -> Denoiser:
+    """Denoiser from a network predicting x_0."""
+    return Denoiser(net, schedule, "x0")
+
+
+def from_v(net: Callable[..., Tensor], schedule: Schedule) -> Denoiser:
+    """Denoiser from a network predicting v = alpha eps - sigma x_0 (Salimans & Ho 2022)."""
+    return Denoiser(net, schedule, "v")
+
+
+def from_score(net: Callable[..., Tensor], schedule: Schedule) -> Denoiser:
+    """Denoiser from a network predicting the score grad log p_t(x_t) (Song et al. 2021)."""
+    return Denoiser(net, schedule, "score")
+
+
+__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "from_eps", "from_x0", "from_v", "from_score", "x0_from",
+           "target_for", "eps_from_x0"]

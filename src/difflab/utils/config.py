@@ -1,0 +1,81 @@
+"""Small frozen config dataclasses with a validated dict/JSON round-trip."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A config with unknown keys, wrong types or out-of-range values."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base for component configs: ``to_dict``/``from_dict`` round-trip; subclasses validate in ``check``."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError for out-of-range values (override)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if isinstance(v, Config) else (list(v) if isinstance(v, tuple) else v)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any] | None, where: str = "") -> C:
+        """Build from a dict, rejecting unknown keys and coercing lists to tuples and nested configs."""
+        d = dict(d or {})
+        name = where or cls.__name__
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for k, v in d.items():
+            kwargs[k] = _coerce(hints[k], v, f"{name}.{k}")
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"{name}: {e}") from None
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def _coerce(tp: Any, v: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, Config):
+        if not isinstance(v, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(v).__name__}")
+        return tp.from_dict(v, where)
+    if origin is tuple and isinstance(v, (list, tuple)):
+        return tuple(v)
+    if origin is typing.Literal:
+        if v not in get_args(tp):
+            raise ConfigError(f"{where}: {v!r} is not one of {', '.join(map(repr, get_args(tp)))}")
+        return v
+    if tp is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if tp in (int, float, str, bool) and not isinstance(v, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {v!r}")
+    return v
+
+
+def require(cond: bool, msg: str) -> None:
+    """Raise ConfigError(msg) unless cond."""
+    if not cond:
+        raise ConfigError(msg)
