@@ -21,11 +21,14 @@ class _Continuous(Schedule):
 
 
 class VP(_Continuous):
-    """VP SDE with beta(t) = beta_min + t (beta_max - beta_min): alpha-bar(t) = exp(-int_0^t beta) (Song et al. 2021, eq. 11)."""
+    """VP SDE with beta(t) = beta_min + t (beta_max - beta_min): alpha-bar(t) = exp(-int_0^t beta) (Song et al. 2021, eq. 11).
+
+    beta_min = beta_max = 2 gives the Ornstein-Uhlenbeck "DDPM SDE" x_t = e^{-t} x_0 + sqrt(1 - e^{-2t}) eps.
+    """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
-        if not (0 <= beta_min < beta_max):
-            raise ValueError(f"VP needs 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        if not (0 <= beta_min <= beta_max and beta_max > 0):
+            raise ValueError(f"VP needs 0 <= beta_min <= beta_max, beta_max > 0, got {beta_min}, {beta_max}")
         if not (0 < t_min < t_max):
             raise ValueError(f"VP needs 0 < t_min < t_max, got {t_min}, {t_max}")
         self.beta_min, self.beta_max, self.t_min, self.t_max = beta_min, beta_max, t_min, t_max
@@ -39,9 +42,14 @@ class VP(_Continuous):
         return la - torch.log(-torch.expm1(la))
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
-        la = torch.nn.functional.logsigmoid(as_tensor(lam))
+        return self._t_from_log_alpha_bar(torch.nn.functional.logsigmoid(as_tensor(lam)))
+
+    def _t_from_log_alpha_bar(self, la: Tensor) -> Tensor:
+        """Solve beta_min t + (beta_max - beta_min) t^2 / 2 = -la for t >= 0."""
         d = self.beta_max - self.beta_min
-        return (-self.beta_min + torch.sqrt(self.beta_min**2 - 2 * d * la)) / d
+        if d == 0:
+            return -la / self.beta_min
+        return 2 * -la / (self.beta_min + torch.sqrt(self.beta_min**2 - 2 * d * la))
 
     def alpha(self, t: Tensor) -> Tensor:
         return torch.exp(0.5 * self.log_alpha_bar(t))
@@ -75,9 +83,7 @@ class SubVP(VP):
             mid = 0.5 * (lo + hi)
             up = (mid - 2.0 * torch.log(-torch.expm1(mid))) < target
             lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
-        la = 0.5 * (lo + hi)
-        d = self.beta_max - self.beta_min
-        return ((-self.beta_min + torch.sqrt(self.beta_min**2 - 2 * d * la)) / d).to(lam.dtype)
+        return self._t_from_log_alpha_bar(0.5 * (lo + hi)).to(lam.dtype)
 
     def sigma(self, t: Tensor) -> Tensor:
         return -torch.expm1(self.log_alpha_bar(t))

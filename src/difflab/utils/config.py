@@ -7,10 +7,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin
 
+from ..errors import UserError
+
 C = TypeVar("C", bound="Config")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config with unknown keys, wrong types or out-of-range values."""
 
 
