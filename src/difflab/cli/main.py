@@ -1,0 +1,44 @@
+"""The ``difflab`` command: train, sample, evaluate and report."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ..errors import UserError
+from . import sample as sample_cmd
+from . import train as train_cmd
+
+COMMANDS = [train_cmd, sample_cmd]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="difflab", description="Train, sample, measure and edit diffusion models.")
+    from .. import __version__
+
+    p.add_argument("--version", action="version", version=f"difflab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS:
+        cmd.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a user mistake prints one line and exits 2; an interrupt exits 130."""
+    args = parser().parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"difflab: warning: {msg}\n"
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        print(f"difflab: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"difflab: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("difflab: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""``difflab sample``: draw samples from a trained run into a PNG grid/scatter or an NPZ file."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import to_uint8
+from ..errors import UserError
+from ..training import load_run
+from ..training.checkpoint import atomic_write
+from ..utils.images import save_image_grid, save_scatter
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..samplers import names
+
+    p = sub.add_parser("sample", help="sample from a trained run", description=(
+        "Sample from a run folder. FILE.png gets a grid (images) or a scatter plot (2-D data); FILE.npz gets "
+        "'images' (uint8 N x H x W x C) or 'samples' (float32 N x D)."))
+    p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
+    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--sampler", default="ddim", choices=names(), help="sampler (default ddim)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
+    p.add_argument("--label", type=int, help="class to generate (class-conditional runs)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .png or .npz")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..samplers import sample
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".png", ".npz"):
+        raise UserError(f"--out {args.out}: the file must end in .png or .npz")
+    for name in ("num", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not args.out.parent.is_dir():
+        raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
+    model, shape = loaded.model, loaded.shape
+    num_classes = int(model.net.config.num_classes) if hasattr(model.net, "config") else 0
+    if args.label is not None and not 0 <= args.label < max(num_classes, 1):
+        raise UserError(f"--label {args.label}: the run in {args.run} "
+                        + (f"has classes 0..{num_classes - 1}" if num_classes else "is not class-conditional"))
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(args.seed)
+    chunks = []
+    for start in tqdm(range(0, args.num, args.batch_size), desc="sample", unit="batch",
+                      disable=args.num <= args.batch_size):
+        n = min(args.batch_size, args.num - start)
+        x_T = torch.randn((n, *shape), generator=g).to(device)
+        cond = None
+        if num_classes:
+            y = args.label if args.label is not None else num_classes  # null label = unconditional
+            cond = {"y": torch.full((n,), y, dtype=torch.long, device=device)}
+        with torch.no_grad():
+            chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, cond=cond, generator=g).cpu())
+    x = torch.cat(chunks)
+    image = len(shape) == 3
+    if suffix == ".png":
+        atomic_write(args.out, (lambda p: save_image_grid(x, p)) if image else (lambda p: save_scatter(x, p)))
+    else:
+        arrays = {"images": to_uint8(x)} if image else {"samples": x.numpy().astype(np.float32)}
+        atomic_write(args.out, lambda p: np.savez(p, **arrays))
+    print(f"wrote {args.num} samples to {args.out}")
+    return 0

@@ -1,0 +1,72 @@
+"""The training recipe: one small frozen config, loadable from JSON with validation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from ..models.denoiser import Prediction
+from ..utils.config import Config, ConfigError, require
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    """Everything that defines a training run besides the data and the output folder."""
+
+    schedule: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "cosine", "T": 1000})
+    network: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the data-sized preset
+    prediction: Prediction = "eps"
+    weighting: Literal["uniform", "min_snr"] = "uniform"
+    min_snr_gamma: float = 5.0
+    batch_size: int = 128
+    steps: int = 100_000  # upper bound; a --minutes budget usually stops earlier
+    minutes: float = 0.0  # wall-clock budget of one invocation (0 = none)
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    conditional: bool = False  # train on class labels (classifier-free: labels dropped with p_uncond)
+    p_uncond: float = 0.1
+    seed: int = 0
+    log_every: int = 25
+    checkpoint_every: int = 500
+    sample_every: int = 0  # preview grid every N steps (0 = only at the end)
+    sampler: str = "ddim"  # for previews and the final grid
+    sample_steps: int = 50
+
+    def check(self) -> None:
+        n = "TrainConfig"
+        for name in ("batch_size", "steps", "log_every", "checkpoint_every", "sample_steps"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 1, f"{n}.{name} must be an integer >= 1, got {v!r}")
+        for name in ("warmup_steps", "sample_every", "seed"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 0, f"{n}.{name} must be an integer >= 0, got {v!r}")
+        require(math.isfinite(self.lr) and self.lr > 0, f"{n}.lr must be > 0, got {self.lr!r}")
+        require(self.minutes >= 0 and math.isfinite(self.minutes), f"{n}.minutes must be >= 0, got {self.minutes!r}")
+        require(0 <= self.weight_decay < 1, f"{n}.weight_decay must lie in [0, 1), got {self.weight_decay!r}")
+        require(self.grad_clip >= 0, f"{n}.grad_clip must be >= 0 (0 = off), got {self.grad_clip!r}")
+        require(0 <= self.ema_decay < 1, f"{n}.ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        require(0 <= self.p_uncond < 1, f"{n}.p_uncond must lie in [0, 1), got {self.p_uncond!r}")
+        require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
+        require(isinstance(self.schedule, dict) and "kind" in self.schedule,
+                f"{n}.schedule must be a mapping with a 'kind', got {self.schedule!r}")
+        require(isinstance(self.network, dict), f"{n}.network must be a mapping, got {self.network!r}")
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Read a JSON config file; ``overrides`` (not None) take precedence."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {p} must hold a JSON object")
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(d, where=str(p))

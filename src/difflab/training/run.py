@@ -1,0 +1,88 @@
+"""A run folder: config.json (data, network, schedule, recipe) + checkpoint.safetensors + log + pictures."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import schedules
+from ..data import Dataset
+from ..errors import CheckpointError, UserError
+from ..models.denoiser import Denoiser
+from ..models.mlp import mlp_toy
+from ..models.networks import build_network, network_spec, time_scale_for
+from ..models.unet import unet_for_image
+from ..utils.config import ConfigError
+from .checkpoint import CONFIG, load_checkpoint, read_json
+from .config import TrainConfig
+
+RUN_FORMAT = "difflab-run-1"
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_denoiser(cfg: TrainConfig, data: Dataset) -> Denoiser:
+    """The network sized for the data (preset + cfg.network overrides) wrapped with the schedule."""
+    try:
+        sched = schedules.from_config(cfg.schedule)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"TrainConfig.schedule {cfg.schedule!r}: {e}") from None
+    labels = data.num_classes if cfg.conditional else 0
+    if cfg.conditional and labels < 2:
+        raise UserError(f"--conditional needs labelled data; {data.spec} has {labels} classes")
+    overrides = {"time_scale": time_scale_for(sched), "num_classes": labels, **cfg.network}
+    if data.kind == "image":
+        c, h, w = data.shape
+        base = unet_for_image(max(h, w), c)
+        net = build_network("unet", {**base.to_dict(), **overrides})
+    else:
+        net = build_network("mlp", {**mlp_toy(dim=data.shape[0]).to_dict(), **overrides})
+    return Denoiser(net, sched, cfg.prediction)
+
+
+def run_config(cfg: TrainConfig, data: Dataset, model: Denoiser) -> dict[str, Any]:
+    """The JSON written to RUN/config.json."""
+    return {"format": RUN_FORMAT, "data": data.spec, "data_kind": data.kind, "shape": list(data.shape),
+            "class_names": data.class_names, "train": cfg.to_dict(), "network": network_spec(model.net),
+            "schedule": model.schedule.config(), "prediction": model.prediction}
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready to sample from."""
+
+    model: Denoiser  # EMA weights by default
+    config: dict[str, Any]
+    step: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.config["shape"])
+
+
+def load_run(run_dir: str | Path, ema: bool = True, device: torch.device | str | None = None) -> LoadedRun:
+    """Rebuild the denoiser of a run folder from its JSON and safetensors (no pickle)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    rc = read_json(run_dir / CONFIG)
+    if rc.get("format") != RUN_FORMAT:
+        raise CheckpointError(f"{run_dir / CONFIG} is not a difflab run config")
+    try:
+        net = build_network(rc["network"]["kind"], rc["network"]["config"])
+        sched = schedules.from_config(rc["schedule"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / CONFIG}: cannot rebuild the model ({e})") from None
+    parts, meta = load_checkpoint(run_dir)
+    weights = parts["ema"] if ema and parts["ema"] else parts["model"]
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{run_dir}: weights do not match the config ({str(e).splitlines()[0]})") from None
+    model = Denoiser(net, sched, rc["prediction"]).eval().requires_grad_(False)
+    return LoadedRun(model.to(device or default_device()), rc, int(meta.get("step", 0)))
