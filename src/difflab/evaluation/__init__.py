@@ -59,8 +59,8 @@ def evaluate_features(
         raise EvaluationError(f"need more than {max(k, dc_k)} samples and reference images, got {len(samples)} and {len(reference)}")
     s, r = samples.features, reference.features
     kid, kid_std = kernel_distance(s, r, kid_subset_size, kid_subsets, seed)
-    precision, recall = precision_recall(r, s, k)
-    density, coverage = density_coverage(r, s, dc_k)
+    precision, recall = precision_recall(r, s, k, reference.knn_radii(k))
+    density, coverage = density_coverage(r, s, dc_k, reference.knn_radii(dc_k))
     out = {
         "num_samples": float(len(s)),
         "num_reference": float(len(r)),

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..utils.config import Config, require
+from . import metrics
 
 NetName = Literal["digits", "mnist"]
 
@@ -262,13 +263,20 @@ def load_feature_net(name: NetName, mnist_dir: str | Path | None = None, train_i
 
 @dataclass
 class Features:
-    """Features [N, F] and optional logits [N, K] of a set of images (numpy float64)."""
+    """Features [N, F] and optional logits [N, K] of a set of images (numpy float64); memoises k-NN radii."""
 
     features: np.ndarray
     logits: np.ndarray | None = None
+    _radii: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.features)
+
+    def knn_radii(self, k: int) -> np.ndarray:
+        """Distance of each feature vector to its k-th nearest neighbour in the set (cached per k)."""
+        if k not in self._radii:
+            self._radii[k] = metrics.knn_radii(self.features, k)
+        return self._radii[k]
 
 
 class Extractor:

@@ -99,15 +99,15 @@ def kernel_distance(
 # --- k-NN manifold metrics ---------------------------------------------------------------------------------------
 
 
-def _pairwise_dist(x: np.ndarray, y: np.ndarray, block: int = 2048) -> np.ndarray:
-    """Euclidean distances [N, M], computed in row blocks."""
-    yy = (y**2).sum(1)
-    out = np.empty((x.shape[0], y.shape[0]))
-    for i in range(0, x.shape[0], block):
-        xb = x[i : i + block]
-        d2 = (xb**2).sum(1)[:, None] + yy[None, :] - 2.0 * xb @ y.T
-        out[i : i + block] = np.sqrt(np.clip(d2, 0.0, None))
-    return out
+def _pairwise_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Euclidean distances [N, M] (callers keep N a block of rows)."""
+    d2 = (x**2).sum(1)[:, None] + (y**2).sum(1)[None, :] - 2.0 * x @ y.T
+    return np.sqrt(np.clip(d2, 0.0, None))
+
+
+def _row_blocks(n: int, m: int, budget: int = 2**24) -> range:
+    """Row-block starts so that a block of distances [rows, m] holds at most ~budget entries (128 MiB as float64)."""
+    return range(0, n, max(1, budget // max(m, 1)))
 
 
 def knn_radii(x: ArrayLike, k: int = 3) -> np.ndarray:
@@ -115,34 +115,46 @@ def knn_radii(x: ArrayLike, k: int = 3) -> np.ndarray:
     a = as_array(x)
     if not 1 <= k < a.shape[0]:
         raise ValueError(f"k={k} must be in [1, {a.shape[0] - 1}] for {a.shape[0]} points")
-    d = _pairwise_dist(a, a)
-    return np.partition(d, k, axis=1)[:, k]  # index 0 is the point itself (distance 0)
+    step = _row_blocks(len(a), len(a)).step
+    # column 0 of the partition is the point itself (distance 0), so column k is the k-th nearest other point
+    return np.concatenate([np.partition(_pairwise_dist(a[i : i + step], a), k, axis=1)[:, k] for i in range(0, len(a), step)])
 
 
-def _in_manifold_counts(query: np.ndarray, support: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """For each query point, the number of support balls B(support_i, radii_i) containing it."""
-    return (_pairwise_dist(query, support) <= radii[None, :]).sum(1)
+def _in_manifold(query: np.ndarray, support: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Boolean [N_query]: whether each query point lies in some ball B(support_i, radii_i)."""
+    step = _row_blocks(len(query), len(support)).step
+    return np.concatenate(
+        [(_pairwise_dist(query[i : i + step], support) <= radii[None, :]).any(1) for i in range(0, len(query), step)]
+    )
 
 
-def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> tuple[float, float]:
+def precision_recall(
+    real: ArrayLike, fake: ArrayLike, k: int = 3, real_radii: np.ndarray | None = None
+) -> tuple[float, float]:
     """Improved precision and recall with k-NN manifolds (Kynkäänniemi et al. 2019, Eqs. 1-3).
 
     Precision: fraction of fake points inside the real manifold; recall: fraction of real points inside the fake one.
+    ``real_radii`` (= knn_radii(real, k)) may be passed to reuse them across calls.
     """
     r, f = as_array(real), as_array(fake)
-    precision = float((_in_manifold_counts(f, r, knn_radii(r, k)) > 0).mean())
-    recall = float((_in_manifold_counts(r, f, knn_radii(f, k)) > 0).mean())
+    precision = float(_in_manifold(f, r, knn_radii(r, k) if real_radii is None else real_radii).mean())
+    recall = float(_in_manifold(r, f, knn_radii(f, k)).mean())
     return precision, recall
 
 
-def density_coverage(real: ArrayLike, fake: ArrayLike, k: int = 5) -> tuple[float, float]:
+def density_coverage(
+    real: ArrayLike, fake: ArrayLike, k: int = 5, real_radii: np.ndarray | None = None
+) -> tuple[float, float]:
     """Density and coverage from real-sample k-NN balls only (Naeem et al. 2020, Eqs. 3-4); density may exceed 1."""
     r, f = as_array(real), as_array(fake)
-    radii = knn_radii(r, k)
-    inside = _pairwise_dist(r, f) <= radii[:, None]  # [N_real, N_fake]
-    density = float(inside.sum() / (k * f.shape[0]))
-    coverage = float(inside.any(1).mean())
-    return density, coverage
+    radii = knn_radii(r, k) if real_radii is None else real_radii
+    hits, covered = 0, 0
+    step = _row_blocks(len(r), len(f)).step
+    for i in range(0, len(r), step):
+        inside = _pairwise_dist(r[i : i + step], f) <= radii[i : i + step, None]  # [block of real, N_fake]
+        hits += int(inside.sum())
+        covered += int(inside.any(1).sum())
+    return float(hits / (k * len(f))), float(covered / len(r))
 
 
 # --- Classifier-based metrics ------------------------------------------------------------------------------------
@@ -219,7 +231,7 @@ def median_distance(x: ArrayLike, max_points: int = 2000, seed: int = 0) -> floa
     a = as_array(x)
     if a.shape[0] > max_points:
         a = a[np.random.default_rng(seed).choice(a.shape[0], max_points, replace=False)]
-    d = _pairwise_dist(a, a)
+    d = _pairwise_dist(a, a)  # at most max_points^2 entries
     return float(np.median(d[np.triu_indices(a.shape[0], 1)]))
 
 
@@ -233,12 +245,14 @@ def mmd_gaussian(
     """
     a, b = as_array(x), as_array(y)
     hs = list(bandwidths) if bandwidths is not None else [s * median_distance(b) for s in scales]
-    dxx, dyy, dxy = _pairwise_dist(a, a) ** 2, _pairwise_dist(b, b) ** 2, _pairwise_dist(a, b) ** 2
-    out = {}
-    for h in hs:
-        g = lambda d2: np.exp(-d2 / (2.0 * h * h)).mean()  # noqa: E731
-        out[float(h)] = max(float(g(dxx) + g(dyy) - 2.0 * g(dxy)), 0.0)
-    return out
+    g = lambda u, v, h: _kernel_mean(u, v, lambda d: np.exp(-(d**2) / (2.0 * h * h)))  # noqa: E731
+    return {float(h): max(g(a, a, h) + g(b, b, h) - 2.0 * g(a, b, h), 0.0) for h in hs}
+
+
+def _kernel_mean(x: np.ndarray, y: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> float:
+    """Mean of fn(|x_i - y_j|) over all pairs, computed in row blocks."""
+    step = _row_blocks(len(x), len(y)).step
+    return float(sum(fn(_pairwise_dist(x[i : i + step], y)).sum() for i in range(0, len(x), step)) / (len(x) * len(y)))
 
 
 def mean_log_likelihood(x: ArrayLike, log_prob: Callable[[torch.Tensor], torch.Tensor]) -> float:
