@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"difflab: warning: {msg}\n"
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
     except UserError as e:
         print(f"difflab: error: {e}", file=sys.stderr)
         return 2

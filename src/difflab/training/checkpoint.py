@@ -60,9 +60,9 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
 def save_checkpoint(run_dir: Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer | None,
                     step: int, extra: dict[str, Any] | None = None) -> None:
     """Write run_dir/checkpoint.safetensors atomically (metadata: step, optimizer hyper-parameters)."""
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if ema is not None:
-        tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()})
+        tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in ema.state_dict().items()})
     meta: dict[str, Any] = {"step": step, **(extra or {})}
     if opt is not None:
         ot, groups = _optimizer_tensors(opt)

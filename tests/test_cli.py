@@ -1,0 +1,134 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from difflab.cli.main import main
+from difflab.training.checkpoint import CHECKPOINT
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    cfg = d / "cfg.json"
+    cfg.write_text(json.dumps({"network": {"hidden": 32, "depth": 2}, "batch_size": 32, "sample_steps": 3,
+                               "schedule": {"kind": "linear", "T": 100}}))
+    assert run("train", "--data", "toy:moons", "--out", d / "run", "--steps", 20, "--config", cfg, "--quiet") == 0
+    return d / "run"
+
+
+def test_train_writes_a_complete_run_folder(toy_run):
+    for name in ["config.json", CHECKPOINT, "log.csv", "loss.png", "samples.png"]:
+        assert (toy_run / name).is_file(), name
+    assert json.loads((toy_run / "config.json").read_text())["data"] == "toy:moons"
+
+
+def test_sample_npz_and_png(toy_run, tmp_path):
+    assert run("sample", "--run", toy_run, "--num", 33, "--steps", 4, "--sampler", "dpmpp_2m",
+               "--out", tmp_path / "s.npz") == 0
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["samples"].shape == (33, 2) and f["samples"].dtype == np.float32
+    assert run("sample", "--run", toy_run, "--num", 50, "--steps", 3, "--out", tmp_path / "s.png") == 0
+    assert Image.open(tmp_path / "s.png").size[0] > 100
+    # same seed, same samples
+    run("sample", "--run", toy_run, "--num", 33, "--steps", 4, "--sampler", "dpmpp_2m", "--out", tmp_path / "t.npz")
+    with np.load(tmp_path / "s.npz") as a, np.load(tmp_path / "t.npz") as b:
+        assert np.array_equal(a["samples"], b["samples"])
+
+
+def test_digits_end_to_end_images(tmp_path, tiny_config):
+    out = tmp_path / "digits"
+    assert run("train", "--data", "digits", "--out", out, "--steps", 6, "--config", tiny_config("unet"), "--quiet") == 0
+    assert run("sample", "--run", out, "--num", 10, "--steps", 3, "--out", tmp_path / "d.npz") == 0
+    with np.load(tmp_path / "d.npz") as f:
+        assert f["images"].shape == (10, 8, 8, 1) and f["images"].dtype == np.uint8
+
+
+def test_refuses_to_overwrite_and_resumes(toy_run, capsys):
+    before = (toy_run / CHECKPOINT).read_bytes()
+    assert run("train", "--data", "toy:moons", "--out", toy_run, "--steps", 5) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (toy_run / CHECKPOINT).read_bytes() == before
+    assert run("train", "--data", "toy:moons", "--out", toy_run, "--steps", 25, "--resume", "--quiet") == 0
+    assert run("train", "--data", "toy:rings", "--out", toy_run, "--steps", 30, "--resume", "--quiet") == 2
+    assert "was trained on 'toy:moons'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--data", "/no/such/folder", "--out", "{tmp}/r", "--steps", "1"], "no such file or directory"),
+    (["train", "--data", "toy:nope", "--out", "{tmp}/r", "--steps", "1"], "unknown toy distribution"),
+    (["train", "--data", "{tmp}/empty", "--out", "{tmp}/r", "--steps", "1"], "contains no PNG/JPEG"),
+    (["train", "--data", "digits", "--out", "{tmp}/r", "--config", "{tmp}/unknown.json"], "unknown key(s) colour"),
+    (["train", "--data", "digits", "--out", "{tmp}/r", "--config", "{tmp}/range.json"], "lr must be > 0"),
+    (["train", "--data", "digits", "--out", "{tmp}/r", "--config", "{tmp}/missing.json"], "does not exist"),
+    (["train", "--data", "digits", "--out", "{tmp}/r", "--config", "{tmp}/notjson.json"], "not valid JSON"),
+    (["train", "--data", "digits", "--out", "{tmp}/r", "--resume"], "holds no checkpoint"),
+    (["sample", "--run", "{tmp}/nothing", "--out", "{tmp}/x.png"], "does not exist"),
+    (["sample", "--run", "{tmp}/nothing", "--out", "{tmp}/x.gif"], "must end in .png or .npz"),
+    (["sample", "--run", "{tmp}/nothing", "--num", "0", "--out", "{tmp}/x.png"], "--num must be at least 1"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unknown.json").write_text(json.dumps({"colour": "red"}))
+    (tmp_path / "range.json").write_text(json.dumps({"lr": -1}))
+    (tmp_path / "notjson.json").write_text("{lr: ")
+    assert run(*[a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_corrupt_checkpoint(toy_run, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(toy_run, broken)
+    data = (broken / CHECKPOINT).read_bytes()
+    (broken / CHECKPOINT).write_bytes(data[: len(data) // 2])
+    assert run("sample", "--run", broken, "--out", tmp_path / "x.png") == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    assert run("train", "--data", "toy:moons", "--out", broken, "--steps", 40, "--resume") == 2
+    assert (broken / CHECKPOINT).read_bytes() == data[: len(data) // 2]  # nothing overwritten
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config, capsys, monkeypatch):
+    import torch
+
+    import difflab.training.loop as loop
+
+    real = loop.denoising_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] > 12 else out
+
+    monkeypatch.setattr(loop, "denoising_loss", flaky)
+    out = tmp_path / "nan"
+    assert run("train", "--data", "toy:moons", "--out", out, "--steps", 50, "--config", tiny_config(), "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "at step 12" in err and "last good checkpoint" in err
+    from difflab.training.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(out)
+    assert meta["step"] == 10 and torch.isfinite(torch.tensor(1.0))
+
+
+def test_help(capsys):
+    for cmd in (["--help"], ["train", "--help"], ["sample", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(cmd)
+        assert e.value.code == 0 and "usage: difflab" in capsys.readouterr().out
+
+
+def test_module_entry_point_exits_2_without_traceback():
+    r = subprocess.run([sys.executable, "-m", "difflab.cli.main", "train", "--data", "toy:nope", "--out", "/tmp/x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("difflab: error:") and "Traceback" not in r.stderr

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_MLP, TINY_UNET
+from difflab.data import load
+from difflab.errors import CheckpointError
+from difflab.training import TrainConfig, load_run, train
+from difflab.training.checkpoint import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
+from difflab.training.ema import EMA
+from difflab.training.loop import batch_indices, train_step
+from difflab.training.run import build_denoiser
+
+
+def test_batches_walk_through_a_permutation_each_epoch():
+    n, b = 50, 16
+    seen = torch.cat([batch_indices(n, b, seed=0, step=k) for k in range(25)])  # 8 epochs exactly
+    for e in range(8):
+        assert sorted(seen[e * n:(e + 1) * n].tolist()) == list(range(n))
+    assert torch.equal(batch_indices(n, b, 0, 7), batch_indices(n, b, 0, 7))
+    assert not torch.equal(batch_indices(n, b, 1, 7), batch_indices(n, b, 0, 7))
+
+
+def test_loss_falls_on_toy_data():
+    data = load("toy:8gaussians")
+    cfg = TrainConfig(network=TINY_MLP | {"hidden": 64}, batch_size=128, lr=3e-3, warmup_steps=10,
+                      schedule={"kind": "linear", "T": 100})
+    torch.manual_seed(0)
+    model = build_denoiser(cfg, data)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    losses = [train_step(model, opt, cfg, data, k, torch.device("cpu"))[0] for k in range(150)]
+    assert np.mean(losses[-30:]) < 0.75 * np.mean(losses[:10])
+
+
+def test_loss_falls_on_digits_with_a_unet():
+    data = load("digits")
+    cfg = TrainConfig(network=TINY_UNET, batch_size=32, lr=2e-3, warmup_steps=5)
+    torch.manual_seed(0)
+    model = build_denoiser(cfg, data)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    losses = [train_step(model, opt, cfg, data, k, torch.device("cpu"))[0] for k in range(60)]
+    assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:5])
+
+
+def test_ema_update_formula():
+    m = torch.nn.Linear(2, 1)
+    ema = EMA(m, decay=0.9)
+    before = ema.model.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update(m, step=1000)
+    assert torch.allclose(ema.model.weight, 0.9 * before + 0.1 * m.weight)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    data = load("toy:moons")
+    cfg = TrainConfig(network=TINY_MLP)
+    model = build_denoiser(cfg, data)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for k in range(3):
+        train_step(model, opt, cfg, data, k, torch.device("cpu"))
+    save_checkpoint(tmp_path, model.net, model.net, opt, step=3)
+    parts, meta = load_checkpoint(tmp_path)
+    assert meta["step"] == 3
+    fresh = build_denoiser(cfg, data)
+    fresh.net.load_state_dict(parts["model"])
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    restore_optimizer(opt2, parts["optim"], meta)
+    for (k, v), (k2, v2) in zip(model.net.state_dict().items(), fresh.net.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    for pid in s1["state"]:
+        for key in s1["state"][pid]:
+            assert torch.equal(torch.as_tensor(s1["state"][pid][key]), torch.as_tensor(s2["state"][pid][key]))
+    assert not list(tmp_path.glob(".checkpoint*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def test_resume_equals_uninterrupted_run_bitwise(tmp_path, kind):
+    data = load("toy:moons") if kind == "mlp" else load("digits")
+    net = TINY_MLP if kind == "mlp" else TINY_UNET | {"dropout": 0.1}
+    base = TrainConfig(network=net, batch_size=16, log_every=5, checkpoint_every=7, sample_steps=2, warmup_steps=4,
+                       schedule={"kind": "linear", "T": 50}, steps=20)
+    train(base, data, tmp_path / "straight", progress=False)
+    train(base.replace(steps=13), data, tmp_path / "split", progress=False)
+    train(base, data, tmp_path / "split", resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / CHECKPOINT))
+    b = load_file(str(tmp_path / "split" / CHECKPOINT))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in log[1:]] == ["5", "10", "13", "15", "20"]
+
+
+def test_load_run_gives_ema_denoiser(tmp_path):
+    data = load("toy:moons")
+    cfg = TrainConfig(network=TINY_MLP, steps=5, sample_steps=2, batch_size=8)
+    train(cfg, data, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run", device="cpu")
+    x = torch.randn(4, 2)
+    out = run.model(x, torch.full((4,), 10.0))
+    assert out.shape == (4, 2) and run.step == 5 and not any(p.requires_grad for p in run.model.parameters())
+    (tmp_path / "run" / CHECKPOINT).write_bytes((tmp_path / "run" / CHECKPOINT).read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_run(tmp_path / "run")
