@@ -100,9 +100,9 @@ def test_corrupt_checkpoint(toy_run, tmp_path, capsys):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config, capsys, monkeypatch):
     import torch
 
-    import difflab.training.loop as loop
+    from difflab import losses
 
-    real = loop.denoising_loss
+    real = losses.OBJECTIVES["simple"]
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -110,7 +110,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config, ca
         out = real(*a, **k)
         return out * float("nan") if calls["n"] > 12 else out
 
-    monkeypatch.setattr(loop, "denoising_loss", flaky)
+    monkeypatch.setitem(losses.OBJECTIVES, "simple", flaky)
     out = tmp_path / "nan"
     assert run("train", "--data", "toy:moons", "--out", out, "--steps", 50, "--config", tiny_config(), "--quiet") == 2
     err = capsys.readouterr().err

@@ -6,7 +6,7 @@ score network's error weighted by lambda(t) = sigma(t)^2.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -68,4 +68,14 @@ def denoising_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, t: Tensor |
     return w * err.flatten(1).mean(1)
 
 
-__all__ = ["sample_t", "loss_weight", "denoising_loss", "Weighting"]
+def simple_objective(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
+    """L_simple / denoising score matching with the configured weighting (scalar)."""
+    return denoising_loss(model, x0, cond, generator=generator, weighting=cfg.weighting,
+                          min_snr_gamma=cfg.min_snr_gamma).mean()
+
+
+#: Training objectives by name: f(model, x0, cond, generator, train_config) -> scalar loss.
+OBJECTIVES: dict[str, Callable[..., Tensor]] = {"simple": simple_objective}
+
+
+__all__ = ["sample_t", "loss_weight", "denoising_loss", "Weighting", "OBJECTIVES", "simple_objective"]

@@ -18,6 +18,7 @@ class TrainConfig(Config):
     schedule: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "cosine", "T": 1000})
     network: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the data-sized preset
     prediction: Prediction = "eps"
+    objective: str = "simple"  # a name in difflab.losses.OBJECTIVES
     weighting: Literal["uniform", "min_snr"] = "uniform"
     min_snr_gamma: float = 5.0
     batch_size: int = 128
@@ -55,6 +56,10 @@ class TrainConfig(Config):
         require(isinstance(self.schedule, dict) and "kind" in self.schedule,
                 f"{n}.schedule must be a mapping with a 'kind', got {self.schedule!r}")
         require(isinstance(self.network, dict), f"{n}.network must be a mapping, got {self.network!r}")
+        from ..losses import OBJECTIVES
+
+        require(self.objective in OBJECTIVES,
+                f"{n}.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":

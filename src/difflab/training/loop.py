@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset
 from ..errors import TrainingDiverged, UserError
-from ..losses import denoising_loss
+from .. import losses
 from ..models.denoiser import Denoiser
 from ..utils.images import save_image_grid, save_loss_curve, save_scatter
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, read_json, restore_optimizer, save_checkpoint, write_json
@@ -57,22 +57,27 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def batch_condition(cfg: TrainConfig, data: Dataset, idx: torch.Tensor, g: torch.Generator,
+                    device: torch.device) -> dict[str, torch.Tensor] | None:
+    """The network's condition for a batch: labels, replaced by the null label with probability p_uncond."""
+    if not cfg.conditional:
+        return None
+    y = data.y[idx].clone()
+    y[torch.rand(len(y), generator=g) < cfg.p_uncond] = data.num_classes  # the null label
+    return {"y": y.to(device)}
+
+
 def train_step(model: Denoiser, opt: torch.optim.Optimizer, cfg: TrainConfig, data: Dataset,
                step: int, device: torch.device) -> tuple[float, float]:
     """One optimisation step; returns (loss, gradient norm)."""
     g = step_generator(cfg.seed, step)
     idx = batch_indices(len(data), cfg.batch_size, cfg.seed, step)
     x0 = data.x[idx].to(device)
-    cond = None
-    if cfg.conditional:
-        y = data.y[idx].clone()
-        y[torch.rand(len(y), generator=g) < cfg.p_uncond] = data.num_classes  # the null label
-        cond = {"y": y.to(device)}
+    cond = batch_condition(cfg, data, idx, g, device)
     torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # dropout
     for group in opt.param_groups:
         group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-    loss = denoising_loss(model, x0, cond, generator=g, weighting=cfg.weighting,
-                          min_snr_gamma=cfg.min_snr_gamma).mean()
+    loss = losses.OBJECTIVES[cfg.objective](model, x0, cond, g, cfg)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -131,8 +136,8 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
     start = 0
     if resume:
         parts, meta = load_checkpoint(run_dir)
-        model.net.load_state_dict(parts["model"])
-        ema.model.net.load_state_dict(parts["ema"])
+        model.load_state_dict(parts["model"])
+        ema.model.load_state_dict(parts["ema"])
         restore_optimizer(opt, parts["optim"], meta)
         start = int(meta["step"])
     write_json(run_dir / CONFIG, run_config(cfg, data, model))
@@ -160,14 +165,14 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
             bar.set_postfix(loss=f"{np.mean(window):.4f}")
             window = []
         if step % cfg.checkpoint_every == 0:
-            save_checkpoint(run_dir, model.net, ema.model.net, opt, step)
+            save_checkpoint(run_dir, model, ema.model, opt, step)
         if cfg.sample_every and step % cfg.sample_every == 0:
             (run_dir / "samples").mkdir(exist_ok=True)
             preview(ema.model, data, cfg, run_dir / "samples" / f"step_{step:07d}.png")
     bar.close()
     if window:
         _log(run_dir, step, window, opt, gnorm, time.monotonic() - t0)
-    save_checkpoint(run_dir, model.net, ema.model.net, opt, step)
+    save_checkpoint(run_dir, model, ema.model, opt, step)
     finish(run_dir, ema.model, data, cfg)
     return TrainResult(run_dir, step, last, time.monotonic() - t0)
 

@@ -80,9 +80,10 @@ def load_run(run_dir: str | Path, ema: bool = True, device: torch.device | str |
         raise CheckpointError(f"{run_dir / CONFIG}: cannot rebuild the model ({e})") from None
     parts, meta = load_checkpoint(run_dir)
     weights = parts["ema"] if ema and parts["ema"] else parts["model"]
+    model = Denoiser(net, sched, rc["prediction"])
     try:
-        net.load_state_dict(weights)
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"{run_dir}: weights do not match the config ({str(e).splitlines()[0]})") from None
-    model = Denoiser(net, sched, rc["prediction"]).eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
     return LoadedRun(model.to(device or default_device()), rc, int(meta.get("step", 0)))
