@@ -1,0 +1,220 @@
+"""Guidance wrappers: exact reduction at zero scale, one batched CFG pass, classifier gradients, samplers, training."""
+import math
+
+import pytest
+import torch
+
+import difflab
+from difflab import schedules
+from difflab.data import Dataset, load
+from difflab.guidance import (ClassifierConfig, ClassifierFreeGuidance, ClassifierGuidance, ClassifierTrainConfig,
+                              NoisyClassifier, load_classifier, log_prob_grad, null_condition, to_schedule,
+                              train_classifier)
+from difflab.models.denoiser import Denoiser
+from difflab.models.unet import UNet, UNetConfig
+from difflab.training import TrainConfig
+from difflab.training.loop import batch_condition, step_generator
+
+from conftest import TINY_UNET
+
+K = 3
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Give every parameter (including zero-initialised output layers) random values, so outputs depend on inputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module.eval()
+
+
+def tiny_model(prediction: str = "eps", num_classes: int = K, dtype=torch.float32, **net) -> Denoiser:
+    cfg = UNetConfig(**{**TINY_UNET, "channel_mult": (1, 2), "attention_levels": (1,)}, num_classes=num_classes, **net)
+    unet = randomize(UNet(cfg)).to(dtype)
+    return Denoiser(unet, schedules.get("linear", T=100), prediction).eval()
+
+
+def tiny_classifier(dtype=torch.float32, seed: int = 1) -> NoisyClassifier:
+    cfg = ClassifierConfig(num_classes=K, channels=8, channel_mult=(1, 2), groups=4, time_scale=10.0)
+    return randomize(NoisyClassifier(cfg), seed).to(dtype)
+
+
+def batch(n: int = 4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 1, 8, 8, generator=g, dtype=dtype)
+    t = torch.tensor([5.0, 30.0, 60.0, 90.0][:n], dtype=dtype)
+    y = torch.arange(n) % K
+    return x, t, {"y": y}
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_cfg_zero_scale_is_the_model(prediction):
+    model = tiny_model(prediction)
+    x, t, cond = batch()
+    guided = ClassifierFreeGuidance(model, 0.0)
+    with torch.no_grad():
+        assert torch.equal(guided(x, t, cond), model(x, t, cond))
+        assert torch.equal(guided.eps(x, t, cond), model.eps(x, t, cond))
+    assert guided.schedule is model.schedule
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_cfg_one_batched_pass_equals_two_passes(prediction):
+    model = tiny_model(prediction)
+    x, t, cond = batch()
+    w = 2.5
+    guided = ClassifierFreeGuidance(model, w)
+    calls = []
+    model.net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        out = guided(x, t, cond)
+        assert calls == [2 * len(x)]  # one forward pass over [cond; uncond]
+        eps_c = model.eps(x, t, cond)
+        eps_u = model.eps(x, t, null_condition(cond, K))
+        x0_c, x0_u = model(x, t, cond), model(x, t, null_condition(cond, K))
+        expected_eps = (1 + w) * eps_c - w * eps_u  # Ho & Salimans 2022, eq. 6
+        torch.testing.assert_close(guided.eps(x, t, cond), expected_eps, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out, (1 + w) * x0_c - w * x0_u, rtol=1e-4, atol=1e-4)  # same rule in x_0 space
+
+
+def test_cfg_float32_batched_close_to_separate():
+    model = tiny_model()
+    x, t, cond = batch()
+    with torch.no_grad():
+        out = ClassifierFreeGuidance(model, 1.0)(x, t, cond)
+        ref = 2 * model(x, t, cond) - model(x, t, null_condition(cond, K))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_null_condition_for_text():
+    ctx = torch.randn(2, 5, 6)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    null = null_condition({"context": ctx, "context_mask": mask, "image": ctx}, 10)
+    assert not null["context_mask"].any() and torch.equal(null["context"], torch.zeros_like(ctx))
+    assert null["image"] is ctx  # image conditioning is not dropped
+
+
+def test_classifier_guidance_zero_scale_is_the_model():
+    model = tiny_model()
+    x, t, cond = batch()
+    with torch.no_grad():
+        assert torch.equal(ClassifierGuidance(model, tiny_classifier(), 0.0)(x, t, cond), model(x, t, cond))
+
+
+def test_classifier_gradient_matches_finite_differences():
+    clf = tiny_classifier(torch.float64)
+    x, t, cond = batch(2, torch.float64)
+    grad, logp = log_prob_grad(clf, x, t, cond["y"])
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        h = 1e-5
+
+        def f(z):
+            return torch.log_softmax(clf(z, t), 1).gather(1, cond["y"].view(-1, 1)).squeeze(1)
+
+        fd = (f(x + h * v) - f(x - h * v)) / (2 * h)
+        torch.testing.assert_close((grad * v).flatten(1).sum(1), fd, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(logp, torch.log_softmax(clf(x, t), 1).gather(1, cond["y"].view(-1, 1)).squeeze(1))
+
+
+def test_classifier_guidance_adds_scaled_gradient_to_the_score():
+    model = tiny_model()
+    clf = tiny_classifier()
+    x, t, cond = batch()
+    s = 3.0
+    guided = ClassifierGuidance(model, clf, s)
+    grad, _ = log_prob_grad(clf, x, t, cond["y"])
+    with torch.no_grad():
+        # Dhariwal & Nichol 2021: grad log p(x | y) = grad log p(x) + s grad log p(y | x)
+        torch.testing.assert_close(guided.score(x, t, cond), model.score(x, t, cond) + s * grad, rtol=1e-4, atol=1e-4)
+        a, sig = model.coefficients(t, x)
+        torch.testing.assert_close(guided.eps(x, t, cond), model.eps(x, t, cond) - sig * s * grad, rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_guidance_label_routing():
+    model = tiny_model()
+    x, t, cond = batch()
+    clf = tiny_classifier()
+    with torch.no_grad():
+        cond_out = ClassifierGuidance(model, clf, 0.0)(x, t, cond)
+        uncond_out = ClassifierGuidance(model, clf, 0.0, conditional=False)(x, t, cond)
+        assert torch.equal(cond_out, model(x, t, cond))
+        assert torch.equal(uncond_out, model(x, t, {"y": torch.full((len(x),), K)}))
+        plain = tiny_model(num_classes=0)  # an unconditional network never sees "y"
+        assert torch.equal(ClassifierGuidance(plain, clf, 0.0)(x, t, cond), plain(x, t))
+    with pytest.raises(ValueError, match="labels"):
+        ClassifierGuidance(model, clf, 1.0)(x, t, {"y": torch.full((len(x),), K)})
+
+
+def test_schedule_mapping_preserves_log_snr():
+    src, dst = schedules.get("linear", T=100), schedules.get("cosine", T=1000)
+    t = torch.tensor([3.0, 40.0, 80.0], dtype=torch.float64)
+    x = torch.ones(3, 1, 2, 2, dtype=torch.float64)
+    xc, tc = to_schedule(x, t, src, dst)
+    torch.testing.assert_close(dst.log_snr(tc), src.log_snr(t), rtol=1e-5, atol=1e-5)
+    ratio = (xc / x).flatten(1)[:, 0]
+    torch.testing.assert_close(ratio, dst.alpha(tc) / src.alpha(t))  # x / alpha (the scaled variable) is kept
+    same_x, same_t = to_schedule(x, t, src, schedules.get("linear", T=100))
+    assert same_x is x and same_t is t
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m", "heun", "euler_maruyama"])
+def test_guided_denoisers_work_with_samplers(sampler):
+    model = tiny_model()
+    clf = tiny_classifier()
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = {"y": torch.tensor([0, 1, 2])}
+    for guided in (ClassifierFreeGuidance(model, 2.0), ClassifierGuidance(model, clf, 1.0),
+                   ClassifierGuidance(ClassifierFreeGuidance(model, 1.0), clf, 1.0)):
+        a = difflab.sample(guided, x_T, sampler=sampler, steps=4, cond=cond, generator=torch.Generator().manual_seed(1))
+        b = difflab.sample(guided, x_T, sampler=sampler, steps=4, cond=cond, generator=torch.Generator().manual_seed(1))
+        assert a.shape == x_T.shape and torch.isfinite(a).all()
+        assert torch.equal(a, b)
+    plain = difflab.sample(model, x_T, sampler=sampler, steps=4, cond=cond, generator=torch.Generator().manual_seed(1))
+    zero = difflab.sample(ClassifierFreeGuidance(model, 0.0), x_T, sampler=sampler, steps=4, cond=cond,
+                          generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, zero)
+
+
+def test_condition_dropout_rate():
+    n = 20000
+    data = Dataset(torch.zeros(n, 2), torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(0)),
+                   "toy", [str(i) for i in range(10)])
+    for p in (0.1, 0.3):
+        cfg = TrainConfig(conditional=True, p_uncond=p)
+        y = batch_condition(cfg, data, torch.arange(n), step_generator(0, 0), torch.device("cpu"))["y"]
+        rate = float((y == 10).float().mean())
+        assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / n)
+        kept = y != 10
+        assert torch.equal(y[kept], data.y[kept])
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    d = load("digits", "train")
+    return Dataset(d.x[:256], d.y[:256], d.spec, d.class_names)
+
+
+def test_classifier_training_is_deterministic_and_round_trips(digits_small, tmp_path):
+    cfg = ClassifierTrainConfig(steps=3, batch_size=16, network={"channels": 8, "groups": 4},
+                                schedule={"kind": "linear", "T": 100})
+    a, sched = train_classifier(cfg, digits_small, tmp_path / "a")
+    b, _ = train_classifier(cfg, digits_small, None)
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), k
+    c, sched_c = load_classifier(tmp_path / "a")
+    assert sched_c.config() == sched.config()
+    x = digits_small.x[:4]
+    assert torch.equal(a(x, torch.full((4,), 50.0)), c(x, torch.full((4,), 50.0)))
+
+
+def test_load_classifier_rejects_a_diffusion_run(tmp_path):
+    from difflab.errors import UserError
+
+    (tmp_path / "config.json").write_text('{"format": "difflab-run-1"}')
+    with pytest.raises(UserError, match="not a difflab classifier"):
+        load_classifier(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        load_classifier(tmp_path / "missing")
