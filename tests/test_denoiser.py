@@ -59,3 +59,17 @@ def test_scalar_t_and_condition_pass_through():
 def test_unknown_prediction_rejected():
     with pytest.raises(ValueError, match="unknown prediction"):
         Denoiser(lambda x, t: x, difflab.schedules.get("vp"), "noise")
+
+
+def test_clamped_denoiser_bounds_every_sampler_output():
+    from difflab.models.denoiser import Clamped
+
+    s = difflab.schedules.get("cosine", T=1000)
+    wild = difflab.from_eps(lambda x, t: -3.0 * x, s)  # a bad eps-network: x0 predictions explode near t = T-1
+    x = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.full((8,), 999.0)
+    assert wild(x, t).abs().max() > 100
+    c = Clamped(wild)
+    assert c.schedule is s and c(x, t).abs().max() <= 1
+    out = difflab.sample(c, x, sampler="ddim", steps=5)
+    assert out.abs().max() <= 1 + 1e-6

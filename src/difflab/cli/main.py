@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"difflab: warning: {msg}\n"
     try:
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise UserError(f"--threads must be at least 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return int(args.handler(args) or 0)
     except UserError as e:
         print(f"difflab: error: {e}", file=sys.stderr)

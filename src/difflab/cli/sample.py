@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data import to_uint8
 from ..errors import UserError
+from ..models.denoiser import Clamped
 from ..training import load_run
 from ..training.checkpoint import atomic_write
 from ..utils.images import save_image_grid, save_scatter
@@ -28,8 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
     p.add_argument("--label", type=int, help="class to generate (class-conditional runs)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="do not clamp the denoised prediction to the data range [-1, 1] (images)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .png or .npz")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
 
@@ -47,11 +51,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     model, shape = loaded.model, loaded.shape
+    image = len(shape) == 3
     num_classes = int(model.net.config.num_classes) if hasattr(model.net, "config") else 0
     if args.label is not None and not 0 <= args.label < max(num_classes, 1):
         raise UserError(f"--label {args.label}: the run in {args.run} "
                         + (f"has classes 0..{num_classes - 1}" if num_classes else "is not class-conditional"))
     device = next(model.parameters()).device
+    if image and not args.no_clip:
+        model = Clamped(model)
     g = torch.Generator().manual_seed(args.seed)
     chunks = []
     for start in tqdm(range(0, args.num, args.batch_size), desc="sample", unit="batch",
@@ -65,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, cond=cond, generator=g).cpu())
     x = torch.cat(chunks)
-    image = len(shape) == 3
     if suffix == ".png":
         atomic_write(args.out, (lambda p: save_image_grid(x, p)) if image else (lambda p: save_scatter(x, p)))
     else:

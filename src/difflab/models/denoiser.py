@@ -90,6 +90,18 @@ class Denoiser(nn.Module):
         return -self.eps(x, t, cond) / s
 
 
+class Clamped(nn.Module):
+    """D(x_t, t, cond) clamped to the data range [lo, hi] ("clip_denoised", Ho et al. 2020; every sampler accepts it)."""
+
+    def __init__(self, model: Callable[..., Tensor], lo: float = -1.0, hi: float = 1.0):
+        super().__init__()
+        self.model, self.lo, self.hi = model, lo, hi
+        self.schedule = model.schedule
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        return self.model(x, t, cond).clamp(self.lo, self.hi)
+
+
 def _batch_t(t: Tensor | float, x: Tensor) -> Tensor:
     t = as_tensor(t, like=x)
     if t.ndim == 0:
@@ -117,5 +129,5 @@ def from_score(net: Callable[..., Tensor], schedule: Schedule) -> Denoiser:
     return Denoiser(net, schedule, "score")
 
 
-__all__ = ["Denoiser", "Prediction", "PREDICTIONS", "from_eps", "from_x0", "from_v", "from_score", "x0_from",
+__all__ = ["Denoiser", "Clamped", "Prediction", "PREDICTIONS", "from_eps", "from_x0", "from_v", "from_score", "x0_from",
            "target_for", "eps_from_x0"]

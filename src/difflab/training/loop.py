@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset
 from ..errors import TrainingDiverged, UserError
 from .. import losses
-from ..models.denoiser import Denoiser
+from ..models.denoiser import Clamped, Denoiser
 from ..utils.images import save_image_grid, save_loss_curve, save_scatter
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, read_json, restore_optimizer, save_checkpoint, write_json
 from .config import TrainConfig
@@ -97,6 +97,8 @@ def preview(model: Denoiser, data: Dataset, cfg: TrainConfig, path: Path, num: i
     if cfg.conditional:
         cond = {"y": (torch.arange(n) % data.num_classes).to(device)}
     x_T = torch.randn((n, *data.shape), generator=g).to(device)
+    if data.kind == "image":
+        model = Clamped(model)  # images live in [-1, 1]
     with torch.no_grad():
         x = sample(model, x_T, sampler=cfg.sampler, steps=cfg.sample_steps, cond=cond, generator=g)
     if data.kind == "image":
