@@ -249,3 +249,14 @@ def test_extractor_shapes_and_plugin() -> None:
     flat = lambda x: x.flatten(1)  # noqa: E731
     out = evaluate_images(torch.rand(50, 1, 8, 8), torch.rand(60, 1, 8, 8), features=flat, kid_subsets=5)
     assert "fd" in out and "class_kl" not in out
+
+
+@pytest.mark.slow
+def test_digits_recipe_reproduces_shipped_net() -> None:
+    from difflab.evaluation.features import build_feature_net
+
+    net, meta = build_feature_net("digits")
+    _, info = load_feature_net_file(assets_dir() / "feature_net_digits.safetensors")
+    # bit-identical on the same torch build and CPU type; elsewhere the accuracy must still agree closely
+    if weights_digest(net) != info["sha256"]:
+        assert meta["heldout_accuracy"] == pytest.approx(info["heldout_accuracy"], abs=0.015)

@@ -245,14 +245,18 @@ def mmd_gaussian(
     """
     a, b = as_array(x), as_array(y)
     hs = list(bandwidths) if bandwidths is not None else [s * median_distance(b) for s in scales]
-    g = lambda u, v, h: _kernel_mean(u, v, lambda d: np.exp(-(d**2) / (2.0 * h * h)))  # noqa: E731
-    return {float(h): max(g(a, a, h) + g(b, b, h) - 2.0 * g(a, b, h), 0.0) for h in hs}
+    kxx, kyy, kxy = (_gaussian_kernel_means(u, v, hs) for u, v in ((a, a), (b, b), (a, b)))
+    return {float(h): max(float(kxx[i] + kyy[i] - 2.0 * kxy[i]), 0.0) for i, h in enumerate(hs)}
 
 
-def _kernel_mean(x: np.ndarray, y: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> float:
-    """Mean of fn(|x_i - y_j|) over all pairs, computed in row blocks."""
-    step = _row_blocks(len(x), len(y)).step
-    return float(sum(fn(_pairwise_dist(x[i : i + step], y)).sum() for i in range(0, len(x), step)) / (len(x) * len(y)))
+def _gaussian_kernel_means(x: np.ndarray, y: np.ndarray, hs: Sequence[float]) -> np.ndarray:
+    """Mean of exp(-|x_i - y_j|^2 / 2h^2) over all pairs, for each bandwidth h, computed in row blocks."""
+    sums = np.zeros(len(hs))
+    for i in _row_blocks(len(x), len(y)):
+        d2 = _pairwise_dist(x[i : i + _row_blocks(len(x), len(y)).step], y) ** 2
+        for j, h in enumerate(hs):
+            sums[j] += np.exp(d2 * (-0.5 / (h * h))).sum()
+    return sums / (len(x) * len(y))
 
 
 def mean_log_likelihood(x: ArrayLike, log_prob: Callable[[torch.Tensor], torch.Tensor]) -> float:
