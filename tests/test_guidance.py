@@ -218,3 +218,62 @@ def test_load_classifier_rejects_a_diffusion_run(tmp_path):
         load_classifier(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         load_classifier(tmp_path / "missing")
+
+
+# ---- command line ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory):
+    import json
+
+    from difflab.cli.main import main
+
+    d = tmp_path_factory.mktemp("cond")
+    cfg = d / "cfg.json"
+    cfg.write_text(json.dumps({"network": TINY_UNET, "batch_size": 16, "sample_steps": 2, "warmup_steps": 2,
+                               "schedule": {"kind": "linear", "T": 100}, "p_uncond": 0.2}))
+    assert main(["train", "--data", "digits", "--out", str(d / "run"), "--steps", "3", "--config", str(cfg),
+                 "--conditional", "--quiet"]) == 0
+    ccfg = d / "clf.json"
+    ccfg.write_text(json.dumps({"network": {"channels": 8, "groups": 4}, "batch_size": 16}))
+    assert main(["train-classifier", "--data", "digits", "--out", str(d / "clf"), "--run", str(d / "run"),
+                 "--steps", "3", "--config", str(ccfg), "--quiet"]) == 0
+    return d
+
+
+def test_cli_guided_sampling(cond_run, tmp_path):
+    import numpy as np
+
+    from difflab.cli.main import main
+
+    run, clf = str(cond_run / "run"), str(cond_run / "clf")
+    common = ["sample", "--run", run, "--num", "6", "--steps", "3", "--sampler"]
+    for sampler in ("ddim", "dpmpp_2m"):
+        assert main(common + [sampler, "--label", "7", "--guidance-scale", "3", "--out", str(tmp_path / "a.npz")]) == 0
+        assert main(common + [sampler, "--label", "7", "--classifier", clf, "--classifier-scale", "2",
+                              "--out", str(tmp_path / "b.npz")]) == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert a["images"].shape == b["images"].shape == (6, 8, 8, 1)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--guidance-scale", "2"], "needs --label"),
+    (["--prompt", "a seven"], "not text-conditional"),
+    (["--classifier", "MISSING", "--label", "1"], "does not exist"),
+    (["--label", "3", "--guidance-scale", "-1"], ">= 0"),
+])
+def test_cli_guidance_mistakes(cond_run, tmp_path, capsys, extra, message):
+    from difflab.cli.main import main
+
+    extra = [str(cond_run / "nope") if e == "MISSING" else e for e in extra]
+    code = main(["sample", "--run", str(cond_run / "run"), "--num", "2", "--steps", "2",
+                 "--out", str(tmp_path / "x.png"), *extra])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_train_classifier_refuses_to_overwrite(cond_run, capsys):
+    from difflab.cli.main import main
+
+    assert main(["train-classifier", "--data", "digits", "--out", str(cond_run / "clf"), "--steps", "1"]) == 2
+    assert "already holds" in capsys.readouterr().err

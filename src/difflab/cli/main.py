@@ -8,8 +8,9 @@ import warnings
 from ..errors import UserError
 from . import sample as sample_cmd
 from . import train as train_cmd
+from . import train_classifier as train_classifier_cmd
 
-COMMANDS = [train_cmd, sample_cmd]
+COMMANDS = [train_cmd, sample_cmd, train_classifier_cmd]
 
 
 def parser() -> argparse.ArgumentParser:

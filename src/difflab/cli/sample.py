@@ -14,6 +14,7 @@ from ..models.denoiser import Clamped
 from ..training import load_run
 from ..training.checkpoint import atomic_write
 from ..utils.images import save_image_grid, save_scatter
+from . import guide
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .png or .npz")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    guide.add_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -53,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     model, shape = loaded.model, loaded.shape
     image = len(shape) == 3
     num_classes = int(model.net.config.num_classes) if hasattr(model.net, "config") else 0
-    if args.label is not None and not 0 <= args.label < max(num_classes, 1):
+    if args.label is not None and args.classifier is None and not 0 <= args.label < max(num_classes, 1):
         raise UserError(f"--label {args.label}: the run in {args.run} "
                         + (f"has classes 0..{num_classes - 1}" if num_classes else "is not class-conditional"))
+    model, make_cond = guide.guided(args, loaded)
     device = next(model.parameters()).device
     if image and not args.no_clip:
         model = Clamped(model)
@@ -65,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
                       disable=args.num <= args.batch_size):
         n = min(args.batch_size, args.num - start)
         x_T = torch.randn((n, *shape), generator=g).to(device)
-        cond = None
-        if num_classes:
-            y = args.label if args.label is not None else num_classes  # null label = unconditional
-            cond = {"y": torch.full((n,), y, dtype=torch.long, device=device)}
+        cond = make_cond(n, device)
         with torch.no_grad():
             chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, cond=cond, generator=g).cpu())
     x = torch.cat(chunks)

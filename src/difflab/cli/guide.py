@@ -1,0 +1,70 @@
+"""Conditioning and guidance options of ``difflab sample``: --label / --prompt, --guidance-scale, --classifier."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import UserError
+
+CondFn = Callable[[int, torch.device], Any]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add --prompt, --guidance-scale, --classifier and --classifier-scale to the sample parser."""
+    p.add_argument("--prompt", help="text to generate (runs trained with a text_encoder), e.g. 'a thick seven'")
+    p.add_argument("--guidance-scale", type=float, default=0.0, metavar="W",
+                   help="classifier-free guidance weight w: (1 + w) eps(x, c) - w eps(x) (default 0 = off)")
+    p.add_argument("--classifier", type=Path, metavar="DIR",
+                   help="noisy classifier folder (difflab train-classifier) for classifier guidance of --label")
+    p.add_argument("--classifier-scale", type=float, default=1.0, metavar="S",
+                   help="classifier guidance scale s (default 1)")
+
+
+def guided(args: argparse.Namespace, loaded: Any) -> tuple[Any, CondFn]:
+    """The (possibly guided) denoiser of a loaded run and a function (n, device) -> condition for n samples."""
+    from ..guidance import ClassifierFreeGuidance, ClassifierGuidance, load_classifier, num_classes_of
+
+    model = loaded.model
+    encoder = loaded.config.get("train", {}).get("text_encoder", "none")
+    num_classes = num_classes_of(model)
+    if args.guidance_scale < 0 or args.classifier_scale < 0:
+        raise UserError("--guidance-scale and --classifier-scale must be >= 0")
+    if args.prompt is not None and encoder == "none":
+        raise UserError(f"--prompt: the run in {args.run} is not text-conditional (train with text_encoder in --config)")
+    if args.prompt is not None and args.label is not None:
+        raise UserError("give --label or --prompt, not both")
+    cond_fn: CondFn = lambda n, device: None  # noqa: E731
+    if args.prompt is not None:
+        from ..text import encode_prompts
+
+        ctx, mask = encode_prompts([args.prompt], encoder)
+        cond_fn = lambda n, device: {"context": ctx.expand(n, -1, -1).to(device),  # noqa: E731
+                                     "context_mask": mask.expand(n, -1).to(device)}
+    elif num_classes:
+        y = args.label if args.label is not None else num_classes  # null label = unconditional
+        cond_fn = lambda n, device: {"y": torch.full((n,), y, dtype=torch.long, device=device)}  # noqa: E731
+    if args.guidance_scale:
+        if args.label is None and args.prompt is None:
+            raise UserError("--guidance-scale needs --label (class-conditional runs) or --prompt (text runs)")
+        model = ClassifierFreeGuidance(model, args.guidance_scale)
+    if args.classifier is not None:
+        if args.label is None:
+            raise UserError("--classifier needs --label: the class to guide towards")
+        classifier, sched = load_classifier(args.classifier, device=next(model.parameters()).device)
+        k = classifier.config.num_classes
+        if not 0 <= args.label < k:
+            raise UserError(f"--label {args.label}: the classifier in {args.classifier} has classes 0..{k - 1}")
+        if tuple(loaded.shape)[0] != classifier.config.in_channels:
+            raise UserError(f"--classifier {args.classifier}: made for {classifier.config.in_channels}-channel images")
+        model = ClassifierGuidance(model, classifier, args.classifier_scale, sched)
+        label = args.label
+        inner = cond_fn
+        cond_fn = lambda n, device: {**(inner(n, device) or {}),  # noqa: E731
+                                     "y": torch.full((n,), label, dtype=torch.long, device=device)}
+    return model, cond_fn
+
+
+__all__ = ["add_arguments", "guided"]
