@@ -10,6 +10,7 @@ from .evaluate import elbo_terms, evaluate_nll, format_nll, log_likelihood
 from .gaussian import (bits_per_dim, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
                        sum_except_batch)
 from .ode import ode_log_likelihood
+from .vdm import VDM_T, FourierInput, fourier_features, vdm_loss
 from .variance import (LearnedVarianceDenoiser, analytic_dpm_gamma, analytic_variances, learned_log_variance,
                        reverse_log_variance, split_output, step_log_variances)
 
@@ -17,4 +18,4 @@ __all__ = ["log_likelihood", "evaluate_nll", "format_nll", "elbo_terms", "ode_lo
            "reconstruction_nll", "reverse_step", "vdm_bound", "vdm_diffusion_loss", "bits_per_dim",
            "discretized_gaussian_log_likelihood", "gaussian_log_likelihood", "normal_kl", "sum_except_batch",
            "LearnedVarianceDenoiser", "analytic_dpm_gamma", "analytic_variances", "learned_log_variance",
-           "reverse_log_variance", "split_output", "step_log_variances"]
+           "reverse_log_variance", "split_output", "step_log_variances", "VDM_T", "FourierInput", "fourier_features", "vdm_loss"]

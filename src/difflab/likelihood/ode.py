@@ -64,9 +64,11 @@ def ode_log_likelihood(model: Denoiser, x: Tensor, cond: Any = None, *, trace: T
         if probes == "rademacher":
             v = torch.sign(v)
     t_lo, t_hi = (as_tensor(float(t), like=x) for t in (sched.t_min, sched.t_max))
-    lam_lo, lam_hi = float(sched.log_snr(t_lo)), float(sched.log_snr(t_hi))
+    with torch.no_grad():
+        lam_lo, lam_hi = float(sched.log_snr(t_lo)), float(sched.log_snr(t_hi))
+        a_lo, a_hi = float(sched.alpha(t_lo)), float(sched.alpha(t_hi))
+        a, s = (float(z) for z in sched.alpha_sigma(t_hi))
     s_span = torch.tensor([-0.5 * lam_lo, -0.5 * lam_hi], dtype=x.dtype, device=x.device)
-    a_lo, a_hi = float(sched.alpha(t_lo)), float(sched.alpha(t_hi))
     nfe = 0
 
     def rhs(s: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -88,7 +90,6 @@ def ode_log_likelihood(model: Denoiser, x: Tensor, cond: Any = None, *, trace: T
                           method=method)
     x_T = a_hi * ys[-1]
     t_hi_b = t_hi.expand(B)
-    a, s = (float(z) for z in sched.alpha_sigma(t_hi))
     var = a**2 + s**2
     log_prior = -0.5 * (x_T**2).flatten(1).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
     delta = divs[-1] + d * (math.log(a_hi) - math.log(a_lo))

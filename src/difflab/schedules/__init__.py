@@ -11,9 +11,11 @@ from . import discrete as _d
 from .base import Schedule, append_dims, as_tensor
 from .continuous import VE, VP, Cosine, SubVP
 from .discrete import DiscreteSchedule
+from .learned import LearnedSchedule
 
 _DISCRETE = {"linear": _d.linear, "cosine": _d.cosine, "quadratic": _d.quadratic, "sigmoid": _d.sigmoid}
-_CONTINUOUS = {"vp": VP, "linear": VP, "subvp": SubVP, "sub-vp": SubVP, "ve": VE, "cosine": Cosine}
+_CONTINUOUS = {"vp": VP, "linear": VP, "subvp": SubVP, "sub-vp": SubVP, "ve": VE, "cosine": Cosine,
+               "learned": LearnedSchedule}
 
 
 def names(discrete: bool | None = None) -> list[str]:
@@ -54,5 +56,5 @@ def from_config(cfg: dict[str, Any]) -> Schedule:
     return get(kind, **cfg)
 
 
-__all__ = ["Schedule", "DiscreteSchedule", "VP", "SubVP", "VE", "Cosine", "get", "from_config", "names",
+__all__ = ["Schedule", "DiscreteSchedule", "VP", "SubVP", "VE", "Cosine", "LearnedSchedule", "get", "from_config", "names",
            "append_dims", "as_tensor"]
