@@ -1,0 +1,60 @@
+"""DDPM ancestral sampling and DDIM, on any sub-sequence of noise levels, for any schedule (native coordinates).
+
+Between consecutive levels t > s the forward process has x_t | x_s ~ N(alpha_{t|s} x_s, sigma_{t|s}^2 I) with
+alpha_{t|s} = alpha_t / alpha_s and sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2 (Kingma et al. 2021,
+eq. 3-4); for a DDPM table and s = t - 1 these are sqrt(1 - beta_t) and beta_t.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ._common import levels, randn_like, steps
+
+
+def _pair(lv: Any, i: int) -> tuple[float, float, float, float, float]:
+    """alpha_t, sigma_t, alpha_s, sigma_s and sigma_{t|s}^2 between level i (t) and level i+1 (s)."""
+    at, st, as_, ss = lv.alpha[i], lv.sigma_native[i], lv.alpha[i + 1], lv.sigma_native[i + 1]
+    var_ts = max(st**2 - (at / as_) ** 2 * ss**2, 0.0)
+    return at, st, as_, ss, var_ts
+
+
+def sample_ddpm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
+                progress: bool = False, variance: Literal["beta_tilde", "beta"] = "beta_tilde") -> Tensor:
+    """Ancestral sampling from the posterior q(x_s | x_t, x_0-hat) (Ho et al. 2020, eq. 6-7 and Alg. 2; sigma^2 = beta-tilde or beta)."""
+    if variance not in ("beta_tilde", "beta"):
+        raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
+    lv = levels(model, x, sigmas)
+    n = len(lv.sigma) - 1
+    for i in steps(n, progress):
+        x0 = model(x, lv.t[i], cond)
+        if lv.sigma[i + 1] == 0:
+            return x0
+        at, st, as_, ss, var_ts = _pair(lv, i)
+        mean = (at / as_) * ss**2 / st**2 * x + as_ * var_ts / st**2 * x0
+        var = var_ts * ss**2 / st**2 if variance == "beta_tilde" else var_ts
+        x = mean + math.sqrt(var) * randn_like(x, generator)
+    return x
+
+
+def sample_ddim(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
+                progress: bool = False, eta: float = 0.0) -> Tensor:
+    """DDIM update x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, c^2 = eta^2 beta-tilde (Song et al. 2021a, eq. 12 and 16)."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    lv = levels(model, x, sigmas)
+    n = len(lv.sigma) - 1
+    for i in steps(n, progress):
+        x0 = model(x, lv.t[i], cond)
+        if lv.sigma[i + 1] == 0:
+            return x0
+        at, st, as_, ss, var_ts = _pair(lv, i)
+        eps = (x - at * x0) / st
+        c2 = eta**2 * var_ts * ss**2 / st**2
+        x = as_ * x0 + math.sqrt(max(ss**2 - c2, 0.0)) * eps
+        if c2 > 0:
+            x = x + math.sqrt(c2) * randn_like(x, generator)
+    return x

@@ -1,0 +1,68 @@
+"""Reverse-time SDE samplers (Song et al. 2021b) in native coordinates, using the schedule's f(t) and g(t)^2.
+
+The reverse SDE is dx = [f(t) x - g(t)^2 grad log p_t(x)] dt + g(t) dW-bar with the score
+(alpha D(x, t) - x) / sigma^2 (Tweedie); it works for VP, sub-VP, VE and DDPM schedules alike.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._common import Levels, levels, randn_like, steps
+
+
+def _sde_table(model: Any, lv: Levels) -> tuple[list[float], list[float]]:
+    f, g2 = model.schedule.sde(torch.tensor(lv.tf, dtype=torch.float64))
+    return f.tolist(), g2.tolist()
+
+
+def _score(model: Any, x: Tensor, lv: Levels, i: int, cond: Any) -> tuple[Tensor, Tensor]:
+    """(score, x0-hat) at level i: grad log p_t(x) = (alpha x0-hat - x) / sigma^2."""
+    x0 = model(x, lv.t[i], cond)
+    return (lv.alpha[i] * x0 - x) / lv.sigma_native[i] ** 2, x0
+
+
+def _em_step(x: Tensor, score: Tensor, f: float, g2: float, dt: float, generator: torch.Generator | None) -> Tensor:
+    return x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * randn_like(x, generator)
+
+
+def sample_euler_maruyama(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
+                          generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021b, eq. 6), then the denoised sample at the last level."""
+    lv = levels(model, x, sigmas)
+    f, g2 = _sde_table(model, lv)
+    n = len(lv.sigma) - 1
+    for i in steps(n, progress):
+        score, x0 = _score(model, x, lv, i, cond)
+        if lv.sigma[i + 1] == 0:
+            return x0
+        x = _em_step(x, score, f[i], g2[i], lv.tf[i] - lv.tf[i + 1], generator)
+    return x
+
+
+def sample_pc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
+              progress: bool = False, snr: float = 0.16, n_corrector: int = 1) -> Tensor:
+    """Predictor-corrector: Langevin corrector with step 2 a (snr |z| / |score|)^2, then an Euler-Maruyama predictor (Song et al. 2021b, Alg. 2-5)."""
+    if n_corrector < 0 or snr <= 0:
+        raise ValueError(f"need n_corrector >= 0 and snr > 0, got {n_corrector}, {snr}")
+    lv = levels(model, x, sigmas)
+    f, g2 = _sde_table(model, lv)
+    n = len(lv.sigma) - 1
+    for i in steps(n, progress):
+        # VP step-size factor a_i = alpha_{i-1}^2 / alpha_i^2 (= 1 - beta_i on a DDPM table; 1 for VE)
+        a = (lv.alpha[i + 1] / lv.alpha[i]) ** 2 if lv.sigma[i + 1] != 0 else 1.0
+        for _ in range(n_corrector):
+            score, _ = _score(model, x, lv, i, cond)
+            z = randn_like(x, generator)
+            zn = z.flatten(1).norm(dim=1)
+            gn = score.flatten(1).norm(dim=1).clamp_min(1e-30)
+            step = (2.0 * a * (snr * zn / gn) ** 2).reshape((-1,) + (1,) * (x.ndim - 1))
+            x = x + step * score + (2.0 * step).sqrt() * z
+        score, x0 = _score(model, x, lv, i, cond)
+        if lv.sigma[i + 1] == 0:
+            return x0
+        x = _em_step(x, score, f[i], g2[i], lv.tf[i] - lv.tf[i + 1], generator)
+    return x
