@@ -73,30 +73,31 @@ def reverse_step(model: Denoiser, x_t: Tensor, t: Tensor, cond: Any = None, vari
     return x0_hat, reverse_log_variance(sched, variance, t, x_t, v)
 
 
-def ddpm_step_terms(model: Denoiser, x0: Tensor, t: Tensor, eps: Tensor, cond: Any = None,
-                    variance: Variance = "beta_tilde", bins: int | None = None, clip: bool = False,
-                    detach_mean: bool = False) -> Tensor:
-    """L_{t} per example [B]: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t >= 1, the decoder NLL -log p(x_0|x_1) at t = 0.
-
-    ``t`` integer steps [B] (0-based: step 0 is the paper's t = 1); ``detach_mean`` stops the gradient of the
-    mean, so only a learned variance is trained by this term (Nichol & Dhariwal 2021, sec. 3.1).
-    """
-    sched: DiscreteSchedule = model.schedule
-    t = t.long()
-    a, s = model.coefficients(t.to(x0.dtype), x0)
-    x_t = a * x0 + s * eps
-    x0_hat, log_var = reverse_step(model, x_t, t, cond, variance, clip)
-    if detach_mean:
-        x0_hat = x0_hat.detach()
-    c0, ct = sched.posterior_mean_coefs
+def step_terms_from(schedule: DiscreteSchedule, x0: Tensor, x_t: Tensor, t: Tensor, x0_hat: Tensor, log_var: Tensor,
+                    bins: int | None = None) -> Tensor:
+    """L_t per example [B] given the model's x_0-hat and log variance at (x_t, t): the KL for t >= 1, the decoder NLL at t = 0."""
+    c0, ct = schedule.posterior_mean_coefs
     c0, ct = _table(c0, t, x0), _table(ct, t, x0)
     mean_p = c0 * x0_hat + ct * x_t
     mean_q = c0 * x0 + ct * x_t
-    bt = sched.posterior_variance.clone()
+    bt = schedule.posterior_variance.clone()
     bt[0] = bt[1]  # unused at t = 0; keeps the log finite
     kl = sum_except_batch(normal_kl(mean_q, torch.log(_table(bt, t, x0)), mean_p, log_var))
     dec = _decoder_nll(x0, mean_p, log_var, bins)
     return torch.where(t.to(x0.device) == 0, dec, kl)
+
+
+def ddpm_step_terms(model: Denoiser, x0: Tensor, t: Tensor, eps: Tensor, cond: Any = None,
+                    variance: Variance = "beta_tilde", bins: int | None = None, clip: bool = False) -> Tensor:
+    """L_{t} per example [B]: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t >= 1, the decoder NLL -log p(x_0|x_1) at t = 0.
+
+    ``t`` integer steps [B] (0-based: step 0 is the paper's t = 1) (Ho et al. 2020, eq. 5 and 13).
+    """
+    t = t.long()
+    a, s = model.coefficients(t.to(x0.dtype), x0)
+    x_t = a * x0 + s * eps
+    x0_hat, log_var = reverse_step(model, x_t, t, cond, variance, clip)
+    return step_terms_from(model.schedule, x0, x_t, t, x0_hat, log_var, bins)
 
 
 @torch.no_grad()
@@ -219,5 +220,5 @@ def vdm_bound(model: Denoiser, x0: Tensor, cond: Any = None, *, bins: int | None
     return BoundTerms(prior, diff, recon)
 
 
-__all__ = ["BoundTerms", "ddpm_prior", "reverse_step", "ddpm_step_terms", "ddpm_bound", "log_snr_and_derivative",
+__all__ = ["BoundTerms", "ddpm_prior", "reverse_step", "step_terms_from", "ddpm_step_terms", "ddpm_bound", "log_snr_and_derivative",
            "prior_kl", "reconstruction_nll", "vdm_diffusion_loss", "vdm_bound"]
