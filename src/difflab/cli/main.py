@@ -6,11 +6,13 @@ import sys
 import warnings
 
 from ..errors import UserError
+from . import evaluate as evaluate_cmd
+from . import report as report_cmd
 from . import sample as sample_cmd
 from . import train as train_cmd
 from . import train_classifier as train_classifier_cmd
 
-COMMANDS = [train_cmd, sample_cmd, train_classifier_cmd]
+COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd]
 
 
 def parser() -> argparse.ArgumentParser:

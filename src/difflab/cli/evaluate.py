@@ -1,0 +1,118 @@
+"""``difflab evaluate``: sample-quality metrics (and likelihood) of a run or of a file of samples."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Dataset, load, to_unit
+from ..errors import UserError
+from ..models.denoiser import Clamped
+from ..training import load_run
+from ..training.checkpoint import write_json
+
+FEATURE_NETS = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..samplers import names
+
+    p = sub.add_parser("evaluate", help="measure sample quality (and likelihood)", description=(
+        "Score samples against data: for images FD, KID, precision/recall, density/coverage and class statistics in "
+        "the feature space of a classifier trained on digits or MNIST; for 2-D data sliced Wasserstein, MMD, "
+        "precision/recall. Prints a table and writes JSON."))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, metavar="RUN_DIR", help="sample from this run")
+    src.add_argument("--samples", type=Path, metavar="FILE.npz", help="samples written by `difflab sample`")
+    p.add_argument("--data", metavar="SPEC", help="reference data (default: the run's data)")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"], help="reference split (default train)")
+    p.add_argument("--num", type=int, default=1000, help="samples to draw from the run (default 1000)")
+    p.add_argument("--sampler", default="ddim", choices=names())
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
+    p.add_argument("--nll", action="store_true", help="also report the negative log-likelihood on the test split")
+    p.add_argument("--nll-method", default="elbo", choices=["elbo", "ode"])
+    p.add_argument("--nll-num", type=int, default=300, help="test examples for --nll (default 300)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="where to write the results (default next to the input)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(handler=run)
+
+
+def _load_samples(path: Path) -> torch.Tensor:
+    if not path.is_file():
+        raise UserError(f"--samples {path} does not exist")
+    try:
+        with np.load(path) as f:
+            if "images" in f:
+                imgs = f["images"]
+                if imgs.dtype != np.uint8 or imgs.ndim != 4:
+                    raise UserError(f"{path}: 'images' must be uint8 N x H x W x C, got {imgs.dtype} {imgs.shape}")
+                return to_unit(imgs)
+            if "samples" in f:
+                return torch.from_numpy(np.asarray(f["samples"], dtype=np.float32))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable .npz file ({e})") from None
+    raise UserError(f"{path} has neither 'images' nor 'samples'")
+
+
+def metrics_for(x: torch.Tensor, ref: Dataset, features: str | None) -> dict[str, float]:
+    """Image or point metrics of samples x against the reference data."""
+    from ..evaluation import evaluate_images, evaluate_points
+
+    if tuple(x.shape[1:]) != ref.shape:
+        raise UserError(f"samples have shape {tuple(x.shape[1:])} but {ref.spec} has {ref.shape}")
+    if ref.kind == "points":
+        return evaluate_points(x, ref.x)
+    name = features or FEATURE_NETS.get(ref.shape)
+    if name is None:
+        raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features digits|mnist "
+                        "or use difflab.evaluation.evaluate_images with your own extractor")
+    return evaluate_images(x, ref.x, features=name)
+
+
+def run(args: argparse.Namespace) -> int:
+    result: dict[str, Any] = {}
+    for name in ("num", "steps", "nll_num"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.run is not None:
+        loaded = load_run(args.run, device=args.device)
+        spec = args.data or loaded.config["data"]
+        ref = load(spec, args.split)
+        model = Clamped(loaded.model) if ref.kind == "image" else loaded.model
+        from ..evaluation.report import draw
+
+        x, nfe, secs = draw(model, loaded.shape, args.num, args.sampler, args.steps, args.seed)
+        result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs)
+        out_json = args.json or args.run / "evaluation.json"
+    else:
+        if args.nll:
+            raise UserError("--nll needs --run (a model), not --samples")
+        if not args.data:
+            raise UserError("--samples needs --data SPEC (the reference data)")
+        x = _load_samples(args.samples)
+        ref = load(args.data, args.split)
+        result.update(source=str(args.samples))
+        out_json = args.json or args.samples.with_suffix(".json")
+    result.update(data=ref.spec, split=args.split, metrics=metrics_for(x, ref, args.features))
+    if args.nll:
+        from ..likelihood import evaluate_nll
+
+        test = load(ref.spec, "test").x[: args.nll_num]
+        result["nll"] = evaluate_nll(loaded.model, test.to(next(loaded.model.parameters()).device),
+                                     method=args.nll_method, seed=args.seed)
+    print(f"{'metric':<18} value")
+    for k, v in result["metrics"].items():
+        print(f"{k:<18} {v:.5g}")
+    if "nll" in result:
+        r = result["nll"]
+        print(f"{'nll (' + r['method'] + ')':<18} {r['nll']:.4f} +- {r['ci95']:.4f} {r['unit']}")
+    write_json(Path(out_json), json.loads(json.dumps(result, default=float)))
+    print(f"wrote {out_json}")
+    return 0

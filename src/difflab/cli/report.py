@@ -1,0 +1,70 @@
+"""``difflab report``: the trilemma table and plot for runs x samplers x step budgets."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ..data import load
+from ..errors import UserError
+from ..models.denoiser import Clamped
+from ..training import load_run
+from ..training.checkpoint import write_json
+
+DEFAULT_METHODS = "ddim:10,ddim:50,ddpm:100,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:20,unipc:5,unipc:10,heun:20"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="quality / diversity / speed of runs across samplers", description=(
+        "Sample every run with every method, score quality (FD), diversity (recall, coverage) and speed (NFE, "
+        "seconds per 1000 samples), and write report.md, report.json and trilemma.png."))
+    p.add_argument("--run", type=Path, action="append", required=True, metavar="RUN_DIR",
+                   help="a run folder (repeat to compare models on the same data)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
+    p.add_argument("--num", type=int, default=1000, help="samples per method (default 1000)")
+    p.add_argument("--data", metavar="SPEC", help="reference data (default: the first run's data)")
+    p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md and trilemma.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ..evaluation import evaluate_features, evaluate_points, get_extractor
+    from ..evaluation.report import draw, parse_methods, write_report
+    from ..samplers import names
+    from .evaluate import FEATURE_NETS
+
+    if args.num < 10:
+        raise UserError(f"--num must be at least 10, got {args.num}")
+    methods = parse_methods(args.methods, names())
+    runs = [load_run(r, device=args.device) for r in args.run]
+    ref = load(args.data or runs[0].config["data"])
+    for r, path in zip(runs, args.run):
+        if r.shape != ref.shape:
+            raise UserError(f"{path} makes samples of shape {r.shape}, but {ref.spec} has {ref.shape}")
+    if ref.kind == "image":
+        name = args.features or FEATURE_NETS.get(ref.shape)
+        if name is None:
+            raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features")
+        extractor = get_extractor(name)
+        ref_features = extractor(ref.x)
+    rows = []
+    jobs = [(path, r, s, k) for path, r in zip(args.run, runs) for s, k in methods]
+    for path, r, sampler, steps in tqdm(jobs, desc="report", unit="method"):
+        model = Clamped(r.model) if ref.kind == "image" else r.model
+        x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed)
+        m = (evaluate_features(extractor(x), ref_features) if ref.kind == "image" else evaluate_points(x, ref.x))
+        label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
+        rows.append({"method": label, "run": str(path), "sampler": sampler, "steps": steps, "nfe": nfe,
+                     "sec_per_1000": secs * 1000 / args.num, **m})
+    command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    md = write_report(rows, args.out, f"Trilemma on {ref.spec} ({args.num} samples per method)", command)
+    write_json(args.out / "report.json", {"data": ref.spec, "rows": rows})
+    print(md.read_text())
+    return 0

@@ -1,0 +1,114 @@
+"""The generative learning trilemma, measured: quality (FD), diversity (recall, coverage) and speed (NFE, time)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+
+
+class CountCalls(nn.Module):
+    """A denoiser wrapper counting model calls (NFE) per sampling run."""
+
+    def __init__(self, model: Callable[..., Tensor]):
+        super().__init__()
+        self.model, self.schedule, self.calls = model, model.schedule, 0
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        self.calls += 1
+        return self.model(x, t, cond)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of a report: a model (run label) sampled with a sampler at a step budget."""
+
+    model: str
+    sampler: str
+    steps: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.sampler}:{self.steps}"
+
+
+def parse_methods(spec: str, samplers: Sequence[str]) -> list[tuple[str, int]]:
+    """'ddim:10,dpmpp_2m:20' -> [("ddim", 10), ("dpmpp_2m", 20)], checked against the known samplers."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, steps = item.partition(":")
+        if name not in samplers:
+            raise UserError(f"--methods: unknown sampler {name!r} in {item!r}; choose from {', '.join(samplers)}")
+        if not steps.isdigit() or int(steps) < 1:
+            raise UserError(f"--methods: {item!r} needs a positive step count, like {name}:20")
+        out.append((name, int(steps)))
+    if not out:
+        raise UserError("--methods is empty")
+    return out
+
+
+def draw(model: Callable[..., Tensor], shape: Sequence[int], num: int, sampler: str, steps: int, seed: int = 0,
+         batch_size: int = 500, cond: Callable[[int], Any] | None = None) -> tuple[Tensor, int, float]:
+    """num samples with a sampler: (samples on CPU, model calls per batch, wall seconds)."""
+    from ..samplers import sample
+
+    counter = CountCalls(model)
+    device = next(iter(model.parameters()), torch.empty(0)).device if isinstance(model, nn.Module) else "cpu"
+    g = torch.Generator().manual_seed(seed)
+    chunks, nfe, t0 = [], 0, time.perf_counter()
+    for start in range(0, num, batch_size):
+        n = min(batch_size, num - start)
+        x_T = torch.randn((n, *shape), generator=g).to(device)
+        counter.calls = 0
+        with torch.no_grad():
+            chunks.append(sample(counter, x_T, sampler=sampler, steps=steps, generator=g,
+                                 cond=cond(n) if cond else None).cpu())
+        nfe = max(nfe, counter.calls)
+    return torch.cat(chunks), nfe, time.perf_counter() - t0
+
+
+def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command: str) -> Path:
+    """report.md (table) and trilemma.png (FD against time and NFE, recall as colour) in out_dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = ["method", "nfe", "sec_per_1000", "fd", "kid", "precision", "recall", "coverage"]
+    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    lines += ["", "Quality: FD (lower is better). Diversity: recall and coverage (higher is better). "
+              "Speed: model calls (NFE) per sample and wall seconds per 1000 samples.", "",
+              "![trilemma](trilemma.png)", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
+    for ax, key, xl in [(axes[0], "nfe", "model calls per sample (NFE)"), (axes[1], "sec_per_1000", "seconds per 1000 samples")]:
+        sc = ax.scatter([r[key] for r in rows], [r["fd"] for r in rows], c=[r.get("recall", math.nan) for r in rows],
+                        cmap="viridis", s=60, vmin=0, vmax=1, edgecolors="k")
+        for r in rows:
+            ax.annotate(r["method"], (r[key], r["fd"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xl)
+        ax.set_ylabel("FD (lower is better)")
+        ax.grid(alpha=0.3, which="both")
+    fig.colorbar(sc, ax=axes, label="recall (diversity)")
+    fig.suptitle(title)
+    fig.savefig(out_dir / "trilemma.png", bbox_inches="tight")
+    plt.close(fig)
+    return out_dir / "report.md"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
