@@ -31,6 +31,7 @@ class TrainConfig(Config):
     ema_decay: float = 0.999
     conditional: bool = False  # train on class labels (classifier-free: labels dropped with p_uncond)
     p_uncond: float = 0.1
+    text_encoder: Literal["none", "small", "minilm"] = "none"  # with conditional: caption cross-attention, not labels
     seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 500
@@ -52,6 +53,8 @@ class TrainConfig(Config):
         require(self.grad_clip >= 0, f"{n}.grad_clip must be >= 0 (0 = off), got {self.grad_clip!r}")
         require(0 <= self.ema_decay < 1, f"{n}.ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         require(0 <= self.p_uncond < 1, f"{n}.p_uncond must lie in [0, 1), got {self.p_uncond!r}")
+        require(self.text_encoder == "none" or self.conditional,
+                f"{n}.text_encoder={self.text_encoder!r} needs conditional=true (captions of the labelled data)")
         require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
         require(isinstance(self.schedule, dict) and "kind" in self.schedule,
                 f"{n}.schedule must be a mapping with a 'kind', got {self.schedule!r}")

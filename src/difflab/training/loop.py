@@ -59,9 +59,15 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
 
 def batch_condition(cfg: TrainConfig, data: Dataset, idx: torch.Tensor, g: torch.Generator,
                     device: torch.device) -> dict[str, torch.Tensor] | None:
-    """The network's condition for a batch: labels, replaced by the null label with probability p_uncond."""
+    """The network's condition for a batch: labels (or caption states), replaced by the null label (empty context) with probability p_uncond."""
     if not cfg.conditional:
         return None
+    if cfg.text_encoder != "none":
+        from ..text import caption_table
+
+        ctx, mask = caption_table(data, cfg.text_encoder).gather(idx)
+        drop = torch.rand(len(idx), generator=g) < cfg.p_uncond  # the empty prompt: no context tokens
+        return {"context": (ctx * ~drop[:, None, None]).to(device), "context_mask": (mask & ~drop[:, None]).to(device)}
     y = data.y[idx].clone()
     y[torch.rand(len(y), generator=g) < cfg.p_uncond] = data.num_classes  # the null label
     return {"y": y.to(device)}
@@ -94,7 +100,13 @@ def preview(model: Denoiser, data: Dataset, cfg: TrainConfig, path: Path, num: i
     n = num if data.kind == "image" else 2000
     device = next(model.parameters()).device
     cond = None
-    if cfg.conditional:
+    if cfg.conditional and cfg.text_encoder != "none":
+        from ..text import class_prompts, encode_prompts
+
+        ctx, mask = encode_prompts(class_prompts(data.num_classes), cfg.text_encoder)
+        k = torch.arange(n) % data.num_classes
+        cond = {"context": ctx[k].to(device), "context_mask": mask[k].to(device)}
+    elif cfg.conditional:
         cond = {"y": (torch.arange(n) % data.num_classes).to(device)}
     x_T = torch.randn((n, *data.shape), generator=g).to(device)
     if data.kind == "image":

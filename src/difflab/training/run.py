@@ -35,7 +35,14 @@ def build_denoiser(cfg: TrainConfig, data: Dataset) -> Denoiser:
     labels = data.num_classes if cfg.conditional else 0
     if cfg.conditional and labels < 2:
         raise UserError(f"--conditional needs labelled data; {data.spec} has {labels} classes")
-    overrides = {"time_scale": time_scale_for(sched), "num_classes": labels, **cfg.network}
+    text = {}
+    if cfg.text_encoder != "none":  # caption cross-attention instead of a label embedding
+        from ..text import encoder_dim
+
+        labels, text = 0, {"context_dim": encoder_dim(cfg.text_encoder)}
+        if data.kind != "image":
+            raise UserError(f"text conditioning needs images; {data.spec} holds points")
+    overrides = {"time_scale": time_scale_for(sched), "num_classes": labels, **text, **cfg.network}
     if data.kind == "image":
         c, h, w = data.shape
         base = unet_for_image(max(h, w), c)

