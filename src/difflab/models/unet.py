@@ -314,8 +314,8 @@ def unet_digits(**changes: Any) -> UNetConfig:
 
 
 def unet_mnist(**changes: Any) -> UNetConfig:
-    """28x28x1 (MNIST): 3 levels (28, 14, 7), 32/64/64 channels, attention at 7x7."""
-    return UNetConfig(in_channels=1, out_channels=1, channels=32, channel_mult=(1, 2, 2), num_res_blocks=2,
+    """28x28x1 (MNIST): 3 levels (28, 14, 7), 32/64/64 channels, one ResNet block per level, attention at 7x7."""
+    return UNetConfig(in_channels=1, out_channels=1, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                       attention_levels=(2,), num_heads=4, dropout=0.1, groups=8).replace(**changes)
 
 
