@@ -130,7 +130,7 @@ def main() -> None:
         sections.append(
             f"## {name}\n\nReference: {'a seeded random subset of ' if ref_n else 'all '}{rows[0]['ref_n']} "
             f"training images of `{spec.split(':')[0]}`; held-out = its test split; "
-            f"features of the shipped `{name}` feature net; computed in {seconds:.0f} s.\n\n"
+            f"features of the shipped `{name}` feature net; {seconds:.0f} s wall time.\n\n"
             + table(rows) + f"\n![{name} sanity scale]({png.name})\n"
         )
     cmd = "python benchmarks/metric_sanity.py" + (f" --mnist {args.mnist}" if args.mnist else "")

@@ -260,3 +260,14 @@ def test_digits_recipe_reproduces_shipped_net() -> None:
     # bit-identical on the same torch build and CPU type; elsewhere the accuracy must still agree closely
     if weights_digest(net) != info["sha256"]:
         assert meta["heldout_accuracy"] == pytest.approx(info["heldout_accuracy"], abs=0.015)
+
+
+def test_reference_features_for_a_data_spec() -> None:
+    from difflab.evaluation import features_for, reference_features
+
+    assert features_for("digits") == "digits" and features_for("mnist:/some/dir") == "mnist"
+    with pytest.raises(EvaluationError):
+        features_for("toy:moons")
+    ref = reference_features("digits", "train", max_n=100)
+    assert ref.features.shape == (100, 128) and ref.logits is not None and ref.logits.shape == (100, 10)
+    assert np.array_equal(ref.knn_radii(3), M.knn_radii(ref.features, 3))

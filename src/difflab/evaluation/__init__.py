@@ -2,7 +2,8 @@
 
 ``evaluate_images`` and ``evaluate_points`` return flat ``dict[str, float]`` (JSON-ready); the metric functions
 in :mod:`.metrics` are pure functions of arrays. Reference features can be computed once with
-``extract`` and passed as ``reference`` to score many sample sets against the same data.
+``extract`` (or ``reference_features`` for a ``difflab.data`` spec) and passed as ``reference`` to score many
+sample sets against the same data.
 """
 from __future__ import annotations
 
@@ -39,6 +40,29 @@ FeatureSpec = Any  # "digits" | "mnist" | Extractor | torch.nn.Module | Callable
 def extract(images: Any, features: FeatureSpec = "digits", batch_size: int = 500) -> Features:
     """Features (and logits, if the extractor has them) of images [N, C, H, W] in [-1, 1]."""
     return get_extractor(features)(images, batch_size)
+
+
+def features_for(spec: str) -> str:
+    """Name of the built-in feature net for a ``difflab.data`` spec ("digits" or "mnist:DIR"), else EvaluationError."""
+    if spec == "digits":
+        return "digits"
+    if spec == "mnist" or spec.startswith("mnist:"):
+        return "mnist"
+    raise EvaluationError(f"no built-in feature net for data {spec!r}; pass features=<torch module or callable>")
+
+
+def reference_features(
+    spec: str, split: str = "train", features: FeatureSpec | None = None, max_n: int | None = None, seed: int = 0
+) -> Features:
+    """Features of a dataset split (seeded random subset of max_n images if given), for use as ``reference``."""
+    from .. import data
+
+    x = data.load(spec, split).x  # type: ignore[arg-type]
+    if x.ndim != 4:
+        raise EvaluationError(f"data {spec!r} is not an image dataset; use evaluate_points")
+    if max_n is not None and len(x) > max_n:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_n]]
+    return extract(x, features if features is not None else features_for(spec))
 
 
 def evaluate_features(
@@ -159,6 +183,8 @@ __all__ = [
     "evaluate_points",
     "evaluate_features",
     "extract",
+    "features_for",
+    "reference_features",
     "Features",
     "Extractor",
     "FeatureNet",

@@ -2,8 +2,8 @@
 
 A feature extractor maps images [N, C, H, W] in [-1, 1] to features [N, F] and optionally logits [N, K]. The
 classifier-feature analogue of FID ("Fréchet classifier distance") uses the penultimate layer of a classifier
-trained on the data itself, as done for MNIST-like data in e.g. Bińkowski et al. 2018 (LeNet features) and
-Kynkäänniemi et al. 2019's appendix; any torch module or callable plugs in through :class:`Extractor`.
+trained on the data itself instead of Inception-v3 (Heusel et al. 2017); any torch module or callable plugs in
+through :class:`Extractor`.
 """
 from __future__ import annotations
 
