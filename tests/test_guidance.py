@@ -318,3 +318,70 @@ def test_conditional_training_label_accuracy_grows_with_guidance():
     model = _train_conditional(300)
     plain, guided = _label_accuracy(model, 0.0, 200), _label_accuracy(model, 2.0, 200)
     assert plain > 0.25 and guided > max(plain, 0.7)
+
+
+# ---- CLIP-style guidance ---------------------------------------------------------------------------------------
+def tiny_clip(seed: int = 2):
+    from difflab.guidance import ClipConfig, NoisyClip
+
+    cfg = ClipConfig(embed_dim=8, image={"channels": 8, "groups": 4, "time_scale": 10.0},
+                     text={"dim": 16, "layers": 1, "heads": 2})
+    return randomize(NoisyClip(cfg), seed, std=0.3)
+
+
+def test_clip_loss_is_symmetric_infonce():
+    from difflab.guidance import clip_loss
+
+    logits = torch.randn(5, 5, generator=torch.Generator().manual_seed(0))
+    manual = -0.5 * (torch.log_softmax(logits, 1).diag().mean() + torch.log_softmax(logits, 0).diag().mean())
+    torch.testing.assert_close(clip_loss(logits), manual)
+    assert clip_loss(torch.eye(4) * 50) < 1e-6  # perfectly aligned pairs
+
+
+def test_clip_similarity_gradient_and_guidance():
+    from difflab.guidance import ClipGuidance, similarity_grad
+
+    clip = tiny_clip().double()
+    x, t, _ = batch(2, torch.float64)
+    text = clip.text_features(["a thick seven"]).double()
+    grad, sim = similarity_grad(clip, x, t, text)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    f = lambda z: (clip.image_features(z, t) * text).sum(1)  # noqa: E731
+    fd = (f(x + 1e-5 * v) - f(x - 1e-5 * v)) / 2e-5
+    torch.testing.assert_close((grad * v).flatten(1).sum(1), fd, rtol=1e-6, atol=1e-8)
+    assert sim.abs().max() <= 1 + 1e-9  # cosine similarity
+    model = tiny_model()
+    x, t, cond = batch()
+    clip = tiny_clip()
+    with torch.no_grad():
+        assert torch.equal(ClipGuidance(model, clip, "a seven", 0.0)(x, t, cond), model(x, t, cond))
+        s = 2.0
+        guided = ClipGuidance(model, clip, "a seven", s)
+        g, _ = similarity_grad(clip, x, t, clip.text_features(["a seven"]))
+        torch.testing.assert_close(guided.score(x, t, cond), model.score(x, t, cond) + s * g, rtol=1e-4, atol=1e-4)
+    out = difflab.sample(guided, torch.randn(3, 1, 8, 8), sampler="dpmpp_2m", steps=3, cond={"y": torch.tensor([0, 1, 2])})
+    assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
+
+
+def test_clip_training_is_deterministic_and_cli(digits_small, tmp_path, capsys):
+    from difflab.cli.main import main
+    from difflab.guidance import ClipTrainConfig, load_clip, train_clip
+
+    cfg = ClipTrainConfig(steps=2, batch_size=16, schedule={"kind": "linear", "T": 100},
+                          clip={"embed_dim": 8, "image": {"channels": 8, "groups": 4}, "text": {"dim": 16, "heads": 2}})
+    a, _ = train_clip(cfg, digits_small, tmp_path / "clip")
+    b, _ = train_clip(cfg, digits_small)
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), k
+    c, _ = load_clip(tmp_path / "clip")
+    assert torch.equal(c.text_features(["a two"]), a.text_features(["a two"]))
+    run = tmp_path / "run"
+    conf = tmp_path / "cfg.json"
+    conf.write_text('{"network": %s, "batch_size": 16, "sample_steps": 2, "schedule": {"kind": "linear", "T": 100}}'
+                    % __import__("json").dumps(TINY_UNET))
+    assert main(["train", "--data", "digits", "--out", str(run), "--steps", "2", "--config", str(conf), "--quiet"]) == 0
+    assert main(["sample", "--run", str(run), "--num", "3", "--steps", "2", "--clip", str(tmp_path / "clip"),
+                 "--prompt", "a thick seven", "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["sample", "--run", str(run), "--num", "3", "--steps", "2", "--clip", str(tmp_path / "clip"),
+                 "--out", str(tmp_path / "c.png")]) == 2
+    assert "--clip needs --prompt" in capsys.readouterr().err

@@ -21,23 +21,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="noisy classifier folder (difflab train-classifier) for classifier guidance of --label")
     p.add_argument("--classifier-scale", type=float, default=1.0, metavar="S",
                    help="classifier guidance scale s (default 1)")
+    p.add_argument("--clip", type=Path, metavar="DIR",
+                   help="noisy CLIP folder (difflab train-clip) for CLIP guidance towards --prompt")
+    p.add_argument("--clip-scale", type=float, default=10.0, metavar="S", help="CLIP guidance scale (default 10)")
 
 
 def guided(args: argparse.Namespace, loaded: Any) -> tuple[Any, CondFn]:
     """The (possibly guided) denoiser of a loaded run and a function (n, device) -> condition for n samples."""
-    from ..guidance import ClassifierFreeGuidance, ClassifierGuidance, load_classifier, num_classes_of
+    from ..guidance import (ClassifierFreeGuidance, ClassifierGuidance, ClipGuidance, load_classifier, load_clip,
+                            num_classes_of)
 
     model = loaded.model
     encoder = loaded.config.get("train", {}).get("text_encoder", "none")
     num_classes = num_classes_of(model)
-    if args.guidance_scale < 0 or args.classifier_scale < 0:
-        raise UserError("--guidance-scale and --classifier-scale must be >= 0")
-    if args.prompt is not None and encoder == "none":
+    if min(args.guidance_scale, args.classifier_scale, args.clip_scale) < 0:
+        raise UserError("--guidance-scale, --classifier-scale and --clip-scale must be >= 0")
+    if args.clip is not None and args.prompt is None:
+        raise UserError("--clip needs --prompt: the caption to guide towards")
+    if args.prompt is not None and encoder == "none" and args.clip is None:
         raise UserError(f"--prompt: the run in {args.run} is not text-conditional (train with text_encoder in --config)")
     if args.prompt is not None and args.label is not None:
         raise UserError("give --label or --prompt, not both")
     cond_fn: CondFn = lambda n, device: None  # noqa: E731
-    if args.prompt is not None:
+    if args.prompt is not None and encoder != "none":
         from ..text import encode_prompts
 
         ctx, mask = encode_prompts([args.prompt], encoder)
@@ -47,7 +53,7 @@ def guided(args: argparse.Namespace, loaded: Any) -> tuple[Any, CondFn]:
         y = args.label if args.label is not None else num_classes  # null label = unconditional
         cond_fn = lambda n, device: {"y": torch.full((n,), y, dtype=torch.long, device=device)}  # noqa: E731
     if args.guidance_scale:
-        if args.label is None and args.prompt is None:
+        if args.label is None and (args.prompt is None or encoder == "none"):
             raise UserError("--guidance-scale needs --label (class-conditional runs) or --prompt (text runs)")
         model = ClassifierFreeGuidance(model, args.guidance_scale)
     if args.classifier is not None:
@@ -64,6 +70,11 @@ def guided(args: argparse.Namespace, loaded: Any) -> tuple[Any, CondFn]:
         inner = cond_fn
         cond_fn = lambda n, device: {**(inner(n, device) or {}),  # noqa: E731
                                      "y": torch.full((n,), label, dtype=torch.long, device=device)}
+    if args.clip is not None:
+        clip, sched = load_clip(args.clip, device=next(model.parameters()).device)
+        if tuple(loaded.shape)[0] != clip.image_tower.config.in_channels:
+            raise UserError(f"--clip {args.clip}: made for {clip.image_tower.config.in_channels}-channel images")
+        model = ClipGuidance(model, clip, args.prompt, args.clip_scale, sched)
     return model, cond_fn
 
 

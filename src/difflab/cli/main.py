@@ -11,8 +11,9 @@ from . import report as report_cmd
 from . import sample as sample_cmd
 from . import train as train_cmd
 from . import train_classifier as train_classifier_cmd
+from . import train_clip as train_clip_cmd
 
-COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd]
+COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd]
 
 
 def parser() -> argparse.ArgumentParser:
