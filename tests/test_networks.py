@@ -238,3 +238,10 @@ def test_presets_fit_their_images():
         net = UNet(cfg)
         assert net(torch.randn(1, *shape), torch.zeros(1)).shape == (1, *shape)
     assert MLP(mlp_toy())(torch.randn(4, 2), torch.zeros(4)).shape == (4, 2)
+
+
+def test_float64_networks_run():
+    net = UNet(tiny(time_embedding="fourier", num_classes=2)).double()
+    assert net(torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([1.0, 2.0])).dtype == torch.float64
+    mlp = MLP(MLPConfig(hidden=8, depth=1)).double()
+    assert mlp(torch.randn(3, 2, dtype=torch.float64), 0.5).dtype == torch.float64

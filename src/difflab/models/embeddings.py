@@ -67,7 +67,8 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(base_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(self.features(t.float() * self.time_scale))
+        feats = self.features(t.float() * self.time_scale)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedding(nn.Module):
