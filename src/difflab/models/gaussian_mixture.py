@@ -121,7 +121,7 @@ class GaussianMixture:
         logn = -0.5 * ((z**2 / c).sum(-1) + torch.log(c).sum(-1) + self.dim * math.log(2 * math.pi))
         joint = torch.log(self.weights)[None] + logn
         lp = torch.logsumexp(joint, dim=1)
-        return lp, torch.softmax(joint, dim=1), z, c
+        return lp, torch.exp(joint - lp[:, None]), z, c  # (torch.softmax is very slow on CPU for K = 1)
 
     def __repr__(self) -> str:
         return f"GaussianMixture(K={len(self.weights)}, d={self.dim})"

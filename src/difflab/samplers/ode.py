@@ -109,7 +109,7 @@ def sample_dpmpp_2m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
 
 def sample_dpmpp_3m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
                     generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
-    """DPM-Solver++(3M), multistep data prediction (Lu et al. 2022b, appendix B, multistep order 3); lower order at the ends."""
+    """DPM-Solver++(3M): exponential integrator with the quadratic interpolant of D in lambda (Lu et al. 2022b, eq. 9 and app. B); lower order at the ends."""
     lv = levels(model, x, sigmas)
     s = lv.sigma
     y = x / lv.alpha[0]
@@ -129,11 +129,11 @@ def sample_dpmpp_3m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
             (d1, h1), (d2, h2) = hist
             r0, r1 = h1 / h, h2 / h
             dd0, dd1 = (d - d1) / r0, (d1 - d2) / r1
-            first = dd0 + r0 / (r0 + r1) * (dd0 - dd1)
-            second = (dd0 - dd1) / (r0 + r1)
-            phi2 = phi1 / h + 1.0
-            phi3 = phi2 / h - 0.5
-            y = y + phi2 * first - phi3 * second
+            first = dd0 + r0 / (r0 + r1) * (dd0 - dd1)  # ~ h D'(lambda_i) of the quadratic interpolant
+            second = (dd0 - dd1) / (r0 + r1)  # ~ h^2 D''/2
+            phi2 = phi1 / h + 1.0  # h phi_2(-h)
+            phi3 = phi2 / h - 0.5  # -h phi_3(-h)
+            y = y + phi2 * first - 2.0 * phi3 * second  # exact for quadratic D(lambda)
         hist = [(d, h)] + hist[:1]
     return y
 

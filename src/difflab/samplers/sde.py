@@ -57,10 +57,12 @@ def sample_pc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, genera
         for _ in range(n_corrector):
             score, _ = _score(model, x, lv, i, cond)
             z = randn_like(x, generator)
-            zn = z.flatten(1).norm(dim=1)
-            gn = score.flatten(1).norm(dim=1).clamp_min(1e-30)
-            step = (2.0 * a * (snr * zn / gn) ** 2).reshape((-1,) + (1,) * (x.ndim - 1))
-            x = x + step * score + (2.0 * step).sqrt() * z
+            # norms averaged over the batch as in Song et al.'s implementation: per-example ratios explode
+            # where the score vanishes (low-dimensional data near a mode)
+            zn = z.flatten(1).norm(dim=1).mean()
+            gn = score.flatten(1).norm(dim=1).mean().clamp_min(1e-30)
+            step = float(2.0 * a * (snr * zn / gn) ** 2)
+            x = x + step * score + math.sqrt(2.0 * step) * z
         score, x0 = _score(model, x, lv, i, cond)
         if lv.sigma[i + 1] == 0:
             return x0
