@@ -175,7 +175,8 @@ def test_bits_per_dim_and_evaluate_nll_on_images():
     images = x.view(64, 1, 2, 2)
     net = lambda z, t: gm.denoiser(sched, "eps").raw(z.flatten(1), t).view_as(z)  # noqa: E731
     model = Denoiser(net, sched, "eps")
-    for method, kw in (("elbo", {"num_t": 2}), ("ode", {"rtol": 1e-5, "atol": 1e-5})):
+    for method, kw in (("elbo", {"num_t": 2}), ("ode", {"rtol": 1e-5, "atol": 1e-5}),
+                       ("ode", {"rtol": 1e-5, "atol": 1e-5, "dequantization": "gaussian"})):
         r = evaluate_nll(model, images, method, batch_size=32, **kw)
         assert r["unit"] == "bits/dim" and r["n"] == 64 and r["dims"] == 4 and r["ci95"] > 0
         assert 6.5 < r["nll"] < 9  # ~7.7 bits/dim: a 0.4-scale Gaussian quantised to 8 bits
