@@ -194,12 +194,12 @@ def test_feature_net_training_is_deterministic() -> None:
     x, y = x[:256], y[:256]
     before = torch.randn(3)  # training must not touch the global RNG stream
     state = torch.get_rng_state()
-    a = train_feature_net(cfg, x, y, max_steps=20)
+    a = train_feature_net(cfg, x, y, max_steps=8)
     assert torch.equal(torch.get_rng_state(), state)
-    b = train_feature_net(cfg, x, y, max_steps=20)
+    b = train_feature_net(cfg, x, y, max_steps=8)
     assert weights_digest(a) == weights_digest(b)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    c = train_feature_net(cfg.replace(seed=1), x, y, max_steps=20)
+    c = train_feature_net(cfg.replace(seed=1), x, y, max_steps=8)
     assert weights_digest(a) != weights_digest(c)
     del before
 

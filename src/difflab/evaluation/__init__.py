@@ -137,7 +137,7 @@ def evaluate_points(
     *,
     num_projections: int = 200,
     bandwidths: Sequence[float] | None = None,
-    mmd_scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    mmd_scales: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
     max_points: int = 5000,
     k: int = 3,
     seed: int = 0,

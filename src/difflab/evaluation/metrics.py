@@ -236,7 +236,7 @@ def median_distance(x: ArrayLike, max_points: int = 2000, seed: int = 0) -> floa
 
 
 def mmd_gaussian(
-    x: ArrayLike, y: ArrayLike, bandwidths: Sequence[float] | None = None, scales: Sequence[float] = (0.25, 0.5, 1, 2, 4)
+    x: ArrayLike, y: ArrayLike, bandwidths: Sequence[float] | None = None, scales: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1, 2)
 ) -> dict[float, float]:
     """Biased (V-statistic) MMD^2 with Gaussian kernels exp(-|x-y|^2 / 2h^2), one per bandwidth h (Gretton et al. 2012).
 
