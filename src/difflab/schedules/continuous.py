@@ -42,7 +42,7 @@ class VP(_Continuous):
         return la - torch.log(-torch.expm1(la))
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
-        return self._t_from_log_alpha_bar(torch.nn.functional.logsigmoid(as_tensor(lam)))
+        return self._t_from_log_alpha_bar(-torch.nn.functional.softplus(-as_tensor(lam)))  # = logsigmoid, which is very slow on 2 CPU threads
 
     def _t_from_log_alpha_bar(self, la: Tensor) -> Tensor:
         """Solve beta_min t + (beta_max - beta_min) t^2 / 2 = -la for t >= 0."""

@@ -84,7 +84,7 @@ class DiscreteSchedule(Schedule):
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         lam = as_tensor(lam)
-        la = F.logsigmoid(lam.to(torch.float64))
+        la = -F.softplus(-lam.to(torch.float64))  # = logsigmoid(lam); F.logsigmoid is ~1000x slower on 2 CPU threads
         table = self._log_abar.to(la.device)
         # table is decreasing: search in its negation, which increases.
         i = torch.searchsorted(-table, -la.contiguous()).sub(1).clamp(0, self.T - 2)
