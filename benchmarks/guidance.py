@@ -26,6 +26,7 @@ from difflab import data as datasets
 from difflab.evaluation import evaluate_features, extract
 from difflab.guidance import (ClassifierFreeGuidance, ClassifierGuidance, ClassifierTrainConfig, load_classifier,
                               noisy_accuracy, train_classifier)
+from difflab.models.denoiser import Clamped
 from difflab.samplers import sample
 from difflab.training import TrainConfig, load_run, train
 from difflab.utils.images import image_grid
@@ -39,7 +40,8 @@ COLUMNS = ["label_accuracy", "fd", "precision", "recall", "coverage", "confidenc
 def train_models(args: argparse.Namespace, work: Path) -> tuple[Path, Path, dict]:
     """The conditional diffusion run and the noisy classifier (reused when present and --reuse)."""
     run, clf = work / "run", work / "classifier"
-    info: dict = {}
+    info_path = work / "train_info.json"
+    info: dict = json.loads(info_path.read_text()) if args.reuse and info_path.is_file() else {}
     digits = datasets.load("digits", "train")
     if not (args.reuse and (run / "checkpoint.safetensors").is_file()):
         cfg = TrainConfig(network=NETWORK, conditional=True, p_uncond=args.p_uncond, steps=args.train_steps, batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.999,
@@ -57,6 +59,7 @@ def train_models(args: argparse.Namespace, work: Path) -> tuple[Path, Path, dict
         train_classifier(ClassifierTrainConfig(schedule=schedule, steps=args.classifier_steps, seed=0), digits, clf)
         info["classifier_train_seconds"] = time.time() - t0
         info["classifier_steps"] = args.classifier_steps
+    info_path.write_text(json.dumps(info))
     return run, clf, info
 
 
@@ -110,6 +113,7 @@ def main() -> int:
         den = ClassifierFreeGuidance(model, w) if w else model
         if s or not conditional:  # the classifier reads cond["y"]; an unconditional row gives the model the null label
             den = ClassifierGuidance(den, classifier, s, clf_sched, conditional=conditional)
+        den = Clamped(den)  # x_0 predictions clipped to the data range [-1, 1], as difflab sample does for images
         x = sample(den, x_T.clone(), sampler=args.sampler, steps=args.steps, cond={"y": y},
                    generator=torch.Generator().manual_seed(2))
         seconds = time.time() - t0
@@ -153,7 +157,7 @@ def clip_benchmark(args: argparse.Namespace, out_dir: Path) -> int:
     results, grids = [], {}
     for s in args.clip_scales:
         t0 = time.time()
-        den = ClipGuidance(model, clip, prompts, s, clip_sched)
+        den = Clamped(ClipGuidance(model, clip, prompts, s, clip_sched))
         x = sample(den, x_T.clone(), sampler=args.sampler, steps=args.steps, cond={"y": torch.full_like(y, 10)},
                    generator=torch.Generator().manual_seed(2))
         m = evaluate_features(extract(x, "digits"), reference, labels=y.numpy())
@@ -257,7 +261,7 @@ def write(out_dir: Path, args: argparse.Namespace, results: list[dict], grids: d
         f"classifier {info.get('classifier_steps', '?')} steps in {info.get('classifier_train_seconds', 0) / 60:.1f} "
         f"min, held-out accuracy at t = 0/250/500/750: "
         + "/".join(f"{v:.2f}" for v in info["classifier_test_accuracy"].values()) + ".",
-        f"Sampling: {args.sampler}, {args.steps} steps, {args.num} samples per row ({args.num // 10} per class), same "
+        f"Sampling: {args.sampler}, {args.steps} steps, x_0 predictions clipped to [-1, 1] (`Clamped`, outermost), {args.num} samples per row ({args.num // 10} per class), same "
         "x_T for every row. Scores: shipped digits feature net against the 1497 training images; label accuracy = "
         "feature-net argmax equals the requested class.",
         "",
