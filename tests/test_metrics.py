@@ -192,8 +192,7 @@ def test_feature_net_training_is_deterministic() -> None:
     cfg = RECIPES["digits"].replace(channels=(8, 8), feature_dim=16, batch_size=32)
     x, y = net_data("digits", "train")
     x, y = x[:256], y[:256]
-    before = torch.randn(3)  # training must not touch the global RNG stream
-    state = torch.get_rng_state()
+    state = torch.get_rng_state()  # training must not touch the global RNG stream
     a = train_feature_net(cfg, x, y, max_steps=8)
     assert torch.equal(torch.get_rng_state(), state)
     b = train_feature_net(cfg, x, y, max_steps=8)
@@ -201,7 +200,6 @@ def test_feature_net_training_is_deterministic() -> None:
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     c = train_feature_net(cfg.replace(seed=1), x, y, max_steps=8)
     assert weights_digest(a) != weights_digest(c)
-    del before
 
 
 def test_feature_net_save_load_roundtrip(tmp_path) -> None:
