@@ -28,6 +28,7 @@ def test_toys(name):
     assert a.shape == (4000, 2) and a.dtype == np.float32 and np.array_equal(a, b)
     assert not np.array_equal(a, toy(name, 4000, seed=4))
     assert np.abs(a).max() < 1.6 and 0.2 < a.std() < 0.8
+    assert np.abs(a[:500].mean(0) - a.mean(0)).max() < 0.1  # shuffled: any slice is a fair sample
     d = load(f"toy:{name}")
     assert d.kind == "points" and d.y is None
 

@@ -66,9 +66,11 @@ TOYS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
 
 
 def toy(name: str, n: int, seed: int = 0) -> np.ndarray:
-    """n float32 points [n, 2] of the named toy distribution."""
+    """n float32 points [n, 2] of the named toy distribution, in random order."""
     if name not in TOYS:
         from ..errors import DataError
 
         raise DataError(f"unknown toy distribution {name!r}; choose one of {', '.join(TOYS)}")
-    return TOYS[name](n, np.random.default_rng(seed)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    pts = TOYS[name](n, rng)
+    return pts[rng.permutation(n)].astype(np.float32)  # generators may emit components in blocks
