@@ -245,3 +245,14 @@ def test_float64_networks_run():
     assert net(torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([1.0, 2.0])).dtype == torch.float64
     mlp = MLP(MLPConfig(hidden=8, depth=1)).double()
     assert mlp(torch.randn(3, 2, dtype=torch.float64), 0.5).dtype == torch.float64
+
+
+def test_dropout_rate_and_scale():
+    from difflab.models.embeddings import Dropout
+    d = Dropout(0.25)
+    x = torch.ones(200_000)
+    torch.manual_seed(0)
+    y = d(x)
+    assert abs((y == 0).float().mean().item() - 0.25) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.01 and torch.allclose(y[y != 0], torch.full_like(y[y != 0], 4 / 3))
+    assert torch.equal(d.eval()(x), x)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.config import Config, ConfigError, require
-from .embeddings import LabelEmbedding, TimeEmbedding, TimeEmbeddingKind, batch_time, check_cond, zero_
+from .embeddings import Dropout, LabelEmbedding, TimeEmbedding, TimeEmbeddingKind, batch_time, check_cond, zero_
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ class MLPBlock(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.fc1 = nn.Linear(hidden, hidden)
         self.emb = nn.Linear(emb_dim, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc2 = zero_(nn.Linear(hidden, hidden))
 
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.config import Config, ConfigError, require
-from .embeddings import LabelEmbedding, TimeEmbedding, TimeEmbeddingKind, batch_time, check_cond, zero_
+from .embeddings import Dropout, LabelEmbedding, TimeEmbedding, TimeEmbeddingKind, batch_time, check_cond, zero_
 
 TimeInjection = Literal["add", "adagn"]
 
@@ -87,7 +87,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * c_out if adagn else c_out)
         self.norm2 = nn.GroupNorm(groups, c_out)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = zero_(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
