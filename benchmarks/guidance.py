@@ -89,7 +89,7 @@ def main() -> int:
     p.add_argument("--clip-only", action="store_true",
                    help="only the CLIP-guidance table (needs the run of a previous invocation in --work)")
     p.add_argument("--clip-steps", type=int, default=1500)
-    p.add_argument("--clip-scales", type=float, nargs="+", default=[0.0, 10.0, 30.0, 100.0])
+    p.add_argument("--clip-scales", type=float, nargs="+", default=[0.0, 10.0, 30.0, 100.0, 300.0])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out_dir = args.work if args.quick else DOCS

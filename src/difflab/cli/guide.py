@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classifier guidance scale s (default 1)")
     p.add_argument("--clip", type=Path, metavar="DIR",
                    help="noisy CLIP folder (difflab train-clip) for CLIP guidance towards --prompt")
-    p.add_argument("--clip-scale", type=float, default=10.0, metavar="S", help="CLIP guidance scale (default 10)")
+    p.add_argument("--clip-scale", type=float, default=30.0, metavar="S", help="CLIP guidance scale (default 30)")
 
 
 def guided(args: argparse.Namespace, loaded: Any) -> tuple[Any, CondFn]:
