@@ -284,3 +284,20 @@ class _Widen(torch.nn.Module):
 
     def forward(self, x, t):
         return torch.cat([self.net(x, t), torch.tanh(self.v(t.float()[:, None] / 50.0))], 1)
+
+
+def test_sampler_variance_callables_match_the_step_tables():
+    from difflab.likelihood import analytic_sampler_variance, learned_sampler_variance
+
+    sched = schedules.get("linear", T=50)
+    gamma = torch.linspace(0.99, 0.2, 50, dtype=torch.float64)
+    table = analytic_variances(sched, gamma)
+    f = analytic_sampler_variance(sched, gamma)
+    x = torch.zeros(2, 3)
+    for t in (1, 10, 49):
+        args = (x, torch.full((2,), float(t)), torch.full((2,), float(t - 1)), float(sched.betas[t]),
+                float(sched.posterior_variance[t]))
+        assert f(*args) == pytest.approx(float(table[t]), rel=1e-6)
+    m = LearnedVarianceDenoiser(lambda z, tt: torch.cat([z, torch.full_like(z, 0.5)], 1), sched)
+    got = learned_sampler_variance(m)(*args)
+    torch.testing.assert_close(torch.log(got), m.log_variance(x, torch.full((2,), 49)))

@@ -128,5 +128,42 @@ def analytic_variances(schedule: DiscreteSchedule, gamma: Tensor, data_range: tu
     return torch.minimum(torch.maximum(opt, bt), bt + c0**2 * upper).clamp(min=min_variance)
 
 
-__all__ = ["VarianceKind", "Variance", "learned_log_variance", "step_log_variances", "split_output",
+# ---- the same variances for an ancestral sampler on any sub-sequence of steps ------------------------------
+def learned_sampler_variance(model: LearnedVarianceDenoiser) -> Any:
+    """A ``variance=`` callable for ancestral sampling: exp(w log beta_{t|s} + (1 - w) log beta-tilde_{t|s}) with w from the network (Nichol & Dhariwal 2021, sec. 4).
+
+    Called as f(x_t, t [B], s [B], beta_{t|s}, beta-tilde_{t|s}, cond); costs one more network call per step.
+    """
+
+    def variance(x: Tensor, t: Tensor, s: Tensor, var_ts: float, var_tilde: float, cond: Any = None) -> Tensor:
+        _, v = split_output(model, x, t, cond)
+        return torch.exp(learned_log_variance(v, torch.log(torch.tensor(var_ts)).to(x),
+                                              torch.log(torch.tensor(max(var_tilde, 1e-20))).to(x)))
+
+    return variance
+
+
+def analytic_sampler_variance(schedule: Schedule, gamma: Tensor, data_range: tuple[float, float] | None = (-1.0, 1.0)
+                              ) -> Any:
+    """A ``variance=`` callable: sigma*^2 = beta-tilde_{t|s} + c0^2 sigma_t^2/alpha_t^2 (1 - Gamma(t)) between any t > s, clipped (Bao et al. 2022, Thm 1-2).
+
+    ``gamma`` [T] from :func:`analytic_dpm_gamma`, linearly interpolated at real t.
+    """
+    table = gamma.to(torch.float64)
+
+    def variance(x: Tensor, t: Tensor, s: Tensor, var_ts: float, var_tilde: float, cond: Any = None) -> float:
+        tf = float(t.reshape(-1)[0])
+        i = min(int(tf), len(table) - 2)
+        g = float(table[i] + (tf - i) * (table[i + 1] - table[i]))
+        a_t, s_t = (float(z) for z in schedule.alpha_sigma(torch.tensor(tf, dtype=torch.float64)))
+        a_s = float(schedule.alpha(torch.tensor(float(s.reshape(-1)[0]), dtype=torch.float64)))
+        c0 = a_s * var_ts / s_t**2
+        ratio = s_t**2 / a_t**2
+        upper = ratio if data_range is None else min(ratio, ((data_range[1] - data_range[0]) / 2.0) ** 2)
+        return min(max(var_tilde + c0**2 * ratio * (1.0 - g), var_tilde), var_tilde + c0**2 * upper)
+
+    return variance
+
+
+__all__ = ["learned_sampler_variance", "analytic_sampler_variance", "VarianceKind", "Variance", "learned_log_variance", "step_log_variances", "split_output",
            "LearnedVarianceDenoiser", "reverse_log_variance", "analytic_dpm_gamma", "analytic_variances"]
