@@ -105,8 +105,9 @@ def measure_memory(lib: str, case: str, steps: int, threads: int) -> dict[str, f
     return {"peak_mb": r["peak_kb"] / 1024, "train_mb": (r["peak_kb"] - r["baseline_kb"]) / 1024}
 
 
-def measure_throughput(reps: int, steps: int, warmup: int) -> dict[tuple[str, str], dict[str, Any]]:
-    """Median steps/s per (case, lib), repetitions interleaved across all four models."""
+def measure_throughput(reps: int, steps: int, warmup: int, threads: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """Median steps/s per (case, lib) at one thread count, repetitions interleaved across all four models."""
+    torch.set_num_threads(threads)
     runs = {}
     for case in CASES:
         for lib in LIBS:
@@ -120,7 +121,7 @@ def measure_throughput(reps: int, steps: int, warmup: int) -> dict[tuple[str, st
             for _ in range(steps):
                 r["step"]()
             r["rates"].append(steps / (time.perf_counter() - t0))
-        print(f"rep {rep + 1}/{reps}: " + ", ".join(f"{c}/{l} {r['rates'][-1]:.2f}" for (c, l), r in runs.items()),
+        print(f"{threads} thread(s), rep {rep + 1}/{reps}: " + ", ".join(f"{c}/{l} {r['rates'][-1]:.2f}" for (c, l), r in runs.items()),
               flush=True)
     for r in runs.values():
         del r["step"]
@@ -128,21 +129,23 @@ def measure_throughput(reps: int, steps: int, warmup: int) -> dict[tuple[str, st
     return runs
 
 
-def plot(runs: dict, mem: dict, path: Path) -> None:
+def plot(runs: dict, mem: dict, threads: list[int], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 1 + len(threads), figsize=(4.2 * (1 + len(threads)), 3.8))
     cases = list(CASES)
     w = 0.38
     for i, lib in enumerate(LIBS):
         xs = [j + (i - 0.5) * w for j in range(len(cases))]
-        axes[0].bar(xs, [runs[c, lib]["median"] for c in cases], w, label=lib)
-        axes[0].errorbar(xs, [runs[c, lib]["median"] for c in cases], fmt="none", ecolor="k", capsize=3,
-                         yerr=[[runs[c, lib]["median"] - min(runs[c, lib]["rates"]) for c in cases],
-                               [max(runs[c, lib]["rates"]) - runs[c, lib]["median"] for c in cases]])
-        axes[1].bar(xs, [mem[c, lib]["train_mb"] for c in cases], w, label=lib)
-    for ax, title in zip(axes, ("training steps/s (median, min-max bars)", "training memory above imports (MB)")):
+        for ax, n in zip(axes, threads):
+            r = [runs[c, lib, n] for c in cases]
+            ax.bar(xs, [x["median"] for x in r], w, label=lib)
+            ax.errorbar(xs, [x["median"] for x in r], fmt="none", ecolor="k", capsize=3,
+                        yerr=[[x["median"] - min(x["rates"]) for x in r], [max(x["rates"]) - x["median"] for x in r]])
+        axes[-1].bar(xs, [mem[c, lib]["train_mb"] for c in cases], w, label=lib)
+    titles = [f"training steps/s, {n} thread(s)\n(median, min-max bars)" for n in threads]
+    for ax, title in zip(axes, titles + ["training memory above imports (MB)"]):
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels([f"{c}\nbatch {CASES[c][2]}" for c in cases])
         ax.set_title(title, fontsize=10)
@@ -160,7 +163,7 @@ def write_report(runs: dict, mem: dict, args: argparse.Namespace, load: tuple, p
         f"({seconds / 60:.1f} min).",
         "",
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}, "
-        f"`torch.set_num_threads({args.threads})`, CPU: {os.cpu_count()} cores "
+        f"`torch.set_num_threads(n)` for n in {args.threads} (both libraries at the same n), CPU: {os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}), no GPU.",
         f"Load average before / after: {load[0]:.2f} / {load[1]:.2f}. The cores may be shared with other "
         "processes, so absolute figures vary between runs; the ratio is the robust number because the "
@@ -173,21 +176,22 @@ def write_report(runs: dict, mem: dict, args: argparse.Namespace, load: tuple, p
         f"Throughput: median and best over {args.reps} interleaved repetitions of {args.steps} steps each, "
         f"after {args.warmup} warm-up steps. When other processes compete for the cores, the best repetition is "
         "the closer estimate of the uncontended speed.",
-        f"Memory: each configuration runs {args.mem_steps} training steps in a fresh subprocess that imports torch, "
+        f"Memory: each configuration runs {args.mem_steps} training steps ({args.threads[0]} thread(s)) in a fresh "
+        "subprocess that imports torch, "
         "difflab and diffusers; *peak RSS* is `resource.getrusage(RUSAGE_SELF).ru_maxrss` at the end, "
         "*training memory* is that peak minus the same figure taken right after the imports (model, optimiser "
         "state, activations and gradients).",
         "",
-        "| case | batch | library | parameters | steps/s (median) | steps/s (best) | difflab / diffusers (median, best) "
+        "| case | batch | threads | library | parameters | steps/s (median) | steps/s (best) | difflab / diffusers (median, best) "
         "| peak RSS (MB) | training memory (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for case in CASES:
-        a, b = runs[case, "difflab"], runs[case, "diffusers"]
+    for case, n in ((c, n) for c in CASES for n in args.threads):
+        a, b = runs[case, "difflab", n], runs[case, "diffusers", n]
         ratios = f"{a['median'] / b['median']:.2f}x, {max(a['rates']) / max(b['rates']):.2f}x"
         for lib in LIBS:
-            r, m = runs[case, lib], mem[case, lib]
-            lines.append(f"| {case} | {CASES[case][2]} | {lib} | {r['params']:,} | {r['median']:.2f} | "
+            r, m = runs[case, lib, n], mem[case, lib]
+            lines.append(f"| {case} | {CASES[case][2]} | {n} | {lib} | {r['params']:,} | {r['median']:.2f} | "
                          f"{max(r['rates']):.2f} | {ratios if lib == 'difflab' else ''} "
                          f"| {m['peak_mb']:.0f} | {m['train_mb']:.0f} |")
     lines += ["", "![throughput](throughput.png)", ""]
@@ -196,30 +200,30 @@ def write_report(runs: dict, mem: dict, args: argparse.Namespace, load: tuple, p
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=7, help="interleaved repetitions per model")
+    p.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="thread counts to measure")
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per model")
     p.add_argument("--steps", type=int, default=3, help="training steps per repetition")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--mem-steps", type=int, default=3, help="training steps in each memory subprocess")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     p.add_argument("--child", nargs=2, metavar=("LIB", "CASE"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     if args.child:
         child_memory(args.child[0], args.child[1], args.mem_steps)
         return
     args.command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
     t0, load0 = time.time(), os.getloadavg()[0]
-    mem = {(c, lib): measure_memory(lib, c, args.mem_steps, args.threads) for c in CASES for lib in LIBS}
+    mem = {(c, lib): measure_memory(lib, c, args.mem_steps, args.threads[0]) for c in CASES for lib in LIBS}
     print("memory:", {f"{c}/{lib}": round(v["train_mb"]) for (c, lib), v in mem.items()}, flush=True)
-    runs = measure_throughput(args.reps, args.steps, args.warmup)
+    runs = {(c, lib, n): r for n in args.threads
+            for (c, lib), r in measure_throughput(args.reps, args.steps, args.warmup, n).items()}
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(runs, mem, args, (load0, os.getloadavg()[0]), args.out / "throughput.md", time.time() - t0)
-    plot(runs, mem, args.out / "throughput.png")
-    for c in CASES:
-        print(f"{c}: difflab {runs[c, 'difflab']['median']:.2f} steps/s ({runs[c, 'difflab']['params']:,} params), "
-              f"diffusers {runs[c, 'diffusers']['median']:.2f} ({runs[c, 'diffusers']['params']:,}), "
-              f"ratio {runs[c, 'difflab']['median'] / runs[c, 'diffusers']['median']:.2f}")
+    plot(runs, mem, args.threads, args.out / "throughput.png")
+    for (c, lib, n), r in runs.items():
+        print(f"{c}, {n} thread(s), {lib}: {r['median']:.2f} steps/s median, {max(r['rates']):.2f} best, "
+              f"{r['params']:,} params")
     print(f"wrote {args.out / 'throughput.md'} and {args.out / 'throughput.png'}")
 
 
