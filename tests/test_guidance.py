@@ -144,8 +144,16 @@ def test_classifier_guidance_label_routing():
         assert torch.equal(uncond_out, model(x, t, {"y": torch.full((len(x),), K)}))
         plain = tiny_model(num_classes=0)  # an unconditional network never sees "y"
         assert torch.equal(ClassifierGuidance(plain, clf, 0.0)(x, t, cond), plain(x, t))
-    with pytest.raises(ValueError, match="labels"):
-        ClassifierGuidance(model, clf, 1.0)(x, t, {"y": torch.full((len(x),), K)})
+    with pytest.raises(ValueError, match="labels must lie"):
+        ClassifierGuidance(plain, clf, 1.0)(x, t, {"y": torch.full((len(x),), K + 1)})
+    with torch.no_grad():  # null-label rows are not guided: CFG may wrap classifier guidance too
+        null = {"y": torch.full((len(x),), K)}
+        assert torch.equal(ClassifierGuidance(model, clf, 5.0)(x, t, null), model(x, t, null))
+        w, s = 1.5, 2.0
+        outer = ClassifierFreeGuidance(ClassifierGuidance(model, clf, s), w)(x, t, cond)
+        guided_c = ClassifierGuidance(model, clf, s)(x, t, cond)
+        expected = (1 + w) * guided_c - w * model(x, t, null_condition(cond, K))
+        torch.testing.assert_close(outer, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_schedule_mapping_preserves_log_snr():

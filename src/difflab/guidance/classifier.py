@@ -116,7 +116,8 @@ def log_prob_grad(classifier: nn.Module, x: Tensor, t: Tensor, y: Tensor, schedu
 class ClassifierGuidance(GuidedDenoiser):
     """Score + s grad_x log p_phi(y | x_t) (Dhariwal & Nichol 2021, eq. 12 / Alg. 2); in x_0 space x0 += s sigma^2 / alpha grad.
 
-    Target labels come from ``cond["y"]``.  ``conditional`` says whether the inner model sees them too
+    Target labels come from ``cond["y"]``; rows holding the inner model's null label are left unguided, so an
+    outer classifier-free wrapper may batch its unconditional branch through this one.  ``conditional`` says whether the inner model sees them too
     (default: when it is class-conditional); when False a class-conditional inner model gets the null label,
     i.e. its unconditional branch.  The classifier may be trained under another schedule: its input is mapped
     to the time of equal logSNR.  At s = 0 the wrapper returns the inner model's x_0 unchanged.
@@ -151,9 +152,13 @@ class ClassifierGuidance(GuidedDenoiser):
             raise ValueError("classifier guidance needs the target labels in cond['y']")
         y = torch.as_tensor(y, device=x.device).expand(x.shape[0])
         k = getattr(getattr(self.classifier, "config", None), "num_classes", None)
-        if k is not None and bool(((y < 0) | (y >= k)).any()):
+        null = (y == self._null) if self._null else torch.zeros_like(y, dtype=torch.bool)
+        if k is not None and bool((((y < 0) | (y >= k)) & ~null).any()):
             raise ValueError(f"classifier guidance: labels must lie in 0..{k - 1}")
-        grad, _ = log_prob_grad(self.classifier, x, t, y, self.model.schedule, self.classifier_schedule)
+        # rows with the null label (e.g. the unconditional half of an outer CFG pass) are not guided
+        grad, _ = log_prob_grad(self.classifier, x, t, torch.where(null, 0, y), self.model.schedule,
+                                self.classifier_schedule)
+        grad = grad * append_dims((~null).to(grad.dtype), grad.ndim)
         a, s = self.model.coefficients(t, x)
         return x0 + self.scale * s**2 / a * grad
 
