@@ -219,7 +219,7 @@ _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -
 
 def sample_ipndm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
                  progress: bool = False, order: int = 3) -> Tensor:
-    """iPNDM: Adams-Bashforth on dy/dsigma = eps with constant-step coefficients and lower-order warm start (Zhang & Chen 2023, sec. 4; Zhou et al. 2024).
+    """iPNDM: Adams-Bashforth on dy/dsigma = eps with constant-step coefficients and lower-order warm start (Zhang & Chen 2023, DEIS paper; Zhou et al. 2024).
 
     Unlike the other solvers the last step to sigma = 0 is an Adams-Bashforth step too (eps stays smooth as
     sigma -> 0), so no model call is spent at the smallest level: on the same grid it uses one call fewer.
