@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from difflab.data import Dataset, load
+from difflab.data import load
 from difflab.text import (DIGIT_NAMES, CaptionThresholds, SmallTextConfig, SmallTextEncoder, attributes, caption_table,
                           captions, get_encoder, minilm_available, tokenize_words)
 from difflab.training import TrainConfig
