@@ -40,8 +40,8 @@ def guided(args: argparse.Namespace, loaded: Any) -> tuple[Any, CondFn]:
         raise UserError("--clip needs --prompt: the caption to guide towards")
     if args.prompt is not None and encoder == "none" and args.clip is None:
         raise UserError(f"--prompt: the run in {args.run} is not text-conditional (train with text_encoder in --config)")
-    if args.prompt is not None and args.label is not None:
-        raise UserError("give --label or --prompt, not both")
+    if args.prompt is not None and args.label is not None and encoder != "none":
+        raise UserError("give --label or --prompt, not both (this run is conditioned on text)")
     cond_fn: CondFn = lambda n, device: None  # noqa: E731
     if args.prompt is not None and encoder != "none":
         from ..text import encode_prompts
