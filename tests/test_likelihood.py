@@ -269,6 +269,7 @@ def test_hybrid_objective_trains_a_learned_variance_denoiser():
         opt.step()
         vals.append(loss.item())
     assert int(m.loss_count.sum()) == 40 * 256
+    assert {"hybrid", "hybrid_is", "vlb"} <= set(OBJECTIVES)
     assert sum(vals[-5:]) < sum(vals[:5])
     bound = ddpm_bound(m, x[:64], variance="learned", num_t=5, generator=G().manual_seed(0))
     assert bool(torch.isfinite(bound.nll).all())

@@ -177,3 +177,16 @@ def test_fourier_features():
     inner = lambda h, t: h[:, :1] * 0 + h.shape[1]  # noqa: E731
     out = FourierInput(inner, (6, 7, 8))(torch.zeros(2, 1, 4, 4), torch.zeros(2))
     assert out.shape == (2, 1, 4, 4) and float(out[0, 0, 0, 0]) == 7.0
+
+
+def test_unet_input_fourier_option_round_trips():
+    from difflab.models.networks import build_network, network_spec
+    from difflab.models.unet import UNet, unet_digits
+
+    net = UNet(unet_digits(channels=8, groups=4, num_heads=2, dropout=0.0, input_fourier=(3, 7, 8)))
+    assert net.input_conv.in_channels == 1 + 6
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
+    spec = network_spec(net)
+    again = build_network(spec["kind"], spec["config"])
+    again.load_state_dict(net.state_dict())
+    torch.testing.assert_close(again(x, t), net(x, t))

@@ -1,9 +1,11 @@
-"""Training objectives for learned reverse variances: L_hybrid = L_simple + lambda L_vlb and L_vlb alone, with
-importance-sampled t (Nichol & Dhariwal 2021, sec. 3.1 and 3.3).
+"""Training objectives for learned reverse variances: L_hybrid = L_simple + lambda L_vlb and L_vlb alone
+(Nichol & Dhariwal 2021, sec. 3.1 and 3.3).
 
-Importing this module registers ``hybrid`` and ``vlb`` in :data:`difflab.losses.OBJECTIVES`.  The network must
-output 2C channels (prediction, then v); a :class:`LearnedVarianceDenoiser` also carries the L_t history that
-importance sampling needs (without it, t is uniform).
+Importing this module registers ``hybrid`` (uniform t, as the paper trains L_hybrid), ``hybrid_is`` (the same with
+importance-sampled t) and ``vlb`` (importance-sampled t, the paper's recipe for L_vlb) in
+:data:`difflab.losses.OBJECTIVES`.  The network must output 2C channels (prediction, then v); a
+:class:`LearnedVarianceDenoiser` also carries the L_t history that importance sampling needs (without it, t is
+uniform).
 """
 from __future__ import annotations
 
@@ -52,16 +54,21 @@ def record_losses(model: Denoiser, t: Tensor, losses: Tensor) -> None:
 
 
 def hybrid_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None,
-                lam: float = HYBRID_LAMBDA, bins: int | None = None, simple: bool = True) -> Tensor:
-    """Per-example L_simple + lam T L_t / d with the stop-gradient on the mean inside L_t (Nichol & Dhariwal 2021, eq. 16), importance-weighted; [B].
+                lam: float = HYBRID_LAMBDA, bins: int | None = None, simple: bool = True,
+                importance: bool = False) -> Tensor:
+    """Per-example L_simple + lam T L_t / d with the stop-gradient on the mean inside L_t (Nichol & Dhariwal 2021, eq. 16); [B].
 
-    ``simple=False`` gives L_vlb alone (T L_t / d, mean and variance both trained).
+    ``simple=False`` gives L_vlb alone (T L_t / d, mean and variance both trained); ``importance`` draws t from the
+    L_t history and weights by 1 / (T p_t) (their eq. 18), otherwise t is uniform.  The history is recorded either way.
     """
     sched = model.schedule
     if not isinstance(sched, DiscreteSchedule):
         raise ValueError("learned variances need a discrete (DDPM) schedule")
     B, d, T = x0.shape[0], x0[0].numel(), sched.T
-    t, w = importance_t(model, B, generator)
+    if importance:
+        t, w = importance_t(model, B, generator)
+    else:
+        t, w = torch.randint(0, T, (B,), generator=generator), torch.ones(B, dtype=torch.float64)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     tf = t.to(x0.dtype).to(x0.device)
     a, s = model.coefficients(tf, x0)
@@ -78,16 +85,24 @@ def hybrid_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, generator: tor
 
 
 def _hybrid(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
-    """L_hybrid = L_simple + 0.001 L_vlb with learned variances (Nichol & Dhariwal 2021); 8-bit decoder for images."""
+    """L_hybrid = L_simple + 0.001 L_vlb with learned variances, uniform t (Nichol & Dhariwal 2021); 8-bit decoder for images."""
     return hybrid_loss(model, x0, cond, generator=generator, bins=256 if x0.ndim == 4 else None).mean()
+
+
+def _hybrid_is(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
+    """L_hybrid with importance-sampled t (Nichol & Dhariwal 2021, eq. 18)."""
+    return hybrid_loss(model, x0, cond, generator=generator, bins=256 if x0.ndim == 4 else None,
+                       importance=True).mean()
 
 
 def _vlb(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
     """L_vlb with learned variances and importance-sampled t (Nichol & Dhariwal 2021, sec. 3.3)."""
-    return hybrid_loss(model, x0, cond, generator=generator, bins=256 if x0.ndim == 4 else None, simple=False).mean()
+    return hybrid_loss(model, x0, cond, generator=generator, bins=256 if x0.ndim == 4 else None, simple=False,
+                       importance=True).mean()
 
 
 OBJECTIVES["hybrid"] = _hybrid
+OBJECTIVES["hybrid_is"] = _hybrid_is
 OBJECTIVES["vlb"] = _vlb
 
 __all__ = ["HYBRID_LAMBDA", "importance_t", "record_losses", "hybrid_loss"]

@@ -6,7 +6,6 @@ Importing this module registers ``vdm`` (continuous-time L_inf) and ``vdm_T`` (d
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 
 from ..losses import OBJECTIVES
 from ..models.denoiser import Denoiser
+from ..models.unet import fourier_features
 from ..schedules import LearnedSchedule, Schedule
 from .bound import prior_kl, reconstruction_nll, vdm_diffusion_loss
 
@@ -97,18 +97,11 @@ OBJECTIVES["vdm_T"] = _objective(VDM_T)
 
 
 # ---- Fourier features -----------------------------------------------------------------------------------
-def fourier_features(x: Tensor, exponents: Sequence[int] = (7, 8)) -> Tensor:
-    """[sin(2^n 2 pi x), cos(2^n 2 pi x)] for each n, concatenated on the channel dim: [B, C, ...] -> [B, 2 C len(n), ...] (Kingma et al. 2021, appendix C)."""
-    freqs = torch.tensor([2.0**n * 2.0 * math.pi for n in exponents], dtype=x.dtype, device=x.device)
-    h = x.unsqueeze(2) * freqs.view(1, 1, -1, *([1] * (x.ndim - 2)))  # [B, C, F, ...]
-    h = torch.cat([torch.sin(h), torch.cos(h)], dim=2)
-    return h.flatten(1, 2)
-
-
 class FourierInput(nn.Module):
-    """net(cat[x, fourier_features(x)], t, ...): a network whose input gets Fourier features appended (VDM, appendix C).
+    """net(cat[x, fourier_features(x)], t, ...): Fourier features appended to any network's input (VDM, appendix C).
 
-    ``net`` must accept C (1 + 2 len(exponents)) input channels and output the prediction for the C channels.
+    ``net`` must accept C (1 + 2 len(exponents)) input channels.  For the U-Net prefer its config option
+    ``input_fourier``, which checkpoints and rebuilds with the run.
     """
 
     def __init__(self, net: nn.Module, exponents: Sequence[int] = (7, 8)):

@@ -42,6 +42,7 @@ class UNetConfig(Config):
     num_classes: int = 0  # > 0: class-conditional; label num_classes is the null label
     cond_channels: int = 0  # > 0: cond["image"] [B, cond_channels, H, W] is concatenated to the input
     context_dim: int = 0  # > 0: cross-attention to cond["context"] [B, L, context_dim] in attention blocks
+    input_fourier: tuple[int, ...] = ()  # exponents n: append sin/cos(2^n 2 pi x_t) to the input (Kingma et al. 2021)
 
     def check(self) -> None:
         n = "UNetConfig"
@@ -53,6 +54,8 @@ class UNetConfig(Config):
             require(isinstance(v, int) and v >= 0, f"{n}.{name} must be an integer >= 0, got {v!r}")
         require(len(self.channel_mult) >= 1 and all(isinstance(m, int) and m >= 1 for m in self.channel_mult),
                 f"{n}.channel_mult must be a non-empty list of integers >= 1, got {self.channel_mult!r}")
+        require(all(isinstance(k, int) and 0 <= k <= 16 for k in self.input_fourier),
+                f"{n}.input_fourier must be a list of integer exponents in 0..16, got {self.input_fourier!r}")
         levels = len(self.channel_mult)
         require(all(isinstance(a, int) and 0 <= a < levels for a in self.attention_levels)
                 and len(set(self.attention_levels)) == len(self.attention_levels),
@@ -206,7 +209,8 @@ class UNet(nn.Module):
                     if level in cfg.attention_levels else None)
             return Stage(ResBlock(c_in, c_out, emb_dim, groups, cfg.dropout, adagn), attn)
 
-        self.input_conv = nn.Conv2d(cfg.in_channels + cfg.cond_channels, ch, 3, padding=1)
+        extra = 2 * len(cfg.input_fourier) * cfg.in_channels
+        self.input_conv = nn.Conv2d(cfg.in_channels + extra + cfg.cond_channels, ch, 3, padding=1)
         widths = [ch * m for m in cfg.channel_mult]
         skips = [ch]
         self.down = nn.ModuleList()
@@ -275,6 +279,8 @@ class UNet(nn.Module):
         if self.label_embed is not None:
             emb = emb + self.label_embed(c.get("y"), B)
         emb = F.silu(emb)  # every block applies SiLU then its own linear map: do the SiLU once
+        if cfg.input_fourier:
+            x = torch.cat([x, fourier_features(x, cfg.input_fourier)], dim=1)
         x, context, mask = self._inputs(x, c)
 
         m = cfg.multiple
@@ -306,6 +312,13 @@ class UNet(nn.Module):
         return h
 
 
+def fourier_features(x: Tensor, exponents: tuple[int, ...] = (7, 8)) -> Tensor:
+    """[sin(2^n 2 pi x), cos(2^n 2 pi x)] per exponent n on the channel dim: [B, C, ...] -> [B, 2 C len(n), ...] (Kingma et al. 2021, appendix C)."""
+    freqs = torch.tensor([2.0**k * 2.0 * math.pi for k in exponents], dtype=x.dtype, device=x.device)
+    h = x.unsqueeze(2) * freqs.view(1, 1, -1, *([1] * (x.ndim - 2)))  # [B, C, F, ...]
+    return torch.cat([torch.sin(h), torch.cos(h)], dim=2).flatten(1, 2)
+
+
 # ---- presets -------------------------------------------------------------------------------------------
 def unet_digits(**changes: Any) -> UNetConfig:
     """8x8x1 (scikit-learn digits): 2 levels (8, 4), 32/64 channels, attention at 4x4."""
@@ -328,5 +341,5 @@ def unet_for_image(size: int, channels: int, **changes: Any) -> UNetConfig:
     return base(in_channels=channels, out_channels=channels, **changes)
 
 
-__all__ = ["UNet", "UNetConfig", "TimeInjection", "ResBlock", "AttentionBlock", "unet_digits", "unet_mnist",
+__all__ = ["UNet", "UNetConfig", "TimeInjection", "fourier_features", "ResBlock", "AttentionBlock", "unet_digits", "unet_mnist",
            "unet_for_image", "UNET_PRESETS"]
