@@ -302,3 +302,21 @@ def test_sampler_variance_callables_match_the_step_tables():
     m = LearnedVarianceDenoiser(lambda z, tt: torch.cat([z, torch.full_like(z, 0.5)], 1), sched)
     got = learned_sampler_variance(m)(*args)
     torch.testing.assert_close(torch.log(got), m.log_variance(x, torch.full((2,), 49)))
+
+
+def test_ddpm_sampler_with_analytic_variance_reproduces_the_data_variance_in_few_steps():
+    import difflab
+    from difflab.likelihood import analytic_sampler_variance
+
+    gm = GaussianMixture(torch.ones(1), torch.tensor([[0.3, -0.2]]), (0.09 * torch.eye(2))[None])
+    sched = schedules.get("linear", T=1000)
+    m = gm.denoiser(sched, "eps")
+    gamma = analytic_dpm_gamma(m, gm.sample(200, G().manual_seed(0)), num_samples=200, batch_size=20000,
+                               generator=G().manual_seed(1))
+    xT = torch.randn(4000, 2, generator=G().manual_seed(2), dtype=torch.float64)
+    out = {}
+    for name, var in (("beta_tilde", "beta_tilde"), ("analytic", analytic_sampler_variance(sched, gamma, None))):
+        x = difflab.sample(m, xT, sampler="ddpm", steps=20, variance=var, generator=G().manual_seed(3))
+        out[name] = float(x.var(0).mean())
+    assert abs(out["analytic"] - 0.09) < 0.01  # the optimal variance is right even with 20 of 1000 steps
+    assert out["beta_tilde"] < 0.07  # beta-tilde is far too small on so coarse a sub-sequence

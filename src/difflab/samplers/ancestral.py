@@ -7,7 +7,7 @@ eq. 3-4); for a DDPM table and s = t - 1 these are sqrt(1 - beta_t) and beta_t.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -23,10 +23,15 @@ def _pair(lv: Any, i: int) -> tuple[float, float, float, float, float]:
 
 
 def sample_ddpm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-                progress: bool = False, variance: Literal["beta_tilde", "beta"] = "beta_tilde") -> Tensor:
-    """Ancestral sampling from the posterior q(x_s | x_t, x_0-hat) (Ho et al. 2020, eq. 6-7 and Alg. 2; sigma^2 = beta-tilde or beta)."""
-    if variance not in ("beta_tilde", "beta"):
-        raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
+                progress: bool = False, variance: Literal["beta_tilde", "beta"] | Callable[..., Any] = "beta_tilde"
+                ) -> Tensor:
+    """Ancestral sampling from the posterior q(x_s | x_t, x_0-hat) (Ho et al. 2020, eq. 6-7 and Alg. 2; sigma^2 = beta-tilde or beta).
+
+    ``variance`` may also be a callable f(x_t, t, s, beta_{t|s}, beta-tilde_{t|s}, cond) -> sigma^2 (float or a
+    tensor broadcastable to x), e.g. learned or Analytic-DPM variances from :mod:`difflab.likelihood`.
+    """
+    if not callable(variance) and variance not in ("beta_tilde", "beta"):
+        raise ValueError(f"variance must be 'beta_tilde', 'beta' or a callable, got {variance!r}")
     lv = levels(model, x, sigmas)
     n = len(lv.sigma) - 1
     for i in steps(n, progress):
@@ -35,7 +40,13 @@ def sample_ddpm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gene
             return x0
         at, st, as_, ss, var_ts = _pair(lv, i)
         mean = (at / as_) * ss**2 / st**2 * x + as_ * var_ts / st**2 * x0
-        var = var_ts * ss**2 / st**2 if variance == "beta_tilde" else var_ts
+        var_tilde = var_ts * ss**2 / st**2
+        if callable(variance):
+            var = torch.as_tensor(variance(x, lv.t[i], lv.t[i + 1], var_ts, var_tilde, cond), dtype=x.dtype,
+                                  device=x.device)
+            x = mean + var.sqrt() * randn_like(x, generator)
+            continue
+        var = var_tilde if variance == "beta_tilde" else var_ts
         x = mean + math.sqrt(var) * randn_like(x, generator)
     return x
 
