@@ -19,8 +19,8 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/difflab train --data digits --out $(RUN) --minutes $(MINUTES)
-	$(VENV)/bin/difflab sample --run $(RUN) --num 100 --sampler dpmpp_2m --steps 20 --out $(RUN)/samples_dpmpp_2m.png
-	@echo "demo done: see $(RUN)/samples.png, $(RUN)/samples_dpmpp_2m.png and $(RUN)/loss.png"
+	$(VENV)/bin/difflab sample --run $(RUN) --num 100 --sampler ipndm --steps 10 --out $(RUN)/samples_ipndm_10.png
+	@echo "demo done: see $(RUN)/samples.png, $(RUN)/samples_ipndm_10.png and $(RUN)/loss.png"
 
 test: setup
 	$(PY) -m pytest

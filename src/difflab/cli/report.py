@@ -12,7 +12,7 @@ from ..models.denoiser import Clamped
 from ..training import load_run
 from ..training.checkpoint import write_json
 
-DEFAULT_METHODS = "ddim:10,ddim:50,ddpm:100,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:20,unipc:5,unipc:10,heun:20"
+DEFAULT_METHODS = "ddim:10,ddim:50,ddpm:100,dpmpp_2m:10,dpmpp_2m:20,unipc:10,ipndm:5,ipndm:10,heun:20"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
