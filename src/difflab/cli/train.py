@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--config", type=Path, metavar="FILE", help="JSON file with TrainConfig fields")
     p.add_argument("--conditional", action="store_true", default=None, help="train on the dataset's class labels")
+    p.add_argument("--text-encoder", choices=["small", "minilm"],
+                   help="with --conditional: condition on generated captions through this text encoder")
     p.add_argument("--sample-every", type=int, metavar="N", help="write a preview grid every N steps")
     p.add_argument("--image-size", type=int, default=32, help="side of images loaded from a folder (default 32)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
@@ -37,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
-                 "seed": args.seed, "conditional": args.conditional, "sample_every": args.sample_every}
+                 "seed": args.seed, "conditional": args.conditional, "sample_every": args.sample_every,
+                 "text_encoder": args.text_encoder}
     if args.steps is not None:
         overrides["minutes"] = 0.0
     if args.minutes is not None and args.steps is None:

@@ -98,6 +98,7 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
             ax.annotate(r["method"], (r[key], r["fd"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xl)
         ax.set_ylabel("FD (lower is better)")
         ax.grid(alpha=0.3, which="both")
