@@ -47,6 +47,10 @@ def test_evaluate_run_and_report(digits_run, tmp_path):
     assert run("evaluate", "--run", digits_run, "--num", 40, "--steps", 2) == 0
     res = json.loads((digits_run / "evaluation.json").read_text())
     assert res["nfe"] == 2 and res["metrics"]["num_samples"] == 40
+    assert run("evaluate", "--run", digits_run, "--num", 20, "--steps", 2, "--nll", "--nll-num", 8) == 0
+    nll = json.loads((digits_run / "evaluation.json").read_text())["nll"]
+    assert nll["unit"] == "bits/dim" and nll["n"] == 8 and 0 < nll["nll"] < 20
+    assert set(nll["terms"]) >= {"prior", "diffusion", "reconstruction"}
     assert run("report", "--run", digits_run, "--methods", "ddim:2,euler:3", "--num", 30, "--out", tmp_path / "rep") == 0
     rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
     assert [(r["sampler"], r["nfe"]) for r in rows] == [("ddim", 2), ("euler", 3)]
