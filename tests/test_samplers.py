@@ -1,5 +1,4 @@
 """Samplers against closed forms: PF-ODE convergence orders, exact moments, determinism, dtypes, threads."""
-import math
 import threading
 
 import numpy as np

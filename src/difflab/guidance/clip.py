@@ -15,13 +15,13 @@ from tqdm.auto import tqdm
 
 from .. import schedules
 from ..data import Dataset
-from ..errors import CheckpointError, UserError
+from ..errors import UserError
 from ..models.denoiser import Denoiser
 from ..models.networks import time_scale_for
 from ..schedules import Schedule
 from ..text.captions import CaptionThresholds, captions
 from ..text.encoders import SmallTextConfig, SmallTextEncoder, tokenize_words
-from ..training.checkpoint import CONFIG, load_checkpoint, read_json, save_checkpoint, write_json
+from ..training.checkpoint import CONFIG, load_folder, save_checkpoint, write_json
 from ..training.loop import batch_indices, step_generator
 from ..utils.config import Config, ConfigError, require
 from .base import GuidedDenoiser
@@ -150,23 +150,9 @@ def train_clip(cfg: ClipTrainConfig, data: Dataset, out: str | Path | None = Non
 
 def load_clip(path: str | Path, device: torch.device | str = "cpu") -> tuple[NoisyClip, Schedule]:
     """Rebuild a CLIP folder written by :func:`train_clip` (eval mode, frozen)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"CLIP folder {path} does not exist")
-    rc = read_json(path / CONFIG)
-    if rc.get("format") != CLIP_FORMAT:
-        raise CheckpointError(f"{path / CONFIG} is not a difflab CLIP model (train one with difflab train-clip)")
-    try:
-        model = NoisyClip(ClipConfig.from_dict(rc["clip"]))
-        sched = schedules.from_config(rc["schedule"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONFIG}: cannot rebuild the CLIP model ({e})") from None
-    parts, _ = load_checkpoint(path)
-    try:
-        model.load_state_dict(parts["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the config ({str(e).splitlines()[0]})") from None
-    return model.eval().requires_grad_(False).to(device), sched
+    model, rc, _ = load_folder(path, CLIP_FORMAT, "CLIP model", lambda rc: NoisyClip(ClipConfig.from_dict(rc["clip"])),
+                               hint=" (train one with difflab train-clip)")
+    return model.to(device), schedules.from_config(rc["schedule"])
 
 
 def similarity_grad(clip: NoisyClip, x: Tensor, t: Tensor, text: Tensor, schedule: Schedule | None = None,

@@ -14,11 +14,11 @@ from tqdm.auto import tqdm
 
 from .. import schedules
 from ..data import Dataset
-from ..errors import CheckpointError, UserError
+from ..errors import UserError
 from ..losses import sample_t
 from ..models.networks import time_scale_for
 from ..schedules import Schedule
-from ..training.checkpoint import CONFIG, load_checkpoint, read_json, save_checkpoint, write_json
+from ..training.checkpoint import CONFIG, load_folder, save_checkpoint, write_json
 from ..training.loop import batch_indices, step_generator
 from ..utils.config import Config, ConfigError, require
 from .classifier import ClassifierConfig, NoisyClassifier
@@ -125,23 +125,10 @@ def save_classifier(out: str | Path, net: NoisyClassifier, sched: Schedule, cfg:
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[NoisyClassifier, Schedule]:
     """Rebuild a classifier folder written by :func:`train_classifier` (eval mode, frozen)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"classifier folder {path} does not exist")
-    rc = read_json(path / CONFIG)
-    if rc.get("format") != CLASSIFIER_FORMAT:
-        raise CheckpointError(f"{path / CONFIG} is not a difflab classifier (train one with difflab train-classifier)")
-    try:
-        net = NoisyClassifier(ClassifierConfig.from_dict(rc["network"]))
-        sched = schedules.from_config(rc["schedule"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONFIG}: cannot rebuild the classifier ({e})") from None
-    parts, _ = load_checkpoint(path)
-    try:
-        net.load_state_dict(parts["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the config ({str(e).splitlines()[0]})") from None
-    return net.eval().requires_grad_(False).to(device), sched
+    net, rc, _ = load_folder(path, CLASSIFIER_FORMAT, "classifier",
+                             lambda rc: NoisyClassifier(ClassifierConfig.from_dict(rc["network"])),
+                             hint=" (train one with difflab train-classifier)")
+    return net.to(device), schedules.from_config(rc["schedule"])
 
 
 __all__ = ["ClassifierTrainConfig", "build_classifier", "train_classifier", "noisy_batch", "noisy_accuracy",

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..models.denoiser import Denoiser, Prediction, target_for
-from ..schedules import Schedule, append_dims
+from ..schedules import Schedule
 
 Weighting = Literal["uniform", "min_snr"]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal, get_args
 
-import torch
 from torch import Tensor, nn
 
 from ..schedules import Schedule, append_dims, as_tensor

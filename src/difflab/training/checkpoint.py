@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -101,3 +101,29 @@ def restore_optimizer(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor],
         pid, name = k.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def load_folder(path: str | Path, fmt: str, what: str, build: Callable[[dict[str, Any]], nn.Module],
+                ema: bool = False, hint: str = "") -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Rebuild a module saved as folder/config.json (whose "format" must be fmt) + checkpoint.safetensors.
+
+    ``build(config)`` makes the module from the JSON; the EMA weights are loaded when ``ema`` and present.
+    Returns (module in eval mode without gradients, config, checkpoint metadata); every failure is a
+    CheckpointError naming the file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{what} folder {path} does not exist")
+    rc = read_json(path / CONFIG)
+    if rc.get("format") != fmt:
+        raise CheckpointError(f"{path / CONFIG} is not a difflab {what}{hint}")
+    try:
+        module = build(rc)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG}: cannot rebuild the {what} ({e})") from None
+    parts, meta = load_checkpoint(path)
+    try:
+        module.load_state_dict(parts["ema"] if ema and parts["ema"] else parts["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the config ({str(e).splitlines()[0]})") from None
+    return module.eval().requires_grad_(False), rc, meta

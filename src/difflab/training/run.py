@@ -9,13 +9,13 @@ import torch
 
 from .. import schedules
 from ..data import Dataset
-from ..errors import CheckpointError, UserError
+from ..errors import UserError
 from ..models.denoiser import Denoiser
 from ..models.mlp import mlp_toy
 from ..models.networks import build_network, network_spec, time_scale_for
 from ..models.unet import unet_for_image
 from ..utils.config import ConfigError
-from .checkpoint import CONFIG, load_checkpoint, read_json
+from .checkpoint import load_folder
 from .config import TrainConfig
 
 RUN_FORMAT = "difflab-run-1"
@@ -74,23 +74,10 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, ema: bool = True, device: torch.device | str | None = None) -> LoadedRun:
     """Rebuild the denoiser of a run folder from its JSON and safetensors (no pickle)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist")
-    rc = read_json(run_dir / CONFIG)
-    if rc.get("format") != RUN_FORMAT:
-        raise CheckpointError(f"{run_dir / CONFIG} is not a difflab run config")
-    try:
+
+    def build(rc: dict[str, Any]) -> Denoiser:
         net = build_network(rc["network"]["kind"], rc["network"]["config"])
-        sched = schedules.from_config(rc["schedule"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir / CONFIG}: cannot rebuild the model ({e})") from None
-    parts, meta = load_checkpoint(run_dir)
-    weights = parts["ema"] if ema and parts["ema"] else parts["model"]
-    model = Denoiser(net, sched, rc["prediction"])
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{run_dir}: weights do not match the config ({str(e).splitlines()[0]})") from None
-    model = model.eval().requires_grad_(False)
+        return Denoiser(net, schedules.from_config(rc["schedule"]), rc["prediction"])
+
+    model, rc, meta = load_folder(run_dir, RUN_FORMAT, "run", build, ema=ema)
     return LoadedRun(model.to(device or default_device()), rc, int(meta.get("step", 0)))
