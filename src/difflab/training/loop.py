@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
         csv.DictWriter(f, LOG_FIELDS).writeheader()
         csv.DictWriter(f, LOG_FIELDS).writerows(rows)
     t0, step, last, window = time.monotonic(), start, math.nan, []
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+    bar = _progress(cfg, start, progress)
     model.train()
     while step < cfg.steps:
         if cfg.minutes and time.monotonic() - t0 > 60 * cfg.minutes:
@@ -173,10 +173,10 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
         ema.update(model, step)
         step, last = step + 1, loss
         window.append(loss)
-        bar.update(1)
+        bar.update(min(round(time.monotonic() - t0, 1), bar.total) - bar.n if cfg.minutes else 1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             _log(run_dir, step, window, opt, gnorm, time.monotonic() - t0)
-            bar.set_postfix(loss=f"{np.mean(window):.4f}")
+            bar.set_postfix(step=step, loss=f"{np.mean(window):.4f}")
             window = []
         if step % cfg.checkpoint_every == 0:
             save_checkpoint(run_dir, model, ema.model, opt, step)
@@ -189,6 +189,14 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
     save_checkpoint(run_dir, model, ema.model, opt, step)
     finish(run_dir, ema.model, data, cfg)
     return TrainResult(run_dir, step, last, time.monotonic() - t0)
+
+
+def _progress(cfg: TrainConfig, start: int, enabled: bool) -> tqdm:
+    """A bar over steps, or over seconds when the budget is wall-clock minutes."""
+    if cfg.minutes:
+        return tqdm(total=round(60 * cfg.minutes), disable=not enabled, desc="train", unit="s", dynamic_ncols=True,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
+    return tqdm(total=cfg.steps, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
 
 
 def _log(run_dir: Path, step: int, window: list[float], opt: Any, gnorm: float, seconds: float) -> None:
