@@ -94,10 +94,10 @@ def run_toy(steps: int, n_test: int) -> dict[str, Any]:
     test = gm.sample(n_test, torch.Generator().manual_seed(1)).float()
     log(f"toy: entropy {entropy:.4f} +- {entropy_se:.4f} nats")
     out: dict[str, Any] = {"entropy": entropy, "entropy_se": entropy_se, "steps": steps, "models": {}}
-    for name, sched, objective in (("DSM, VP SDE", schedules.get("vp"), "simple"),
-                                   ("VDM, learned schedule", LearnedSchedule(-10.0, 8.0, hidden=256), "vdm")):
+    for name, make_schedule, objective in (("DSM, VP SDE", lambda: schedules.get("vp"), "simple"),
+                                           ("VDM, learned schedule", lambda: LearnedSchedule(-10.0, 8.0, hidden=256), "vdm")):
         torch.manual_seed(0)
-        net = MLP(MLPConfig(dim=2, hidden=128, depth=3, time_scale=1000.0))
+        net, sched = MLP(MLPConfig(dim=2, hidden=128, depth=3, time_scale=1000.0)), make_schedule()
         model, secs = train(Denoiser(net, sched, "eps"), data, objective, steps, 256, 2e-3)
         r_ode = evaluate_nll(model, test, "ode", batch_size=n_test, trace="exact", rtol=1e-5, atol=1e-5)
         r_elbo = evaluate_nll(model, test, "elbo", batch_size=n_test, num_t=16)
@@ -242,13 +242,19 @@ NOTES = """
 - Analytic-DPM and learned variances lower the diffusion term; their gain in the reconstruction term needs a
   network whose eps prediction is accurate at the lowest noise level, which these short runs do not reach.
 - The ODE NLL starts from the data at sigma(t_min) (see docs/likelihood.md).  With uniform dequantisation the
-  model's density there is the data smoothed at sigma(t_min); for VDM, sigma(t_min) ~ 0.001 is far below the bin
-  width, the density concentrates on the grid, and the adaptive solver did not finish within the step limit on
-  uniformly dequantised points (nan).  Gaussian dequantisation at t_min (with the bound's decoder) is the
-  matching bound and finished for every model.
+  model's density there is the data smoothed at sigma(t_min), wider than a bin for the DDPM tables (0.01 for
+  the linear one), which costs ~0.3-0.5 bits/dim against Gaussian dequantisation at t_min (with the bound's
+  decoder).  For VDM, sigma(t_min) ~ 0.001 is far below the bin width and the model's density concentrates on
+  the grid, so uniformly dequantised points sit where it is low (in a 1000-step run the solver even exceeded
+  its step limit on them).
 - The ODE likelihood is that of the deterministic flow, a different model from the stochastic one whose bound
-  is reported; it is better than the bound only when the score is accurate.  For the VLB-trained models here
-  (VDM, hybrid) the bound is the better number.
+  is reported; it beats the bound only when the score is accurate.  With Gaussian dequantisation it matches or
+  beats the best bound of the L_simple and hybrid models, but not of the VLB-trained VDM model, whose bound is
+  the better number; uniform dequantisation loses to the bounds everywhere.
+- 2-D mixture: after 5000 steps both MLPs are 0.4-0.6 nats above the entropy by the ODE (undertrained for
+  components 0.06 wide); the VLB-trained VDM's bound comes closest.  In the reported run the toy VDM schedule's
+  initial weights were drawn before seeding (the script seeds them now), so a rerun gives slightly different
+  toy VDM figures.
 """
 
 
@@ -264,11 +270,11 @@ def targets(res: dict[str, Any]) -> dict[str, bool]:
             all(dig[n]["elbo"]["analytic"]["nll"] < fixed[n] for n in fixed),
         "learned variances (hybrid) give a better bound than fixed variances with L_simple (same schedule, cosine)":
             best[hybrid] < fixed["L_simple, cosine"],
-        "ODE NLL (uniform dequantisation) at least as good as every bound of the same model":
-            all(m["ode"]["nll"] <= min(r["nll"] for r in m["elbo"].values()) + m["ode"]["ci95"] for m in dig.values()),
-        "ODE NLL (Gaussian dequantisation) at least as good as every bound of the same model":
-            all(m["ode_gauss"]["nll"] <= min(r["nll"] for r in m["elbo"].values()) + m["ode_gauss"]["ci95"]
-                for m in dig.values()),
+        **{f"ODE NLL ({deq} dequantisation) at least as good as every bound of the same model"
+           + (f" (fails for: {'; '.join(bad)})" if bad else ""): not bad
+           for deq, key in (("uniform", "ode"), ("Gaussian", "ode_gauss"))
+           for bad in [[n for n, m in dig.items()
+                        if not m[key]["nll"] <= min(r["nll"] for r in m["elbo"].values()) + m[key]["ci95"]]]},
     }
 
 
