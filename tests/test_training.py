@@ -105,3 +105,19 @@ def test_load_run_gives_ema_denoiser(tmp_path):
     (tmp_path / "run" / CHECKPOINT).write_bytes((tmp_path / "run" / CHECKPOINT).read_bytes()[:200])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_run(tmp_path / "run")
+
+
+def test_learned_variance_objective_trains_saves_and_reloads(tmp_path):
+    from difflab.errors import UserError
+    from difflab.likelihood.variance import LearnedVarianceDenoiser
+
+    cfg = TrainConfig(network=TINY_UNET, objective="hybrid", steps=4, batch_size=8, sample_steps=2,
+                      schedule={"kind": "linear", "T": 50})
+    train(cfg, load("digits"), tmp_path / "hyb", progress=False)
+    run = load_run(tmp_path / "hyb", device="cpu")
+    assert isinstance(run.model, LearnedVarianceDenoiser) and run.model.net.config.out_channels == 2
+    x = torch.randn(3, 1, 8, 8)
+    t = torch.full((3,), 20.0)
+    assert run.model(x, t).shape == x.shape and run.model.log_variance(x, t).shape == x.shape
+    with pytest.raises(UserError, match="needs image data"):
+        build_denoiser(cfg, load("toy:moons"))

@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nll", action="store_true", help="also report the negative log-likelihood on the test split")
     p.add_argument("--nll-method", default="elbo", choices=["elbo", "ode"])
     p.add_argument("--nll-num", type=int, default=300, help="test examples for --nll (default 300)")
+    p.add_argument("--nll-num-t", type=int, default=100,
+                   help="DDPM bound: stratified steps per example, an unbiased estimate (default 100; 0 = all T)")
     p.add_argument("--json", type=Path, metavar="FILE", help="where to write the results (default next to the input)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
@@ -78,6 +80,8 @@ def metrics_for(x: torch.Tensor, ref: Dataset, features: str | None) -> dict[str
 
 def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {}
+    if args.nll_num_t < 0:
+        raise UserError(f"--nll-num-t must be >= 0, got {args.nll_num_t}")
     for name in ("num", "steps", "nll_num"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -104,9 +108,17 @@ def run(args: argparse.Namespace) -> int:
     if args.nll:
         from ..likelihood import evaluate_nll
 
+        from ..likelihood.variance import LearnedVarianceDenoiser
+        from ..schedules import DiscreteSchedule
+
         test = load(ref.spec, "test").x[: args.nll_num]
+        options: dict[str, Any] = {}
+        if args.nll_method == "elbo" and isinstance(loaded.model.schedule, DiscreteSchedule):
+            options["num_t"] = args.nll_num_t or None
+            if isinstance(loaded.model, LearnedVarianceDenoiser):
+                options["variance"] = "learned"
         result["nll"] = evaluate_nll(loaded.model, test.to(next(loaded.model.parameters()).device),
-                                     method=args.nll_method, seed=args.seed)
+                                     method=args.nll_method, seed=args.seed, **options)
     print(f"{'metric':<18} value")
     for k, v in result["metrics"].items():
         print(f"{k:<18} {v:.5g}")

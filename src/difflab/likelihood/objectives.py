@@ -101,6 +101,8 @@ def _vlb(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg
                        importance=True).mean()
 
 
+#: Objectives that train a LearnedVarianceDenoiser (a network with 2C output channels).
+LEARNED_VARIANCE_OBJECTIVES = ("hybrid", "hybrid_is", "vlb")
 OBJECTIVES["hybrid"] = _hybrid
 OBJECTIVES["hybrid_is"] = _hybrid_is
 OBJECTIVES["vlb"] = _vlb

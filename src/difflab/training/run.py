@@ -10,6 +10,8 @@ import torch
 from .. import schedules
 from ..data import Dataset
 from ..errors import UserError
+from ..likelihood.objectives import LEARNED_VARIANCE_OBJECTIVES
+from ..likelihood.variance import LearnedVarianceDenoiser
 from ..models.denoiser import Denoiser
 from ..models.mlp import mlp_toy
 from ..models.networks import build_network, network_spec, time_scale_for
@@ -43,20 +45,36 @@ def build_denoiser(cfg: TrainConfig, data: Dataset) -> Denoiser:
         if data.kind != "image":
             raise UserError(f"text conditioning needs images; {data.spec} holds points")
     overrides = {"time_scale": time_scale_for(sched), "num_classes": labels, **text, **cfg.network}
+    kind = denoiser_kind(cfg.objective)
     if data.kind == "image":
         c, h, w = data.shape
-        base = unet_for_image(max(h, w), c)
-        net = build_network("unet", {**base.to_dict(), **overrides})
+        out = {"out_channels": 2 * c} if kind == "learned_variance" else {}
+        net = build_network("unet", {**unet_for_image(max(h, w), c).to_dict(), **out, **overrides})
+    elif kind == "learned_variance":
+        raise UserError(f"objective {cfg.objective!r} (learned variances) needs image data; {data.spec} holds points")
     else:
         net = build_network("mlp", {**mlp_toy(dim=data.shape[0]).to_dict(), **overrides})
-    return Denoiser(net, sched, cfg.prediction)
+    try:
+        return DENOISERS[kind](net, sched, cfg.prediction)
+    except ValueError as e:
+        raise ConfigError(f"objective {cfg.objective!r}: {e}") from None
+
+
+#: How a run's network output is read: the plain prediction, or prediction + variance (Nichol & Dhariwal 2021).
+DENOISERS: dict[str, type[Denoiser]] = {"plain": Denoiser, "learned_variance": LearnedVarianceDenoiser}
+
+
+def denoiser_kind(objective: str) -> str:
+    """The denoiser class an objective trains."""
+    return "learned_variance" if objective in LEARNED_VARIANCE_OBJECTIVES else "plain"
 
 
 def run_config(cfg: TrainConfig, data: Dataset, model: Denoiser) -> dict[str, Any]:
     """The JSON written to RUN/config.json."""
     return {"format": RUN_FORMAT, "data": data.spec, "data_kind": data.kind, "shape": list(data.shape),
             "class_names": data.class_names, "train": cfg.to_dict(), "network": network_spec(model.net),
-            "schedule": model.schedule.config(), "prediction": model.prediction}
+            "schedule": model.schedule.config(), "prediction": model.prediction,
+            "denoiser": denoiser_kind(cfg.objective)}
 
 
 @dataclass
@@ -77,7 +95,7 @@ def load_run(run_dir: str | Path, ema: bool = True, device: torch.device | str |
 
     def build(rc: dict[str, Any]) -> Denoiser:
         net = build_network(rc["network"]["kind"], rc["network"]["config"])
-        return Denoiser(net, schedules.from_config(rc["schedule"]), rc["prediction"])
+        return DENOISERS[rc.get("denoiser", "plain")](net, schedules.from_config(rc["schedule"]), rc["prediction"])
 
     model, rc, meta = load_folder(run_dir, RUN_FORMAT, "run", build, ema=ema)
     return LoadedRun(model.to(device or default_device()), rc, int(meta.get("step", 0)))
