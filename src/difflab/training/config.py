@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 from ..models.denoiser import Prediction
-from ..utils.config import Config, ConfigError, require
+from ..utils.config import Config, read_config_file, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +66,6 @@ class TrainConfig(Config):
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """Read a JSON config file; ``overrides`` (not None) take precedence."""
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"config file {p} must hold a JSON object")
+        d = read_config_file(path)
         d.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(d, where=str(p))
+        return cls.from_dict(d, where=str(path))

@@ -77,6 +77,20 @@ def _coerce(tp: Any, v: Any, where: str) -> Any:
     return v
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object in a config file; ConfigError naming the file if it is missing or not a JSON object."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {p} must hold a JSON object")
+    return d
+
+
 def require(cond: bool, msg: str) -> None:
     """Raise ConfigError(msg) unless cond."""
     if not cond:
