@@ -77,18 +77,24 @@ def _coerce(tp: Any, v: Any, where: str) -> Any:
     return v
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The JSON object in a config file; ConfigError naming the file if it is missing or not a JSON object."""
+def read_json_object(path: str | Path, error: type[UserError], what: str = "") -> dict[str, Any]:
+    """The JSON object in a file; ``error`` naming the file if it is missing, not JSON or not an object."""
     p = Path(path)
+    name = f"{what} {p}" if what else str(p)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
+        raise error(f"{name} does not exist")
     try:
         d = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {p} is not valid JSON ({e})") from None
+        raise error(f"{name} is not valid JSON ({e})") from None
     if not isinstance(d, dict):
-        raise ConfigError(f"config file {p} must hold a JSON object")
+        raise error(f"{name} must hold a JSON object")
     return d
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a config file (ConfigError otherwise)."""
+    return read_json_object(path, ConfigError, "config file")
 
 
 def require(cond: bool, msg: str) -> None:
