@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -11,31 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-
-
-class CountCalls(nn.Module):
-    """A denoiser wrapper counting model calls (NFE) per sampling run."""
-
-    def __init__(self, model: Callable[..., Tensor]):
-        super().__init__()
-        self.model, self.schedule, self.calls = model, model.schedule, 0
-
-    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        self.calls += 1
-        return self.model(x, t, cond)
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of a report: a model (run label) sampled with a sampler at a step budget."""
-
-    model: str
-    sampler: str
-    steps: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} {self.sampler}:{self.steps}"
 
 
 def parse_methods(spec: str, samplers: Sequence[str]) -> list[tuple[str, int]]:
@@ -58,18 +32,16 @@ def draw(model: Callable[..., Tensor], shape: Sequence[int], num: int, sampler: 
     """num samples with a sampler: (samples on CPU, model calls per batch, wall seconds)."""
     from ..samplers import sample
 
-    counter = CountCalls(model)
     device = next(iter(model.parameters()), torch.empty(0)).device if isinstance(model, nn.Module) else "cpu"
     g = torch.Generator().manual_seed(seed)
     chunks, nfe, t0 = [], 0, time.perf_counter()
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
         x_T = torch.randn((n, *shape), generator=g).to(device)
-        counter.calls = 0
-        with torch.no_grad():
-            chunks.append(sample(counter, x_T, sampler=sampler, steps=steps, generator=g,
-                                 cond=cond(n) if cond else None).cpu())
-        nfe = max(nfe, counter.calls)
+        x, calls = sample(model, x_T, sampler=sampler, steps=steps, generator=g, cond=cond(n) if cond else None,
+                          return_nfe=True)
+        chunks.append(x.cpu())
+        nfe = max(nfe, calls)
     return torch.cat(chunks), nfe, time.perf_counter() - t0
 
 
