@@ -34,9 +34,7 @@ class ClassifierConfig(Config):
 
     def check(self) -> None:
         n = "ClassifierConfig"
-        for name in ("in_channels", "num_classes", "channels", "num_res_blocks", "groups"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 1, f"{n}.{name} must be an integer >= 1, got {v!r}")
+        self.require_ints(("in_channels", "num_classes", "channels", "num_res_blocks", "groups"), 1)
         require(len(self.channel_mult) >= 1 and all(isinstance(m, int) and m >= 1 for m in self.channel_mult),
                 f"{n}.channel_mult must be a non-empty list of integers >= 1, got {self.channel_mult!r}")
         for m in self.channel_mult:

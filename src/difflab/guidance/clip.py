@@ -97,9 +97,7 @@ class ClipTrainConfig(Config):
 
     def check(self) -> None:
         n = "ClipTrainConfig"
-        for name in ("batch_size", "steps"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 2, f"{n}.{name} must be an integer >= 2, got {v!r}")
+        self.require_ints(("batch_size", "steps"), 2)
         require(math.isfinite(self.lr) and self.lr > 0, f"{n}.lr must be > 0")
         require(0 <= self.weight_decay < 1 and self.minutes >= 0 and self.warmup_steps >= 0 and self.seed >= 0,
                 f"{n}: weight_decay in [0, 1), minutes, warmup_steps and seed >= 0")

@@ -42,9 +42,7 @@ class ClassifierTrainConfig(Config):
 
     def check(self) -> None:
         n = "ClassifierTrainConfig"
-        for name in ("batch_size", "steps"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 1, f"{n}.{name} must be an integer >= 1, got {v!r}")
+        self.require_ints(("batch_size", "steps"), 1)
         require(isinstance(self.seed, int) and self.seed >= 0, f"{n}.seed must be an integer >= 0")
         require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, f"{n}.warmup_steps must be >= 0")
         require(math.isfinite(self.lr) and self.lr > 0, f"{n}.lr must be > 0, got {self.lr!r}")

@@ -90,6 +90,20 @@ class LabelEmbedding(nn.Module):
         return self.table(y.long())
 
 
+def check_time_fields(cfg: Any) -> None:
+    """Validate the fields every network config shares: dropout, time_scale, fourier_scale, time_embedding."""
+    from ..utils.config import require
+
+    n = type(cfg).__name__
+    require(0.0 <= cfg.dropout < 1.0, f"{n}.dropout must lie in [0, 1), got {cfg.dropout!r}")
+    require(math.isfinite(cfg.time_scale) and cfg.time_scale > 0,
+            f"{n}.time_scale must be a finite number > 0, got {cfg.time_scale!r}")
+    require(math.isfinite(cfg.fourier_scale) and cfg.fourier_scale > 0,
+            f"{n}.fourier_scale must be a finite number > 0, got {cfg.fourier_scale!r}")
+    require(cfg.time_embedding in get_args(TimeEmbeddingKind),
+            f"{n}.time_embedding must be one of {get_args(TimeEmbeddingKind)}, got {cfg.time_embedding!r}")
+
+
 def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
     """Time as a float [B] tensor on x's device (a scalar is broadcast over the batch)."""
     t = torch.as_tensor(t, device=x.device)

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Mapping, get_args
+from typing import Any, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.config import Config, ConfigError, require
-from .embeddings import Dropout, LabelEmbedding, TimeEmbedding, TimeEmbeddingKind, batch_time, check_cond, zero_
+from .embeddings import check_time_fields, Dropout, LabelEmbedding, TimeEmbedding, TimeEmbeddingKind, batch_time, check_cond, zero_
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,18 +26,10 @@ class MLPConfig(Config):
 
     def check(self) -> None:
         n = "MLPConfig"
-        for name in ("dim", "hidden", "depth"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 1, f"{n}.{name} must be an integer >= 1, got {v!r}")
+        self.require_ints(("dim", "hidden", "depth"), 1)
         require(isinstance(self.num_classes, int) and self.num_classes >= 0,
                 f"{n}.num_classes must be an integer >= 0, got {self.num_classes!r}")
-        require(0.0 <= self.dropout < 1.0, f"{n}.dropout must lie in [0, 1), got {self.dropout!r}")
-        require(math.isfinite(self.time_scale) and self.time_scale > 0,
-                f"{n}.time_scale must be a finite number > 0, got {self.time_scale!r}")
-        require(math.isfinite(self.fourier_scale) and self.fourier_scale > 0,
-                f"{n}.fourier_scale must be a finite number > 0, got {self.fourier_scale!r}")
-        require(self.time_embedding in get_args(TimeEmbeddingKind),
-                f"{n}.time_embedding must be one of {get_args(TimeEmbeddingKind)}, got {self.time_embedding!r}")
+        check_time_fields(self)
 
 
 class MLPBlock(nn.Module):

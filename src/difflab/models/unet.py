@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.config import Config, ConfigError, require
-from .embeddings import Dropout, LabelEmbedding, TimeEmbedding, TimeEmbeddingKind, batch_time, check_cond, zero_
+from .embeddings import check_time_fields, Dropout, LabelEmbedding, TimeEmbedding, TimeEmbeddingKind, batch_time, check_cond, zero_
 
 TimeInjection = Literal["add", "adagn"]
 
@@ -46,12 +46,8 @@ class UNetConfig(Config):
 
     def check(self) -> None:
         n = "UNetConfig"
-        for name in ("in_channels", "out_channels", "channels", "num_res_blocks", "num_heads", "groups"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 1, f"{n}.{name} must be an integer >= 1, got {v!r}")
-        for name in ("num_classes", "cond_channels", "context_dim"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 0, f"{n}.{name} must be an integer >= 0, got {v!r}")
+        self.require_ints(("in_channels", "out_channels", "channels", "num_res_blocks", "num_heads", "groups"), 1)
+        self.require_ints(("num_classes", "cond_channels", "context_dim"), 0)
         require(len(self.channel_mult) >= 1 and all(isinstance(m, int) and m >= 1 for m in self.channel_mult),
                 f"{n}.channel_mult must be a non-empty list of integers >= 1, got {self.channel_mult!r}")
         require(all(isinstance(k, int) and 0 <= k <= 16 for k in self.input_fourier),
@@ -64,13 +60,7 @@ class UNetConfig(Config):
             w = self.channels * m
             require(w % self.groups == 0, f"{n}.groups={self.groups} must divide every level width, not {w}")
             require(w % self.num_heads == 0, f"{n}.num_heads={self.num_heads} must divide every level width, not {w}")
-        require(0.0 <= self.dropout < 1.0, f"{n}.dropout must lie in [0, 1), got {self.dropout!r}")
-        require(math.isfinite(self.time_scale) and self.time_scale > 0,
-                f"{n}.time_scale must be a finite number > 0, got {self.time_scale!r}")
-        require(math.isfinite(self.fourier_scale) and self.fourier_scale > 0,
-                f"{n}.fourier_scale must be a finite number > 0, got {self.fourier_scale!r}")
-        require(self.time_embedding in get_args(TimeEmbeddingKind),
-                f"{n}.time_embedding must be one of {get_args(TimeEmbeddingKind)}, got {self.time_embedding!r}")
+        check_time_fields(self)
         require(self.time_injection in get_args(TimeInjection),
                 f"{n}.time_injection must be one of {get_args(TimeInjection)}, got {self.time_injection!r}")
 

@@ -42,12 +42,10 @@ def sample_ddpm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gene
         mean = (at / as_) * ss**2 / st**2 * x + as_ * var_ts / st**2 * x0
         var_tilde = var_ts * ss**2 / st**2
         if callable(variance):
-            var = torch.as_tensor(variance(x, lv.t[i], lv.t[i + 1], var_ts, var_tilde, cond), dtype=x.dtype,
-                                  device=x.device)
-            x = mean + var.sqrt() * randn_like(x, generator)
-            continue
-        var = var_tilde if variance == "beta_tilde" else var_ts
-        x = mean + math.sqrt(var) * randn_like(x, generator)
+            var = variance(x, lv.t[i], lv.t[i + 1], var_ts, var_tilde, cond)
+        else:
+            var = var_tilde if variance == "beta_tilde" else var_ts
+        x = mean + torch.as_tensor(var, dtype=x.dtype, device=x.device).sqrt() * randn_like(x, generator)
     return x
 
 

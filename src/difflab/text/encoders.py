@@ -55,9 +55,7 @@ class SmallTextConfig(Config):
     seed: int = 0
 
     def check(self) -> None:
-        for name in ("dim", "layers", "heads", "max_len"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 1, f"SmallTextConfig.{name} must be an integer >= 1, got {v!r}")
+        self.require_ints(("dim", "layers", "heads", "max_len"), 1)
         require(self.dim % self.heads == 0, f"SmallTextConfig.heads={self.heads} must divide dim={self.dim}")
 
 

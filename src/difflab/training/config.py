@@ -40,12 +40,8 @@ class TrainConfig(Config):
 
     def check(self) -> None:
         n = "TrainConfig"
-        for name in ("batch_size", "steps", "log_every", "checkpoint_every", "sample_steps"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 1, f"{n}.{name} must be an integer >= 1, got {v!r}")
-        for name in ("warmup_steps", "sample_every", "seed"):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 0, f"{n}.{name} must be an integer >= 0, got {v!r}")
+        self.require_ints(("batch_size", "steps", "log_every", "checkpoint_every", "sample_steps"), 1)
+        self.require_ints(("warmup_steps", "sample_every", "seed"), 0)
         require(math.isfinite(self.lr) and self.lr > 0, f"{n}.lr must be > 0, got {self.lr!r}")
         require(self.minutes >= 0 and math.isfinite(self.minutes), f"{n}.minutes must be >= 0, got {self.minutes!r}")
         require(0 <= self.weight_decay < 1, f"{n}.weight_decay must lie in [0, 1), got {self.weight_decay!r}")

@@ -26,6 +26,13 @@ class Config:
     def check(self) -> None:
         """Raise ConfigError for out-of-range values (override)."""
 
+    def require_ints(self, names: tuple[str, ...], minimum: int) -> None:
+        """ConfigError unless every named field is an integer >= minimum."""
+        for name in names:
+            v = getattr(self, name)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+                    f"{type(self).__name__}.{name} must be an integer >= {minimum}, got {v!r}")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
