@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from difflab.data import TOYS, load, to_uint8, toy
+from difflab.data import TOYS, Dataset, load, to_uint8, to_unit, toy
 from difflab.errors import DataError
 
 
@@ -97,3 +97,35 @@ def test_unknown_specs():
         load("toy:spiral_galaxy")
     with pytest.raises(DataError, match="mnist:DIR"):
         load("mnist")
+
+
+def test_images_stored_as_uint8_and_converted_per_batch_exactly():
+    d = load("digits", "train")
+    n = len(d)
+    assert d.stored.dtype == torch.uint8 and d.stored.shape == (n, 1, 8, 8)
+    assert d.stored.untyped_storage().nbytes() == n * 64  # one byte per pixel, a quarter of float32
+    idx = torch.tensor([5, 0, 5, n - 1])
+    old = to_unit(d.stored.permute(0, 2, 3, 1).numpy())  # the float conversion images were stored as before
+    assert d.batch(idx).dtype == torch.float32
+    assert torch.equal(d.batch(idx), old[idx]) and torch.equal(d.x, old)
+    # every byte value maps as to_unit maps it, and to_uint8 brings it back
+    every = torch.arange(256, dtype=torch.uint8).reshape(4, 1, 8, 8)
+    e = Dataset(every, None, "bytes")
+    assert torch.equal(e.batch(torch.arange(4)), to_unit(every.permute(0, 2, 3, 1).numpy()))
+    assert np.array_equal(to_uint8(e.x), every.permute(0, 2, 3, 1).numpy())
+
+
+def test_float_and_point_datasets_are_kept_as_given():
+    pts = torch.randn(10, 2, dtype=torch.float64)
+    p = Dataset(pts, None, "pts")
+    assert p.kind == "points" and p.shape == (2,) and p.stored.dtype == torch.float32
+    assert torch.equal(p.batch(torch.tensor([3, 1])), pts.float()[[3, 1]]) and p.x is p.stored
+    img = torch.linspace(-1, 1, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)  # off the 1/127.5 grid: not quantised
+    f = Dataset(img, torch.tensor([0, 1]), "float images", ["a", "b"])
+    assert f.kind == "image" and torch.equal(f.x, img) and torch.equal(f.batch(torch.tensor([1])), img[1:])
+    with pytest.raises(DataError, match="uint8 data must be images"):
+        Dataset(torch.zeros(3, 2, dtype=torch.uint8), None, "bad")
+    with pytest.raises(DataError, match="3 examples but 2 labels"):
+        Dataset(torch.zeros(3, 2), torch.zeros(2), "bad")
+    with pytest.raises(DataError, match="int64"):
+        Dataset(torch.zeros(3, 2, dtype=torch.int64), None, "bad")

@@ -1,10 +1,10 @@
 """Datasets by spec: ``digits``, ``toy:NAME``, ``mnist:DIR`` or a path to a folder of images.
 
-Images come as float32 [N, C, H, W] scaled to [-1, 1]; 2-D toy data as float32 [N, 2].
+Images are held as uint8 [N, C, H, W] and converted per batch to float32 in [-1, 1] (``Dataset.batch``), a
+quarter of the memory of float storage; 2-D toy data is float32 [N, 2].
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -18,20 +18,51 @@ from .toy import TOYS, toy
 
 Split = Literal["train", "test", "all"]
 TOY_SIZE = {"train": 20000, "test": 5000}
+_CHUNK = 1 << 22  # elements converted at a time by Dataset.x (bounds the int64 index buffer)
 
 
-@dataclass
 class Dataset:
-    """Training data: ``x`` [N, C, H, W] in [-1, 1] (images) or [N, D] (points); ``y`` labels [N] or None."""
+    """Training data: images [N, C, H, W] or points [N, D], with labels ``y`` [N] or None.
 
-    x: Tensor
-    y: Tensor | None
-    spec: str
-    class_names: list[str] | None = None
+    ``stored`` holds the examples as given: uint8 images (0..255) stay uint8 and are converted to [-1, 1] per
+    batch; floating tensors (points, or images already in [-1, 1]) are kept as float32 and used as given.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor | None, spec: str, class_names: list[str] | None = None):
+        if x.dtype == torch.uint8:
+            if x.ndim != 4:
+                raise DataError(f"{spec}: uint8 data must be images [N, C, H, W], got shape {tuple(x.shape)}")
+            self.stored = x.contiguous()
+        elif x.is_floating_point():
+            self.stored = x.float()
+        else:
+            raise DataError(f"{spec}: examples must be uint8 images or floating-point tensors, got {x.dtype}")
+        if y is not None and len(y) != len(x):
+            raise DataError(f"{spec}: {len(x)} examples but {len(y)} labels")
+        self.y = y
+        self.spec = spec
+        self.class_names = class_names
+
+    def batch(self, idx: Tensor) -> Tensor:
+        """float32 examples ``idx``: uint8 images mapped to [-1, 1] exactly as ``to_unit`` maps them."""
+        part = self.stored[idx]
+        return torch.take(_UNIT_TABLE, part.long()) if part.dtype == torch.uint8 else part
+
+    @property
+    def x(self) -> Tensor:
+        """The whole set as float32: a full conversion of uint8 images (for small sets and evaluation; per-step
+        code should call ``batch``).  Float storage is returned as is, without a copy."""
+        if self.stored.dtype != torch.uint8:
+            return self.stored
+        out = torch.empty(self.stored.shape, dtype=torch.float32)
+        src, dst = self.stored.view(-1), out.view(-1)
+        for s in range(0, src.numel(), _CHUNK):
+            dst[s : s + _CHUNK] = torch.take(_UNIT_TABLE, src[s : s + _CHUNK].long())
+        return out
 
     @property
     def kind(self) -> Literal["image", "points"]:
-        return "image" if self.x.ndim == 4 else "points"
+        return "image" if self.stored.ndim == 4 else "points"
 
     @property
     def num_classes(self) -> int:
@@ -40,10 +71,13 @@ class Dataset:
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of one example."""
-        return tuple(self.x.shape[1:])
+        return tuple(self.stored.shape[1:])
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.stored)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.spec!r}, {len(self)} x {self.shape}, {self.stored.dtype})"
 
 
 def to_unit(x_uint8: np.ndarray) -> Tensor:
@@ -51,10 +85,19 @@ def to_unit(x_uint8: np.ndarray) -> Tensor:
     return torch.from_numpy(x_uint8.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
+def _chw(x_uint8: np.ndarray) -> Tensor:
+    """uint8 [N, H, W, C] -> uint8 [N, C, H, W] (no scaling)."""
+    return torch.from_numpy(np.ascontiguousarray(x_uint8)).permute(0, 3, 1, 2).contiguous()
+
+
 def to_uint8(x: Tensor) -> np.ndarray:
     """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (values outside are clipped)."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
+
+
+# to_unit of every byte value: Dataset.batch looks values up here, so it equals to_unit bit for bit
+_UNIT_TABLE = to_unit(np.arange(256, dtype=np.uint8).reshape(1, 1, 256, 1)).reshape(256)
 
 
 def _split(n: int, split: Split, test_fraction: float, seed: int = 0) -> np.ndarray:
@@ -74,7 +117,7 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
     if spec == "digits":
         x, y = _images.digits()
         idx = _split(len(x), split, test_fraction=1 / 6)
-        return Dataset(to_unit(x[idx]), torch.from_numpy(y[idx]), spec, [str(i) for i in range(10)])
+        return Dataset(_chw(x[idx]), torch.from_numpy(y[idx]), spec, [str(i) for i in range(10)])
     if spec.startswith("toy:"):
         name = spec[4:]
         if name not in TOYS:
@@ -88,14 +131,14 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
             raise DataError("--data mnist needs a directory of IDX files: mnist:DIR")
         parts = ["train", "test"] if split == "all" else [split]
         xs, ys = zip(*(_images.mnist(directory, p) for p in parts))
-        return Dataset(to_unit(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), spec,
+        return Dataset(_chw(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), spec,
                        [str(i) for i in range(10)])
     path = Path(spec)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or directory (expected digits, toy:NAME, mnist:DIR or an image folder)")
     x, y, classes = _images.image_folder(path, image_size or 32, channels)
     idx = _split(len(x), split, test_fraction=0.1) if len(x) >= 10 else np.arange(len(x))
-    return Dataset(to_unit(x[idx]), torch.from_numpy(y[idx]), spec, classes)
+    return Dataset(_chw(x[idx]), torch.from_numpy(y[idx]), spec, classes)
 
 
 __all__ = ["Dataset", "load", "toy", "TOYS", "to_unit", "to_uint8"]
