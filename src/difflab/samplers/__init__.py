@@ -1,4 +1,4 @@
-"""Samplers: pure functions ``sample_<name>(model, x, sigmas, *, cond, generator, progress, **options) -> x0``.
+"""Samplers: pure functions ``sample_<name>(model, x, sigmas, *, cond, generator, progress, callback, **options) -> x0``.
 
 ``model`` is any denoiser D(x_t, t, cond) -> x_0 with a ``.schedule``; ``x`` is in the schedule's native
 coordinates at sigmas[0]; ``sigmas`` is a grid from :mod:`difflab.samplers.grids` (decreasing, ends in 0).
@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from . import grids
+from ._common import Callback
 from .ancestral import sample_ddim, sample_ddpm
 from .ode import (sample_dopri5, sample_dpm_solver_2, sample_dpm_solver_3, sample_dpmpp_2m, sample_dpmpp_3m,
                   sample_euler, sample_heun, sample_ipndm, sample_unipc)
@@ -97,12 +98,13 @@ class _Counted:
 
 def sample(model: Any, x_T: Tensor, sampler: str = "dpmpp_2m", steps: int = 20, grid: str | Tensor | None = None,
            cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-           return_nfe: bool = False, **options: Any) -> Tensor | tuple[Tensor, int]:
+           return_nfe: bool = False, callback: Callback | None = None, **options: Any) -> Tensor | tuple[Tensor, int]:
     """Draw x_0 from x_T ~ N(0, I) at t_max (native coordinates) with ``sampler`` using at most ``steps`` model calls.
 
     ``grid`` is a grid name from :mod:`difflab.samplers.grids` (default: the sampler's own) or an explicit
     sigma tensor ending in 0 (then ``steps`` is ignored).  With ``return_nfe`` returns ``(x_0, calls)``;
-    adaptive ``dopri5`` ignores ``steps`` and stops at its ``rtol``/``atol``.
+    adaptive ``dopri5`` ignores ``steps`` and stops at its ``rtol``/``atol``.  ``callback(dict)`` is called once
+    per step with copies of the state and its x0 estimate and cannot change the result (docs/samplers.md).
     """
     info = get(sampler)
     if isinstance(grid, Tensor):
@@ -113,7 +115,8 @@ def sample(model: Any, x_T: Tensor, sampler: str = "dpmpp_2m", steps: int = 20, 
         sigmas = grids.get(grid or info.grid, model.schedule, n_levels(sampler, steps, **options))
     counted = _Counted(model) if return_nfe else model
     with torch.no_grad():
-        x0 = info.fn(counted, x_T, sigmas, cond=cond, generator=generator, progress=progress, **options)
+        x0 = info.fn(counted, x_T, sigmas, cond=cond, generator=generator, progress=progress, callback=callback,
+                     **options)
     x0 = x0.to(dtype=x_T.dtype, device=x_T.device)
     return (x0, counted.calls) if return_nfe else x0
 

@@ -1,13 +1,16 @@
-"""Shared plumbing for samplers: per-call noise-level tables and the denoiser call in the scaled variable."""
+"""Shared plumbing for samplers: per-call noise-level tables, the denoiser call in the scaled variable, step callbacks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from ..schedules import as_tensor
+
+#: A per-step callback: receives {"i", "n", "t", "sigma", "x", "denoised"} (docs/samplers.md, "Step callbacks").
+Callback = Callable[[dict], None]
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,28 @@ def denoise(model: Any, y: Tensor, lv: Levels, i: int, cond: Any) -> Tensor:
     return model(y * lv.alpha[i], lv.t[i], cond)
 
 
+def time_alpha(schedule: Any, sigma: float) -> tuple[float, float]:
+    """Model time t and alpha(t) at an arbitrary noise level sigma_ve."""
+    t = schedule.t_from_sigma_ve(as_tensor(float(sigma)))
+    return float(t), float(schedule.alpha(t))
+
+
 def denoise_at(model: Any, y: Tensor, sigma: float, cond: Any) -> Tensor:
     """D at an arbitrary noise level sigma_ve (adaptive solvers)."""
-    sched = model.schedule
-    t = sched.t_from_sigma_ve(as_tensor(float(sigma)))
-    a = float(sched.alpha(t))
-    return model(y * a, torch.full((y.shape[0],), float(t), dtype=y.dtype, device=y.device), cond)
+    t, a = time_alpha(model.schedule, sigma)
+    return model(y * a, torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device), cond)
+
+
+def report(callback: Callback | None, lv: Levels, i: int, x: Tensor, denoised: Tensor, scaled: bool = False) -> None:
+    """Call ``callback`` for step i with the state x at grid level i (before the move to level i + 1) and its x0
+    estimate, both as copies in native coordinates; ``scaled`` means x is y = x / alpha."""
+    if callback is not None:
+        emit(callback, i, len(lv.sigma) - 1, lv.tf[i], lv.sigma[i], x * lv.alpha[i] if scaled else x.clone(), denoised)
+
+
+def emit(callback: Callback, i: int, n: int | None, t: float, sigma: float, x: Tensor, denoised: Tensor) -> None:
+    """The callback dict of one step; x must already be a fresh tensor, denoised is copied (callbacks cannot alter a run)."""
+    callback({"i": i, "n": n, "t": t, "sigma": sigma, "x": x, "denoised": denoised.clone()})
 
 
 def steps(n: int, progress: bool, desc: str = "sampling") -> Iterable[int]:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor
 
-from ._common import levels, randn_like, steps
+from ._common import Callback, levels, randn_like, report, steps
 
 
 def _pair(lv: Any, i: int) -> tuple[float, float, float, float, float]:
@@ -23,8 +23,8 @@ def _pair(lv: Any, i: int) -> tuple[float, float, float, float, float]:
 
 
 def sample_ddpm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-                progress: bool = False, variance: Literal["beta_tilde", "beta"] | Callable[..., Any] = "beta_tilde"
-                ) -> Tensor:
+                progress: bool = False, callback: Callback | None = None,
+                variance: Literal["beta_tilde", "beta"] | Callable[..., Any] = "beta_tilde") -> Tensor:
     """Ancestral sampling from the posterior q(x_s | x_t, x_0-hat) (Ho et al. 2020, eq. 6-7 and Alg. 2; sigma^2 = beta-tilde or beta).
 
     ``variance`` may also be a callable f(x_t, t, s, beta_{t|s}, beta-tilde_{t|s}, cond) -> sigma^2 (float or a
@@ -36,6 +36,7 @@ def sample_ddpm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gene
     n = len(lv.sigma) - 1
     for i in steps(n, progress):
         x0 = model(x, lv.t[i], cond)
+        report(callback, lv, i, x, x0)
         if lv.sigma[i + 1] == 0:
             return x0
         at, st, as_, ss, var_ts = _pair(lv, i)
@@ -50,7 +51,7 @@ def sample_ddpm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gene
 
 
 def sample_ddim(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-                progress: bool = False, eta: float = 0.0) -> Tensor:
+                progress: bool = False, callback: Callback | None = None, eta: float = 0.0) -> Tensor:
     """DDIM update x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, c^2 = eta^2 beta-tilde (Song et al. 2021a, eq. 12 and 16)."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
@@ -58,6 +59,7 @@ def sample_ddim(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gene
     n = len(lv.sigma) - 1
     for i in steps(n, progress):
         x0 = model(x, lv.t[i], cond)
+        report(callback, lv, i, x, x0)
         if lv.sigma[i + 1] == 0:
             return x0
         at, st, as_, ss, var_ts = _pair(lv, i)

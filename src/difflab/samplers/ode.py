@@ -4,38 +4,42 @@ All work in the scaled variable y = x / alpha(t) with noise level sigma = sigma(
 PF-ODE reads dy/dsigma = (y - D(y, sigma)) / sigma (Karras et al. 2022, eq. 4 with s = 1), or, with
 lambda = -log sigma (half log-SNR), dy/dlambda = D - y: the exponential-integrator form of DPM-Solver
 (Lu et al. 2022, eq. 3.4 divided by alpha). The step to sigma = 0 returns the denoised sample.
+``callback`` gets x = alpha y at level i before the step and the step's first D (for UniPC: the D it reuses).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ._common import denoise, denoise_at, levels, steps
+from ._common import Callback, denoise, denoise_at, emit, levels, report, steps, time_alpha
 
 
 def sample_euler(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-                 progress: bool = False) -> Tensor:
+                 progress: bool = False, callback: Callback | None = None) -> Tensor:
     """Euler on the PF-ODE in sigma (Karras et al. 2022, Alg. 1 without the Heun correction); = DDIM eta=0 (Song et al. 2021a, eq. 13)."""
     lv = levels(model, x, sigmas)
     s = lv.sigma
     y = x / lv.alpha[0]
     for i in steps(len(s) - 1, progress):
         d = denoise(model, y, lv, i, cond)
+        report(callback, lv, i, y, d, scaled=True)
         y = d if s[i + 1] == 0 else y + (s[i + 1] - s[i]) / s[i] * (y - d)
     return y
 
 
 def sample_heun(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-                progress: bool = False) -> Tensor:
+                progress: bool = False, callback: Callback | None = None) -> Tensor:
     """Heun's 2nd-order method on the PF-ODE (Karras et al. 2022, Alg. 1); Euler on the last step to sigma = 0."""
     lv = levels(model, x, sigmas)
     s = lv.sigma
     y = x / lv.alpha[0]
     for i in steps(len(s) - 1, progress):
         d = denoise(model, y, lv, i, cond)
+        report(callback, lv, i, y, d, scaled=True)
         if s[i + 1] == 0:
             y = d
             continue
@@ -47,13 +51,15 @@ def sample_heun(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gene
 
 
 def sample_dpm_solver_2(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                        generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+                        generator: torch.Generator | None = None, progress: bool = False,
+                        callback: Callback | None = None) -> Tensor:
     """DPM-Solver-2, singlestep with r1 = 1/2 (Lu et al. 2022, Alg. 1 / eq. 3.8), noise prediction."""
     lv = levels(model, x, sigmas)
     s = lv.sigma
     y = x / lv.alpha[0]
     for i in steps(len(s) - 1, progress):
         d = denoise(model, y, lv, i, cond)
+        report(callback, lv, i, y, d, scaled=True)
         if s[i + 1] == 0:
             y = d
             continue
@@ -66,7 +72,8 @@ def sample_dpm_solver_2(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = No
 
 
 def sample_dpm_solver_3(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                        generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+                        generator: torch.Generator | None = None, progress: bool = False,
+                        callback: Callback | None = None) -> Tensor:
     """DPM-Solver-3, singlestep with r1 = 1/3, r2 = 2/3 (Lu et al. 2022, Alg. 2), noise prediction."""
     r1, r2 = 1.0 / 3.0, 2.0 / 3.0
     lv = levels(model, x, sigmas)
@@ -74,6 +81,7 @@ def sample_dpm_solver_3(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = No
     y = x / lv.alpha[0]
     for i in steps(len(s) - 1, progress):
         d = denoise(model, y, lv, i, cond)
+        report(callback, lv, i, y, d, scaled=True)
         if s[i + 1] == 0:
             y = d
             continue
@@ -89,7 +97,8 @@ def sample_dpm_solver_3(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = No
 
 
 def sample_dpmpp_2m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                    generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+                    generator: torch.Generator | None = None, progress: bool = False,
+                    callback: Callback | None = None) -> Tensor:
     """DPM-Solver++(2M), multistep data prediction (Lu et al. 2022b, Alg. 2); first order on the first and last steps."""
     lv = levels(model, x, sigmas)
     s = lv.sigma
@@ -97,6 +106,7 @@ def sample_dpmpp_2m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
     d_prev, h_prev = None, 0.0
     for i in steps(len(s) - 1, progress):
         d = denoise(model, y, lv, i, cond)
+        report(callback, lv, i, y, d, scaled=True)
         if s[i + 1] == 0:
             y = d
             continue
@@ -108,7 +118,8 @@ def sample_dpmpp_2m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
 
 
 def sample_dpmpp_3m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                    generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+                    generator: torch.Generator | None = None, progress: bool = False,
+                    callback: Callback | None = None) -> Tensor:
     """DPM-Solver++(3M): exponential integrator with the quadratic interpolant of D in lambda (Lu et al. 2022b, eq. 9 and app. B); lower order at the ends."""
     lv = levels(model, x, sigmas)
     s = lv.sigma
@@ -116,6 +127,7 @@ def sample_dpmpp_3m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
     hist: list[tuple[Tensor, float]] = []  # (D_j, h_j) of the last two steps, newest first
     for i in steps(len(s) - 1, progress):
         d = denoise(model, y, lv, i, cond)
+        report(callback, lv, i, y, d, scaled=True)
         if s[i + 1] == 0:
             y = d
             continue
@@ -159,7 +171,8 @@ def _unipc_coefficients(r: list[float], h: float) -> list[float]:
 
 
 def sample_unipc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-                 progress: bool = False, order: int = 3, corrector: bool = True) -> Tensor:
+                 progress: bool = False,
+                 callback: Callback | None = None, order: int = 3, corrector: bool = True) -> Tensor:
     """UniPC: multistep data-prediction predictor UniP-p plus the free corrector UniC (Zhao et al. 2023, Alg. 1-3, B(h) = h)."""
     if order < 1:
         raise ValueError(f"UniPC order must be >= 1, got {order}")
@@ -170,6 +183,7 @@ def sample_unipc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
     hist: list[tuple[Tensor, float]] = []  # (D, lambda) at earlier levels, newest first
     d = denoise(model, y, lv, 0, cond)
     for i in steps(len(s) - 1, progress):
+        report(callback, lv, i, y, d, scaled=True)
         if s[i + 1] == 0:
             y = d
             break
@@ -194,21 +208,36 @@ def sample_unipc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
 
 
 def sample_dopri5(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-                  progress: bool = False, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
-    """Adaptive Dormand-Prince 5(4) (torchdiffeq) on dy/dlog(sigma) = y - D from sigmas[0] to sigmas[-2], then D (Song et al. 2021b, sec. 4.3)."""
+                  progress: bool = False,
+                  callback: Callback | None = None, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    """Adaptive Dormand-Prince 5(4) (torchdiffeq) on dy/dlog(sigma) = y - D from sigmas[0] to sigmas[-2], then D (Song et al. 2021b, sec. 4.3).
+
+    ``callback`` is called at every model call (rejected trial stages included), at that call's own sigma, with
+    ``n`` None until the final denoise at sigmas[-2], whose call has n = i + 1 = the number of model calls.
+    """
     from torchdiffeq import odeint
 
     lv = levels(model, x, sigmas)
     s = lv.sigma
     y0 = x / lv.alpha[0]
+    calls = itertools.count()  # callback index: one per model call, the total is unknown until the end
 
     def f(u: Tensor, y: Tensor) -> Tensor:
-        return y - denoise_at(model, y, math.exp(float(u)), cond)
+        sig = math.exp(float(u))
+        d = denoise_at(model, y, sig, cond)
+        if callback is not None:
+            t, a = time_alpha(model.schedule, sig)
+            emit(callback, next(calls), None, t, sig, y * a, d)
+        return y - d
 
     span = torch.tensor([math.log(s[0]), math.log(s[-2])], dtype=torch.float64)
     if s[-2] < s[0]:
         y0 = odeint(f, y0, span.to(x.dtype), rtol=rtol, atol=atol, method="dopri5")[-1]
-    return denoise(model, y0, lv, len(s) - 2, cond)
+    d = denoise(model, y0, lv, len(s) - 2, cond)
+    if callback is not None:
+        i = next(calls)
+        emit(callback, i, i + 1, lv.tf[-1], s[-2], y0 * lv.alpha[-1], d)
+    return d
 
 
 Method = Literal["euler", "heun", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m", "dpmpp_3m", "unipc", "dopri5"]
@@ -218,7 +247,7 @@ _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -
 
 
 def sample_ipndm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-                 progress: bool = False, order: int = 3) -> Tensor:
+                 progress: bool = False, callback: Callback | None = None, order: int = 3) -> Tensor:
     """iPNDM: Adams-Bashforth on dy/dsigma = eps with constant-step coefficients and lower-order warm start (Zhang & Chen 2023, DEIS paper; Zhou et al. 2024).
 
     Unlike the other solvers the last step to sigma = 0 is an Adams-Bashforth step too (eps stays smooth as
@@ -231,7 +260,9 @@ def sample_ipndm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
     y = x / lv.alpha[0]
     hist: list[Tensor] = []  # eps at the last levels, newest first
     for i in steps(len(s) - 1, progress):
-        eps = (y - denoise(model, y, lv, i, cond)) / s[i]
+        d = denoise(model, y, lv, i, cond)
+        report(callback, lv, i, y, d, scaled=True)
+        eps = (y - d) / s[i]
         hist = [eps] + hist[: order - 1]
         coef = _AB[len(hist)]
         y = y + (s[i + 1] - s[i]) * sum((c * e for c, e in zip(coef, hist)), torch.zeros_like(y))

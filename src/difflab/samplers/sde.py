@@ -2,6 +2,7 @@
 
 The reverse SDE is dx = [f(t) x - g(t)^2 grad log p_t(x)] dt + g(t) dW-bar with the score
 (alpha D(x, t) - x) / sigma^2 (Tweedie); it works for VP, sub-VP, VE and DDPM schedules alike.
+``callback`` gets the state at level i just before the predictor step (for ``pc``: after the corrector) and its D.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import Levels, levels, randn_like, steps
+from ._common import Callback, Levels, levels, randn_like, report, steps
 
 
 def _sde_table(model: Any, lv: Levels) -> tuple[list[float], list[float]]:
@@ -30,13 +31,15 @@ def _em_step(x: Tensor, score: Tensor, f: float, g2: float, dt: float, generator
 
 
 def sample_euler_maruyama(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
-                          generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+                          generator: torch.Generator | None = None, progress: bool = False,
+                          callback: Callback | None = None) -> Tensor:
     """Euler-Maruyama on the reverse SDE (Song et al. 2021b, eq. 6), then the denoised sample at the last level."""
     lv = levels(model, x, sigmas)
     f, g2 = _sde_table(model, lv)
     n = len(lv.sigma) - 1
     for i in steps(n, progress):
         score, x0 = _score(model, x, lv, i, cond)
+        report(callback, lv, i, x, x0)
         if lv.sigma[i + 1] == 0:
             return x0
         x = _em_step(x, score, f[i], g2[i], lv.tf[i] - lv.tf[i + 1], generator)
@@ -44,7 +47,8 @@ def sample_euler_maruyama(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = 
 
 
 def sample_pc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
-              progress: bool = False, snr: float = 0.16, n_corrector: int = 1) -> Tensor:
+              progress: bool = False, callback: Callback | None = None, snr: float = 0.16, n_corrector: int = 1
+              ) -> Tensor:
     """Predictor-corrector: Langevin corrector with step 2 a (snr |z| / |score|)^2, then an Euler-Maruyama predictor (Song et al. 2021b, Alg. 2-5)."""
     if n_corrector < 0 or snr <= 0:
         raise ValueError(f"need n_corrector >= 0 and snr > 0, got {n_corrector}, {snr}")
@@ -64,6 +68,7 @@ def sample_pc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, genera
             step = float(2.0 * a * (snr * zn / gn) ** 2)
             x = x + step * score + math.sqrt(2.0 * step) * z
         score, x0 = _score(model, x, lv, i, cond)
+        report(callback, lv, i, x, x0)
         if lv.sigma[i + 1] == 0:
             return x0
         x = _em_step(x, score, f[i], g2[i], lv.tf[i] - lv.tf[i + 1], generator)
