@@ -129,3 +129,60 @@ def test_float_and_point_datasets_are_kept_as_given():
         Dataset(torch.zeros(3, 2), torch.zeros(2), "bad")
     with pytest.raises(DataError, match="int64"):
         Dataset(torch.zeros(3, 2, dtype=torch.int64), None, "bad")
+
+
+def _flat(path, value, size=(6, 6), mode="L"):
+    """A flat image of one value (a byte, an (r, g, b) triple or a 16-bit level)."""
+    shape = size + ((3,) if mode == "RGB" else ())
+    dtype = np.uint16 if mode == "I;16" else np.uint8
+    Image.fromarray(np.full(shape, value, dtype)).save(path)
+
+
+def test_mixed_grayscale_and_colour_folder_loads_as_rgb(tmp_path):
+    _flat(tmp_path / "a_gray.png", 50)  # sorts first
+    _flat(tmp_path / "b_red.png", (200, 10, 30), mode="RGB")
+    with pytest.warns(UserWarning, match=r"1 grayscale and 1 colour.*3 channels \(RGB\)"):
+        d = load(str(tmp_path), "all", image_size=4)
+    assert d.shape == (3, 4, 4)
+    u = to_uint8(d.x)
+    assert u[0].reshape(-1, 3).tolist() == [[50, 50, 50]] * 16 and u[1].reshape(-1, 3).tolist() == [[200, 10, 30]] * 16
+    gray = load(str(tmp_path), "all", image_size=4, channels=1)  # an explicit choice: no warning, luma
+    assert gray.shape == (1, 4, 4) and to_uint8(gray.x)[1].max() == round(0.299 * 200 + 0.587 * 10 + 0.114 * 30)
+    with pytest.raises(DataError, match="channels must be 1 or 3, got 2"):
+        load(str(tmp_path), "all", channels=2)
+
+
+def test_16_bit_png_scaled_by_bit_depth(tmp_path):
+    for i, level in enumerate([0, 30000, 65535, 257 * 100 + 128]):
+        _flat(tmp_path / f"{i}.png", level, mode="I;16")
+    assert Image.open(tmp_path / "1.png").mode.startswith("I;16")
+    d = load(str(tmp_path), "all", image_size=4)
+    assert d.shape == (1, 4, 4)
+    # 0..65535 onto 0..255: v * 255 / 65535 = v / 257, rounded
+    assert to_uint8(d.x)[:, 0, 0, 0].tolist() == [0, round(30000 / 257), 255, 100]
+
+
+def test_images_beside_class_folders_are_refused(tmp_path):
+    (tmp_path / "cats").mkdir()
+    _flat(tmp_path / "cats" / "a.png", 10)
+    _flat(tmp_path / "stray.png", 20)
+    with pytest.raises(DataError, match=r"stray\.png lies beside the class sub-folders \(cats\)"):
+        load(str(tmp_path), "all")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 9, 10, 25])
+def test_folder_split_is_a_seeded_partition_even_when_tiny(tmp_path, n):
+    for i in range(n):
+        _flat(tmp_path / f"{i:02d}.png", 3 * i)
+    values = lambda split: sorted(to_uint8(load(str(tmp_path), split, image_size=4).x)[:, 0, 0, 0].tolist())
+    train, test = values("train"), values("test")
+    assert len(test) == max(1, round(0.1 * n)) and len(train) == n - len(test)
+    assert not set(train) & set(test) and sorted(train + test) == values("all") == [3 * i for i in range(n)]
+    assert values("test") == test  # the same every time
+
+
+def test_single_image_folder_trains_but_has_no_test_split(tmp_path):
+    _flat(tmp_path / "only.png", 7)
+    assert len(load(str(tmp_path), "train")) == 1 and len(load(str(tmp_path), "all")) == 1
+    with pytest.raises(DataError, match="1 image.*no held-out test split"):
+        load(str(tmp_path), "test")

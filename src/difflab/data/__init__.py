@@ -137,8 +137,12 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or directory (expected digits, toy:NAME, mnist:DIR or an image folder)")
     x, y, classes = _images.image_folder(path, image_size or 32, channels)
-    idx = _split(len(x), split, test_fraction=0.1) if len(x) >= 10 else np.arange(len(x))
-    return Dataset(_chw(x[idx]), torch.from_numpy(y[idx]), spec, classes)
+    if len(x) == 1 and split == "test":
+        raise DataError(f"image folder {spec} has 1 image: no held-out test split (add images, or use split all)")
+    if len(x) > 1 and split != "all":
+        idx = _split(len(x), split, test_fraction=0.1)
+        x, y = x[idx], y[idx]
+    return Dataset(torch.from_numpy(x), torch.from_numpy(y), spec, classes)
 
 
 __all__ = ["Dataset", "load", "toy", "TOYS", "to_unit", "to_uint8"]

@@ -64,15 +64,22 @@ def mnist(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x[..., None], y.astype(np.int64)
 
 
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # everything else loads as colour
+
+
 def image_folder(root: str | Path, size: int, channels: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All images under root, resized (shorter side) and centre-cropped to size x size.
 
-    Labels come from the first-level sub-folder (one class per sub-folder; images directly in root are class 0
-    when there are no sub-folders).  Unreadable files are skipped with a warning naming them.
-    Returns uint8 [N, size, size, C], labels [N], class names.
+    Labels come from the first-level sub-folder (one class per sub-folder, with no images directly in root;
+    a folder without sub-folders is one class).  ``channels`` 1 or 3 forces grayscale or RGB; by default the
+    images load as RGB when any readable file is in colour, else as grayscale, with a warning when they mix.
+    16-bit images are scaled by their bit depth.  Unreadable files are skipped with a warning naming them.
+    Returns uint8 [N, C, size, size], labels [N], class names.
     """
     from PIL import Image, UnidentifiedImageError
 
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
     root = Path(root)
     if not root.exists():
         raise DataError(f"image folder {root} does not exist")
@@ -81,28 +88,46 @@ def image_folder(root: str | Path, size: int, channels: int | None = None) -> tu
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"image folder {root} contains no PNG/JPEG images")
-    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    parts = [p.relative_to(root).parts for p in files]
+    classes = sorted({q[0] for q in parts if len(q) > 1})
+    stray = [p for p, q in zip(files, parts) if len(q) == 1]
+    if classes and stray:
+        raise DataError(f"image folder {root}: {stray[0].name} lies beside the class sub-folders "
+                        f"({', '.join(classes)}); move it into a class sub-folder or remove it")
     index = {c: i for i, c in enumerate(classes)}
     imgs, labels = [], []
-    mode = None
-    for p in files:
+    for p, q in zip(files, parts):
         try:
             with Image.open(p) as im:
                 im.load()
-                if mode is None:
-                    mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if im.mode in ("L", "1", "I;16", "I") else "RGB")
-                imgs.append(_resize_crop(im.convert(mode), size))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                gray = channels == 1 or (channels is None and im.mode in GRAY_MODES)
+                imgs.append(_resize_crop(_to_8bit(im, "L" if gray else "RGB"), size))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             warnings.warn(f"skipping unreadable image {p}: {e}", stacklevel=2)
             continue
-        parts = p.relative_to(root).parts
-        labels.append(index[parts[0]] if len(parts) > 1 else 0)
+        labels.append(index[q[0]] if len(q) > 1 else 0)
     if not imgs:
         raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
-    x = np.stack(imgs)
-    if x.ndim == 3:
-        x = x[..., None]
+    n_gray = sum(a.ndim == 2 for a in imgs)
+    c = channels or (1 if n_gray == len(imgs) else 3)
+    if channels is None and 0 < n_gray < len(imgs):
+        warnings.warn(f"image folder {root} mixes {n_gray} grayscale and {len(imgs) - n_gray} colour images: "
+                      f"loading all with 3 channels (RGB)", stacklevel=2)
+    x = np.empty((len(imgs), c, size, size), np.uint8)
+    for i in range(len(imgs)):
+        a, imgs[i] = imgs[i], None  # release each decoded image once copied
+        x[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # grey broadcasts to R = G = B, as PIL's L -> RGB
     return x, np.asarray(labels, dtype=np.int64), classes or ["all"]
+
+
+def _to_8bit(im, mode: str):
+    """``im`` in mode L or RGB; 16-bit levels (mode I;16 or I, 0..65535) scaled to 0..255 by v / 257, rounded."""
+    from PIL import Image
+
+    if im.mode.startswith("I"):
+        v = np.asarray(im).astype(np.int64).clip(0, 65535)
+        im = Image.fromarray(((2 * v + 257) // 514).astype(np.uint8))  # round(v / 257): 257 is odd, no ties
+    return im if im.mode == mode else im.convert(mode)
 
 
 def _resize_crop(im, size: int) -> np.ndarray:
