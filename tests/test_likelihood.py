@@ -169,20 +169,39 @@ def test_vdm_bound_matches_closed_form_for_gaussian_data():
 
 
 def test_bits_per_dim_and_evaluate_nll_on_images():
-    gm, sched = gauss(4, 0.4), schedules.get("vp")
+    """8-bit data under the exact Gaussian model: the ODE NLL with uniform dequantisation has a closed form,
+    E_u[-log N(x + u; mu, s^2 I)] - d log h (bin width h = 2/255), and the two bounds lie above -log P(bin)."""
+    d, s = 4, 0.4
+    gm, sched = gauss(d, s), schedules.get("vp")
     x = gm.sample(64, G().manual_seed(8)).clamp(-1, 1)
     x = torch.round((x + 1) * 127.5) / 127.5 - 1  # 8-bit values
     images = x.view(64, 1, 2, 2)
     net = lambda z, t: gm.denoiser(sched, "eps").raw(z.flatten(1), t).view_as(z)  # noqa: E731
     model = Denoiser(net, sched, "eps")
-    for method, kw in (("elbo", {"num_t": 2}), ("ode", {"rtol": 1e-5, "atol": 1e-5}),
-                       ("ode", {"rtol": 1e-5, "atol": 1e-5, "dequantization": "gaussian"})):
-        r = evaluate_nll(model, images, method, batch_size=32, **kw)
-        assert r["unit"] == "bits/dim" and r["n"] == 64 and r["dims"] == 4 and r["ci95"] > 0
-        assert 6.5 < r["nll"] < 9  # ~7.7 bits/dim: a 0.4-scale Gaussian quantised to 8 bits
-    assert set(r.get("terms", {})) <= {"prior", "diffusion", "reconstruction"}
-    r = evaluate_nll(model, images, "elbo", num_t=2)
-    assert set(r["terms"]) == {"prior", "diffusion", "reconstruction"}
+    h, bpd = 2 / 255, 1 / (d * math.log(2))
+    r2 = (x - gm.means[0]) ** 2
+    exact = float(((0.5 * math.log(2 * math.pi * s**2) + (r2 + h**2 / 12) / (2 * s**2)).sum(1) - d * math.log(h)).mean()) * bpd
+    # tolerance: 4 standard errors of the one dequantisation draw per example, plus the prior's mismatch at t = 1
+    # (x_1 ~ N(alpha_1 mu, ~1), not N(0, 1): |log-density change| <= alpha_1 |mu| |x_1| per example, |x_1| < 4)
+    se_u = float((r2 * h**2 / 12 / s**4).sum().sqrt()) / len(x) * bpd
+    alpha_1 = float(sched.alpha_sigma(torch.ones(1, dtype=torch.float64))[0])
+    tol = 4 * se_u + alpha_1 * float(gm.means[0].norm()) * 4 * bpd
+    assert tol < 0.01
+    ode = evaluate_nll(model, images, "ode", batch_size=32, rtol=1e-5, atol=1e-5)
+    assert ode["unit"] == "bits/dim" and ode["n"] == 64 and ode["dims"] == d and ode["terms"] == {}
+    assert abs(ode["nll"] - exact) < tol
+    # -log P(bin) of the model's discretised density (edge bins open to +-inf): what both bounds lie above
+    lo = torch.where(x <= -1, -math.inf, x - h / 2)
+    hi = torch.where(x >= 1, math.inf, x + h / 2)
+    normal = torch.distributions.Normal(gm.means[0], s)
+    discrete = -torch.log(normal.cdf(hi) - normal.cdf(lo)).sum(1) * bpd
+    per = -log_likelihood(model, images, method="ode", bins=256, rtol=1e-5, atol=1e-5, dequantization="gaussian",
+                          generator=G().manual_seed(0)) * bpd
+    assert float((per - discrete).mean()) > -3 * float((per - discrete).std()) / math.sqrt(len(x))
+    elbo = evaluate_nll(model, images, "elbo", batch_size=32, num_t=2)
+    assert set(elbo["terms"]) == {"prior", "diffusion", "reconstruction"} and elbo["ci95"] > 0
+    assert sum(elbo["terms"].values()) == pytest.approx(elbo["nll"], rel=1e-12)
+    assert elbo["nll"] > float(discrete.mean()) - 4 * elbo["std"] / math.sqrt(elbo["n"])
     assert bits_per_dim(4 * math.log(2), 4) == pytest.approx(1.0)
 
 
@@ -252,7 +271,7 @@ def test_importance_sampling_is_unbiased_and_follows_the_loss_history():
 
 
 def test_hybrid_objective_trains_a_learned_variance_denoiser():
-    from difflab.losses import OBJECTIVES
+    from difflab.training.objectives import OBJECTIVES
     from difflab.models.mlp import MLP, MLPConfig
 
     torch.manual_seed(0)
