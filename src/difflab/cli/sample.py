@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     for start in tqdm(range(0, args.num, args.batch_size), desc="sample", unit="batch",
                       disable=args.num <= args.batch_size):
         n = min(args.batch_size, args.num - start)
-        x_T = torch.randn((n, *shape), generator=g).to(device)
+        x_T = model.schedule.sample_prior((n, *shape), generator=g, device=device)
         cond = make_cond(n, device)
         with torch.no_grad():
             chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, cond=cond, generator=g).cpu())

@@ -29,7 +29,7 @@ def parse_methods(spec: str, samplers: Sequence[str]) -> list[tuple[str, int]]:
 
 def draw(model: Callable[..., Tensor], shape: Sequence[int], num: int, sampler: str, steps: int, seed: int = 0,
          batch_size: int = 500, cond: Callable[[int], Any] | None = None) -> tuple[Tensor, int, float]:
-    """num samples with a sampler: (samples on CPU, model calls per batch, wall seconds)."""
+    """num samples with a sampler from the schedule's prior x_T (``sample_prior``): (samples on CPU, model calls per batch, wall seconds)."""
     from ..samplers import sample
 
     device = next(iter(model.parameters()), torch.empty(0)).device if isinstance(model, nn.Module) else "cpu"
@@ -37,7 +37,7 @@ def draw(model: Callable[..., Tensor], shape: Sequence[int], num: int, sampler: 
     chunks, nfe, t0 = [], 0, time.perf_counter()
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
-        x_T = torch.randn((n, *shape), generator=g).to(device)
+        x_T = model.schedule.sample_prior((n, *shape), generator=g, device=device)
         x, calls = sample(model, x_T, sampler=sampler, steps=steps, generator=g, cond=cond(n) if cond else None,
                           return_nfe=True)
         chunks.append(x.cpu())

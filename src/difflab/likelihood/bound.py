@@ -8,6 +8,7 @@ probability of the data's bins; with ``bins=None`` it is on the density of conti
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -147,11 +148,11 @@ def log_snr_and_derivative(schedule: Schedule, t: Tensor) -> tuple[Tensor, Tenso
 
 
 def prior_kl(schedule: Schedule, x0: Tensor) -> Tensor:
-    """KL(q(x_{t_max} | x_0) || N(0, (alpha^2 + sigma^2) I)) per example [B] (N(0, I) for variance-preserving schedules)."""
+    """KL(q(x_{t_max} | x_0) || N(0, prior_std^2 I)) per example [B], prior_std^2 = alpha^2 + sigma^2 at t_max (Kingma et al. 2021, eq. 11)."""
     t = as_tensor(float(schedule.t_max), like=x0).expand(x0.shape[0])
     a, s = (append_dims(v.to(x0), x0.ndim) for v in schedule.alpha_sigma(t))
     return sum_except_batch(normal_kl(a * x0, torch.log(s**2).expand_as(x0), torch.zeros_like(x0),
-                                      torch.log(a**2 + s**2).expand_as(x0)))
+                                      2.0 * math.log(schedule.prior_std)))
 
 
 def reconstruction_nll(schedule: Schedule, x0: Tensor, eps: Tensor, bins: int | None = None) -> Tensor:

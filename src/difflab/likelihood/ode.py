@@ -3,8 +3,9 @@
 The ODE is integrated in the scaled variable y = x / alpha(t) against s = log(sigma(t)/alpha(t)) = -lambda/2,
 where it reads dy/ds = y - D(alpha y, t) (Karras et al. 2022, eq. 4 with sigma = e^s).  The right-hand side is
 smooth in s for every schedule (DDPM tables included, whose coefficients have kinks in t), so an adaptive solver
-takes few steps.  Then log p(x) = log N(x_T; 0, (alpha^2 + sigma^2) I) + d log alpha(t_max) + int div_y f ds
-- d log alpha(t_min).  The data are taken to be x_{t_min}: the result is the model's density at noise level
+takes few steps.  Then log p(x) = log N(x_T; 0, prior_std^2 I) + d log alpha(t_max) + int div_y f ds
+- d log alpha(t_min), where prior_std^2 = alpha^2 + sigma^2 at t_max is the prior samplers start from
+(``Schedule.prior_std``).  The data are taken to be x_{t_min}: the result is the model's density at noise level
 sigma(t_min), i.e. of the data convolved with a tiny Gaussian (t_min = 0 is step 1 of a DDPM table).
 """
 from __future__ import annotations
@@ -89,7 +90,6 @@ def ode_log_likelihood(model: Denoiser, x: Tensor, cond: Any = None, *, trace: T
     with torch.no_grad():
         lam_lo, lam_hi = float(sched.log_snr(t_lo)), float(sched.log_snr(t_hi))
         a_lo, a_hi = float(sched.alpha(t_lo)), float(sched.alpha(t_hi))
-        a, s = (float(z) for z in sched.alpha_sigma(t_hi))
     s_span = torch.tensor([-0.5 * lam_lo, -0.5 * lam_hi], dtype=x.dtype, device=x.device)
     nfe = 0
 
@@ -112,7 +112,7 @@ def ode_log_likelihood(model: Denoiser, x: Tensor, cond: Any = None, *, trace: T
                           method=method, options=options)
     x_T = a_hi * ys[-1]
     t_hi_b = t_hi.expand(B)
-    var = a**2 + s**2
+    var = sched.prior_std**2  # the prior of Schedule.sample_prior
     log_prior = -0.5 * (x_T**2).flatten(1).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
     delta = divs[-1] + d * (math.log(a_hi) - math.log(a_lo)) + correction
     ll = log_prior + delta

@@ -1,8 +1,9 @@
 """The continuous-time schedule contract: x_t = alpha(t) x_0 + sigma(t) eps."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -29,6 +30,8 @@ class Schedule(ABC):
     t_max: float = 1.0
     #: True when time is the discrete DDPM step index (t = 0..T-1, extended to real values).
     discrete: bool = False
+    #: True when alpha(t)^2 + sigma(t)^2 = 1 for every t (the default alpha/sigma pair); VE and sub-VP set False.
+    variance_preserving: bool = True
 
     @abstractmethod
     def log_snr(self, t: Tensor) -> Tensor:
@@ -76,6 +79,33 @@ class Schedule(ABC):
             dvar = torch.autograd.grad(var.sum(), t)[0]
         g2 = dvar - 2.0 * f * var.detach()
         return f.detach(), g2.detach()
+
+    @property
+    def prior_std(self) -> float:
+        """Std of the prior N(0, prior_std^2 I) at t_max: sqrt(alpha(t_max)^2 + sigma(t_max)^2), the marginal of unit-variance data (Song et al. 2021, sec. 3.4).
+
+        Exactly 1 for variance-preserving schedules; sqrt(1 + sigma_max^2) for VE.  The same prior is used by the
+        ODE likelihood and the prior term of the variational bound, so sampling and likelihood agree.
+        """
+        if self.variance_preserving:
+            return 1.0
+        with torch.no_grad():
+            a, s = self.alpha_sigma(torch.tensor(float(self.t_max), dtype=torch.float64))
+        return math.sqrt(float(a) ** 2 + float(s) ** 2)
+
+    def sample_prior(self, shape: Sequence[int], generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """x_T ~ N(0, prior_std^2 I) of ``shape`` in native coordinates at t_max, the starting point of every sampler.
+
+        The noise is drawn on the generator's device (the CPU for ``None``) and then moved to ``device``, so a seed
+        gives the same x_T on every device; for VP schedules it is exactly ``torch.randn(shape, generator=...)``.
+        """
+        where = generator.device if generator is not None else torch.device("cpu")
+        x = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=where)
+        std = self.prior_std
+        if std != 1.0:
+            x = x * std
+        return x if device is None else x.to(device)
 
     def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Closed-form forward process x_t = alpha(t) x_0 + sigma(t) eps (Ho et al. 2020, eq. 4); t has shape [B]."""

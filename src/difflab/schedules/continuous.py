@@ -69,6 +69,8 @@ class VP(_Continuous):
 class SubVP(VP):
     """Sub-VP SDE: alpha(t) = exp(-1/2 int beta), sigma(t) = 1 - exp(-int beta) (Song et al. 2021, eq. 29)."""
 
+    variance_preserving = False
+
     def log_snr(self, t: Tensor) -> Tensor:
         la = self.log_alpha_bar(t)
         return la - 2.0 * torch.log(-torch.expm1(la))
@@ -99,6 +101,8 @@ class SubVP(VP):
 
 class VE(_Continuous):
     """VE SDE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t (Song et al. 2021, eq. 9)."""
+
+    variance_preserving = False
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         if not (0 < sigma_min < sigma_max):
