@@ -100,9 +100,9 @@ def test_corrupt_checkpoint(toy_run, tmp_path, capsys):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config, capsys, monkeypatch):
     import torch
 
-    from difflab import losses
+    from difflab.training import objectives
 
-    real = losses.OBJECTIVES["simple"]
+    real = objectives.OBJECTIVES["simple"]
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -110,16 +110,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config, ca
         out = real(*a, **k)
         return out * float("nan") if calls["n"] > 12 else out
 
-    monkeypatch.setitem(losses.OBJECTIVES, "simple", flaky)
+    monkeypatch.setitem(objectives.OBJECTIVES, "simple", flaky)
     out = tmp_path / "nan"
     assert run("train", "--data", "toy:moons", "--out", out, "--steps", 50, "--config", tiny_config(), "--quiet") == 2
     err = capsys.readouterr().err
     assert "at step 12" in err and "last good checkpoint" in err
     from difflab.training.checkpoint import load_checkpoint
 
-    parts, meta = load_checkpoint(out)
-    assert meta["step"] == 10
-    assert all(torch.isfinite(v).all() for v in parts["model"].values())  # the kept weights are the good ones
+    ck = load_checkpoint(out)
+    assert ck.step == 10
+    assert all(torch.isfinite(v).all() for v in ck.modules["model"].values())  # the kept weights are the good ones
 
 
 def test_help(capsys):

@@ -13,7 +13,9 @@ from difflab.guidance import (ClassifierConfig, ClassifierFreeGuidance, Classifi
 from difflab.models.denoiser import Denoiser
 from difflab.models.unet import UNet, UNetConfig
 from difflab.training import TrainConfig
-from difflab.training.loop import batch_condition, step_generator
+from difflab.training import DiffusionFamily, conditioning_for, fit
+from difflab.training.engine import step_generator
+from difflab.utils.random import BatchRandom
 
 from conftest import TINY_UNET
 
@@ -192,7 +194,7 @@ def test_condition_dropout_rate():
                    "toy", [str(i) for i in range(10)])
     for p in (0.1, 0.3):
         cfg = TrainConfig(conditional=True, p_uncond=p)
-        y = batch_condition(cfg, data, torch.arange(n), step_generator(0, 0), torch.device("cpu"))["y"]
+        y = conditioning_for(cfg, data).draw(torch.arange(n), BatchRandom(step_generator(0, 0), 0, n, n), "cpu")["y"]
         rate = float((y == 10).float().mean())
         assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / n)
         kept = y != 10
@@ -289,20 +291,15 @@ def test_cli_train_classifier_refuses_to_overwrite(cond_run, capsys):
 
 # ---- a conditional model trained a short while -----------------------------------------------------------------
 def _train_conditional(steps: int):
-    from difflab.training.loop import train_step
-    from difflab.training.run import build_denoiser
-
     d = load("digits", "train")
     net = {"channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [], "num_heads": 2,
            "groups": 8, "dropout": 0.0}
     cfg = TrainConfig(conditional=True, p_uncond=0.1, network=net, batch_size=64, lr=3e-3, warmup_steps=20,
                       schedule={"kind": "linear", "T": 100})
     torch.manual_seed(0)
-    model = build_denoiser(cfg, d)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    for step in range(steps):
-        train_step(model, opt, cfg, d, step, torch.device("cpu"))
-    return model.eval()
+    family = DiffusionFamily(cfg.replace(steps=steps), d)
+    fit(family, len(d), family.cfg, None, progress=False)
+    return family.model.eval()
 
 
 def _label_accuracy(model, w: float, n: int = 50) -> float:

@@ -9,7 +9,9 @@ from difflab.data import load
 from difflab.text import (DIGIT_NAMES, CaptionThresholds, SmallTextConfig, SmallTextEncoder, attributes, caption_table,
                           captions, get_encoder, minilm_available, tokenize_words)
 from difflab.training import TrainConfig
-from difflab.training.loop import batch_condition, step_generator
+from difflab.training import conditioning_for
+from difflab.training.engine import step_generator
+from difflab.utils.random import BatchRandom
 from difflab.utils.config import ConfigError
 
 from conftest import TINY_UNET
@@ -128,7 +130,7 @@ def test_minilm_missing_gives_a_clear_error(monkeypatch):
 def test_text_condition_dropout_rate(digits):
     cfg = TrainConfig(conditional=True, text_encoder="small", p_uncond=0.2)
     idx = torch.arange(len(digits)).repeat(4)
-    cond = batch_condition(cfg, digits, idx, step_generator(0, 0), torch.device("cpu"))
+    cond = conditioning_for(cfg, digits).draw(idx, BatchRandom(step_generator(0, 0), 0, len(idx), len(idx)), "cpu")
     dropped = ~cond["context_mask"].any(1)
     n, p = len(idx), 0.2
     assert abs(float(dropped.float().mean()) - p) < 4 * math.sqrt(p * (1 - p) / n)
@@ -174,19 +176,16 @@ def test_short_text_training_beats_chance(digits):
     from difflab.evaluation import extract
     from difflab.guidance import ClassifierFreeGuidance
     from difflab.text import class_prompts, encode_prompts
-    from difflab.training.loop import train_step
-    from difflab.training.run import build_denoiser
+    from difflab.training import DiffusionFamily, fit
 
     net = {"channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1], "num_heads": 2,
            "groups": 8, "dropout": 0.0}
     cfg = TrainConfig(conditional=True, text_encoder="small", p_uncond=0.1, network=net, batch_size=64, lr=3e-3,
                       warmup_steps=20, schedule={"kind": "linear", "T": 100})
     torch.manual_seed(0)
-    model = build_denoiser(cfg, digits)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    for step in range(150):
-        train_step(model, opt, cfg, digits, step, torch.device("cpu"))
-    model.eval()
+    family = DiffusionFamily(cfg.replace(steps=150), digits)
+    fit(family, len(digits), family.cfg, None, progress=False)
+    model = family.model.eval()
     ctx, mask = encode_prompts(class_prompts(), "small")
     y = torch.arange(50) % 10
     x_T = torch.randn(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -9,8 +9,14 @@ from difflab.errors import CheckpointError
 from difflab.training import TrainConfig, load_run, train
 from difflab.training.checkpoint import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
 from difflab.training.ema import EMA
-from difflab.training.loop import batch_indices, train_step
+from difflab.training.engine import batch_indices
 from difflab.training.run import build_denoiser
+
+
+def _losses(run_dir):
+    rows = (run_dir / "log.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    return [float(r.split(",")[head.index("loss")]) for r in rows[1:]]
 
 
 def test_batches_walk_through_a_permutation_each_epoch():
@@ -22,25 +28,19 @@ def test_batches_walk_through_a_permutation_each_epoch():
     assert not torch.equal(batch_indices(n, b, 1, 7), batch_indices(n, b, 0, 7))
 
 
-def test_loss_falls_on_toy_data():
-    data = load("toy:8gaussians")
-    cfg = TrainConfig(network=TINY_MLP | {"hidden": 64}, batch_size=128, lr=3e-3, warmup_steps=10,
-                      schedule={"kind": "linear", "T": 100})
-    torch.manual_seed(0)
-    model = build_denoiser(cfg, data)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    losses = [train_step(model, opt, cfg, data, k, torch.device("cpu"))[0] for k in range(150)]
-    assert np.mean(losses[-30:]) < 0.75 * np.mean(losses[:10])
+def test_loss_falls_on_toy_data(tmp_path):
+    cfg = TrainConfig(network=TINY_MLP | {"hidden": 64}, batch_size=128, lr=3e-3, warmup_steps=10, steps=150,
+                      log_every=10, sample_steps=2, schedule={"kind": "linear", "T": 100})
+    train(cfg, load("toy:8gaussians"), tmp_path / "r", progress=False)
+    losses = _losses(tmp_path / "r")
+    assert np.mean(losses[-3:]) < 0.75 * losses[0]
 
 
-def test_loss_falls_on_digits_with_a_unet():
-    data = load("digits")
-    cfg = TrainConfig(network=TINY_UNET, batch_size=32, lr=2e-3, warmup_steps=5)
-    torch.manual_seed(0)
-    model = build_denoiser(cfg, data)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    losses = [train_step(model, opt, cfg, data, k, torch.device("cpu"))[0] for k in range(60)]
-    assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:5])
+def test_loss_falls_on_digits_with_a_unet(tmp_path):
+    cfg = TrainConfig(network=TINY_UNET, batch_size=32, lr=2e-3, warmup_steps=5, steps=60, log_every=5, sample_steps=2)
+    train(cfg, load("digits"), tmp_path / "r", progress=False)
+    losses = _losses(tmp_path / "r")
+    assert np.mean(losses[-3:]) < 0.8 * losses[0]
 
 
 def test_ema_update_formula():
@@ -59,14 +59,17 @@ def test_checkpoint_round_trip(tmp_path):
     model = build_denoiser(cfg, data)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for k in range(3):
-        train_step(model, opt, cfg, data, k, torch.device("cpu"))
-    save_checkpoint(tmp_path, model.net, model.net, opt, step=3)
-    parts, meta = load_checkpoint(tmp_path)
-    assert meta["step"] == 3
+        loss = model.raw(data.batch(torch.arange(8)), torch.full((8,), 10.0)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_checkpoint(tmp_path, {"model": model.net}, {"model": model.net}, {"model": opt}, step=3)
+    ck = load_checkpoint(tmp_path)
+    assert ck.step == 3 and ck.ema["model"].keys() == ck.modules["model"].keys()
     fresh = build_denoiser(cfg, data)
-    fresh.net.load_state_dict(parts["model"])
+    fresh.net.load_state_dict(ck.modules["model"])
     opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
-    restore_optimizer(opt2, parts["optim"], meta)
+    restore_optimizer(opt2, ck, "model")
     for (k, v), (k2, v2) in zip(model.net.state_dict().items(), fresh.net.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     s1, s2 = opt.state_dict(), opt2.state_dict()

@@ -1,21 +1,38 @@
-"""difflab: denoising diffusion models, from DDPM to latent diffusion, as one library with a command line."""
-import os
+"""difflab: denoising diffusion models, from DDPM to latent diffusion, as one library with a command line.
 
-# OpenMP threads that busy-wait make multi-threaded CPU training tens of times slower as soon as another process
-# shares the cores (measured: 0.07 against 4.3 steps/s); passive waiting avoids that. Only takes effect when torch
-# is imported after difflab; a value the user has set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+The top-level names are imported on first use, so ``import difflab`` (and the ``difflab`` command starting up)
+changes nothing and loads torch only when a name that needs it is touched.
+"""
+from __future__ import annotations
 
-from . import schedules  # noqa: E402
-from .models.denoiser import Denoiser, from_eps, from_score, from_v, from_x0
-from . import likelihood
-from .likelihood import log_likelihood
-from . import samplers
-from .samplers import sample
-from . import guidance
-from .guidance import ClassifierFreeGuidance, ClassifierGuidance, ClipGuidance
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["schedules", "Denoiser", "from_eps", "from_x0", "from_v", "from_score", "likelihood", "log_likelihood", "samplers", "sample",
-           "guidance", "ClassifierFreeGuidance", "ClassifierGuidance", "ClipGuidance", "__version__"]
+_NAMES = {
+    "schedules": (".schedules", None), "likelihood": (".likelihood", None), "samplers": (".samplers", None),
+    "guidance": (".guidance", None),
+    "Denoiser": (".models.denoiser", "Denoiser"), "from_eps": (".models.denoiser", "from_eps"),
+    "from_x0": (".models.denoiser", "from_x0"), "from_v": (".models.denoiser", "from_v"),
+    "from_score": (".models.denoiser", "from_score"), "log_likelihood": (".likelihood", "log_likelihood"),
+    "sample": (".samplers", "sample"), "ClassifierFreeGuidance": (".guidance", "ClassifierFreeGuidance"),
+    "ClassifierGuidance": (".guidance", "ClassifierGuidance"), "ClipGuidance": (".guidance", "ClipGuidance"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'difflab' has no attribute {name!r}")
+    module, attr = _NAMES[name]
+    mod = importlib.import_module(module, __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES])
+
+
+__all__ = [*_NAMES, "__version__"]

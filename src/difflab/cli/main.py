@@ -1,12 +1,19 @@
 """The ``difflab`` command: train, sample, evaluate and report."""
 from __future__ import annotations
 
-import argparse
-import sys
-import warnings
+import os
 
-from ..errors import UserError
-from . import evaluate as evaluate_cmd
+# OpenMP threads that busy-wait make multi-threaded CPU training tens of times slower as soon as another process
+# shares the cores (measured: 0.07 against 4.3 steps/s); passive waiting avoids that.  Set here, where the command
+# starts and before torch is imported, never by importing the library; a value the user has set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+
+from ..errors import UserError  # noqa: E402
+from . import evaluate as evaluate_cmd  # noqa: E402
 from . import report as report_cmd
 from . import sample as sample_cmd
 from . import train as train_cmd

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 from ..data import load
-from ..training import TrainConfig, train
+from ..errors import UserError
+from ..training import TrainConfig, distributed, train
 from ..training.checkpoint import CONFIG, read_json
 from ..utils.config import ConfigError
 
@@ -33,14 +36,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--accumulate", type=int, metavar="K",
+                   help="split each step's batch into K micro-batches (gradient accumulation; same result)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (fp16: CUDA only)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="LR after warm-up (default constant)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (torchrun; gloo on CPU, NCCL on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        return launch(args.nproc)
     overrides = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
                  "seed": args.seed, "conditional": args.conditional, "sample_every": args.sample_every,
-                 "text_encoder": args.text_encoder}
+                 "text_encoder": args.text_encoder, "accumulate": args.accumulate, "precision": args.precision,
+                 "compile": args.compile, "lr_schedule": args.lr_schedule}
     if args.steps is not None:
         overrides["minutes"] = 0.0
     if args.minutes is not None and args.steps is None:
@@ -56,7 +69,36 @@ def run(args: argparse.Namespace) -> int:
     if args.image_size < 4:
         raise ConfigError(f"--image-size must be at least 4, got {args.image_size}")
     data = load(args.data, "train", image_size=args.image_size)
-    res = train(cfg, data, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    world = distributed.init(args.device)
+    try:
+        res = train(cfg, data, args.out, resume=args.resume, progress=not args.quiet, world=world)
+    finally:
+        distributed.shutdown()
+    if not world.main:
+        return 143 if res.stopped == "terminated" else 0
+    if res.stopped == "terminated":
+        print(f"difflab: terminated (SIGTERM) at step {res.step}; checkpoint written to {res.run_dir}; "
+              f"continue with --resume", file=sys.stderr)
+        return 143
     print(f"trained {res.step} steps in {res.seconds:.0f} s (last loss {res.last_loss:.4f}); "
           f"run folder {res.run_dir} (samples.png, loss.png, checkpoint.safetensors)")
     return 0
+
+
+def launch(nproc: int) -> int:
+    """Re-run this command under torchrun with nproc processes on this machine (the arguments without --nproc)."""
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+    if distributed.launched():
+        raise UserError("--nproc inside torchrun: launch either with torchrun or with --nproc, not both")
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "difflab",
+           *argv]
+    return subprocess.call(cmd)

@@ -22,7 +22,7 @@ from ..schedules import Schedule
 from ..text.captions import CaptionThresholds, captions
 from ..text.encoders import SmallTextConfig, SmallTextEncoder, tokenize_words
 from ..training.checkpoint import CONFIG, load_folder, save_checkpoint, write_json
-from ..training.loop import batch_indices, step_generator
+from ..training.engine import batch_indices, step_generator
 from ..utils.config import Config, ConfigError, require
 from .base import GuidedDenoiser
 from .classifier import ClassifierConfig, NoisyClassifier, to_schedule
@@ -140,7 +140,7 @@ def train_clip(cfg: ClipTrainConfig, data: Dataset, out: str | Path | None = Non
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out, model, None, None, step)
+        save_checkpoint(out, {"model": model}, step=step)
         write_json(out / CONFIG, {"format": CLIP_FORMAT, "data": data.spec, "shape": list(data.shape),
                                   "train": cfg.to_dict(), "clip": model.config.to_dict(), "schedule": sched.config()})
     return model, sched

@@ -19,7 +19,7 @@ from ..losses import sample_t
 from ..models.networks import time_scale_for
 from ..schedules import Schedule
 from ..training.checkpoint import CONFIG, load_folder, save_checkpoint, write_json
-from ..training.loop import batch_indices, step_generator
+from ..training.engine import batch_indices, step_generator
 from ..utils.config import Config, ConfigError, require
 from .classifier import ClassifierConfig, NoisyClassifier
 
@@ -115,7 +115,7 @@ def save_classifier(out: str | Path, net: NoisyClassifier, sched: Schedule, cfg:
     """Write out/config.json and out/checkpoint.safetensors atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, net, None, None, step)
+    save_checkpoint(out, {"model": net}, step=step)
     write_json(out / CONFIG, {"format": CLASSIFIER_FORMAT, "data": data.spec, "shape": list(data.shape),
                               "class_names": data.class_names, "train": cfg.to_dict(),
                               "network": net.config.to_dict(), "schedule": sched.config(), **(extra or {})})

@@ -1,8 +1,8 @@
 """Likelihoods and bounds: the variational bound (discrete and continuous time), learned and analytic reverse
 variances, Variational Diffusion Models, and exact log-likelihoods through the probability-flow ODE.
 
-Importing this package registers the training objectives ``hybrid``, ``vlb``, ``vdm`` and ``vdm_T`` in
-:data:`difflab.losses.OBJECTIVES`.
+The training objectives built on them (``hybrid``, ``vlb``, ``vdm``, ``vdm_T``) are named in
+:data:`difflab.training.objectives.OBJECTIVES`.
 """
 from .bound import (BoundTerms, ddpm_bound, ddpm_prior, ddpm_step_terms, log_snr_and_derivative, step_terms_from, prior_kl,
                     reconstruction_nll, reverse_step, vdm_bound, vdm_diffusion_loss)

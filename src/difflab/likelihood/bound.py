@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..models.denoiser import Denoiser, x0_from
 from ..schedules import DiscreteSchedule, Schedule, append_dims, as_tensor
+from ..utils.random import BatchRandom, batch_random
 from .gaussian import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl, sum_except_batch
 from .variance import Variance, reverse_log_variance, split_output
 
@@ -165,7 +166,8 @@ def reconstruction_nll(schedule: Schedule, x0: Tensor, eps: Tensor, bins: int | 
 
 def vdm_diffusion_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, t: Tensor | None = None,
                        eps: Tensor | None = None, T: int | None = None, antithetic: bool = True,
-                       generator: torch.Generator | None = None, sampling: Literal["t", "log_snr"] = "t") -> Tensor:
+                       generator: torch.Generator | BatchRandom | None = None,
+                       sampling: Literal["t", "log_snr"] = "t") -> Tensor:
     """Diffusion term per example [B]: L_inf = -(t_max - t_min)/2 lambda'(t) ||eps - eps_hat||^2, t ~ U (Kingma et al. 2021, eq. 17),
     or with ``T`` the T-step L_T = T/2 (SNR(s)/SNR(t) - 1) ||eps - eps_hat||^2, s = t - 1/T (their eq. 13 in eps form).
 
@@ -175,14 +177,12 @@ def vdm_diffusion_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, t: Tens
     """
     sched = model.schedule
     B = x0.shape[0]
+    rng = batch_random(generator, B)
     if t is None:
-        if antithetic:
-            t = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(B) / B) % 1.0
-        else:
-            t = torch.rand(B, generator=generator, dtype=torch.float64)
+        t = rng.antithetic(B, torch.float64) if antithetic else rng.rand(B, torch.float64)
     u = t.to(x0.dtype).to(x0.device)
     if eps is None:
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        eps = rng.randn(x0.shape, x0.dtype).to(x0.device)
     t0, t1 = float(sched.t_min), float(sched.t_max)
     if T is None and sampling == "log_snr":
         lam_max, lam_min = (float(sched.log_snr(as_tensor(v, like=x0))) for v in (t0, t1))

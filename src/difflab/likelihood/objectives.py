@@ -1,9 +1,9 @@
 """Training objectives for learned reverse variances: L_hybrid = L_simple + lambda L_vlb and L_vlb alone
 (Nichol & Dhariwal 2021, sec. 3.1 and 3.3).
 
-Importing this module registers ``hybrid`` (uniform t, as the paper trains L_hybrid), ``hybrid_is`` (the same with
-importance-sampled t) and ``vlb`` (importance-sampled t, the paper's recipe for L_vlb) in
-:data:`difflab.losses.OBJECTIVES`.  The network must output 2C channels (prediction, then v); a
+The training table (:data:`difflab.training.objectives.OBJECTIVES`) names them ``hybrid`` (uniform t, as the
+paper trains L_hybrid), ``hybrid_is`` (the same with importance-sampled t) and ``vlb`` (importance-sampled t, the
+paper's recipe for L_vlb).  The network must output 2C channels (prediction, then v); a
 :class:`LearnedVarianceDenoiser` also carries the L_t history that importance sampling needs (without it, t is
 uniform).
 """
@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..losses import OBJECTIVES
 from ..models.denoiser import Denoiser, target_for, x0_from
 from ..schedules import DiscreteSchedule
 from .bound import step_terms_from
+from ..utils.random import BatchRandom, batch_random
 from .variance import reverse_log_variance, split_output
 
 #: Weight of L_vlb in L_hybrid (Nichol & Dhariwal 2021, sec. 3.1).
@@ -26,18 +26,19 @@ HYBRID_LAMBDA = 0.001
 UNIFORM_MIX = 0.001
 
 
-def importance_t(model: Denoiser, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def importance_t(model: Denoiser, n: int, generator: torch.Generator | BatchRandom | None = None) -> tuple[Tensor, Tensor]:
     """Steps t [n] with p_t proportional to sqrt(E[L_t^2]) over the recent history, and weights 1 / (T p_t) (Nichol & Dhariwal 2021, eq. 18).
 
     Uniform (weights 1) until every step holds a full history, or when the model keeps none.
     """
     T = model.schedule.T
+    rng = batch_random(generator, n)
     hist = getattr(model, "loss_history", None)
     if hist is None or bool((model.loss_count < hist.shape[1]).any()):
-        return torch.randint(0, T, (n,), generator=generator), torch.ones(n, dtype=torch.float64)
+        return rng.randint(T, n), torch.ones(n, dtype=torch.float64)
     p = torch.sqrt((hist**2).mean(1))
     p = p / p.sum() * (1.0 - UNIFORM_MIX) + UNIFORM_MIX / T
-    t = torch.multinomial(p, n, replacement=True, generator=generator)
+    t = rng.multinomial(p, n)
     return t, 1.0 / (T * p[t])
 
 
@@ -53,7 +54,7 @@ def record_losses(model: Denoiser, t: Tensor, losses: Tensor) -> None:
         model.loss_count[ti] += 1
 
 
-def hybrid_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, generator: torch.Generator | None = None,
+def hybrid_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, generator: torch.Generator | BatchRandom | None = None,
                 lam: float = HYBRID_LAMBDA, bins: int | None = None, simple: bool = True,
                 importance: bool = False) -> Tensor:
     """Per-example L_simple + lam T L_t / d with the stop-gradient on the mean inside L_t (Nichol & Dhariwal 2021, eq. 16); [B].
@@ -65,11 +66,12 @@ def hybrid_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, generator: tor
     if not isinstance(sched, DiscreteSchedule):
         raise ValueError("learned variances need a discrete (DDPM) schedule")
     B, d, T = x0.shape[0], x0[0].numel(), sched.T
+    rng = batch_random(generator, B)
     if importance:
-        t, w = importance_t(model, B, generator)
+        t, w = importance_t(model, B, rng)
     else:
-        t, w = torch.randint(0, T, (B,), generator=generator), torch.ones(B, dtype=torch.float64)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        t, w = rng.randint(T, B), torch.ones(B, dtype=torch.float64)
+    eps = rng.randn(x0.shape, x0.dtype).to(x0.device)
     tf = t.to(x0.dtype).to(x0.device)
     a, s = model.coefficients(tf, x0)
     x_t = a * x0 + s * eps
@@ -84,27 +86,7 @@ def hybrid_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, generator: tor
     return loss * w.to(loss)
 
 
-def _hybrid(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
-    """L_hybrid = L_simple + 0.001 L_vlb with learned variances, uniform t (Nichol & Dhariwal 2021); 8-bit decoder for images."""
-    return hybrid_loss(model, x0, cond, generator=generator, bins=256 if x0.ndim == 4 else None).mean()
-
-
-def _hybrid_is(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
-    """L_hybrid with importance-sampled t (Nichol & Dhariwal 2021, eq. 18)."""
-    return hybrid_loss(model, x0, cond, generator=generator, bins=256 if x0.ndim == 4 else None,
-                       importance=True).mean()
-
-
-def _vlb(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
-    """L_vlb with learned variances and importance-sampled t (Nichol & Dhariwal 2021, sec. 3.3)."""
-    return hybrid_loss(model, x0, cond, generator=generator, bins=256 if x0.ndim == 4 else None, simple=False,
-                       importance=True).mean()
-
-
 #: Objectives that train a LearnedVarianceDenoiser (a network with 2C output channels).
 LEARNED_VARIANCE_OBJECTIVES = ("hybrid", "hybrid_is", "vlb")
-OBJECTIVES["hybrid"] = _hybrid
-OBJECTIVES["hybrid_is"] = _hybrid_is
-OBJECTIVES["vlb"] = _vlb
 
-__all__ = ["HYBRID_LAMBDA", "importance_t", "record_losses", "hybrid_loss"]
+__all__ = ["LEARNED_VARIANCE_OBJECTIVES", "HYBRID_LAMBDA", "importance_t", "record_losses", "hybrid_loss"]

@@ -1,20 +1,20 @@
 """Variational Diffusion Models (Kingma et al. 2021): the VLB as a training objective with antithetic time sampling,
 the variance-minimising update of a learned schedule, and Fourier features of the input.
 
-Importing this module registers ``vdm`` (continuous-time L_inf) and ``vdm_T`` (discrete-time L_T, T = 1000) in
-:data:`difflab.losses.OBJECTIVES`.  Both return the negative VLB in nats per dimension (batch mean).
+The training table (:data:`difflab.training.objectives.OBJECTIVES`) names :func:`vdm_loss` ``vdm`` (continuous-time
+L_inf) and ``vdm_T`` (discrete-time L_T, T = 1000); both train the negative VLB in nats per dimension.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..losses import OBJECTIVES
 from ..models.denoiser import Denoiser
 from ..models.unet import fourier_features
 from ..schedules import LearnedSchedule, Schedule
+from ..utils.random import BatchRandom, batch_random
 from .bound import prior_kl, reconstruction_nll, vdm_diffusion_loss
 
 #: Steps of the discrete-time objective ``vdm_T``.
@@ -61,7 +61,7 @@ class _VarianceGradientView(Schedule):
 
 
 def vdm_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, T: int | None = None,
-             generator: torch.Generator | None = None, bins: int | None = None,
+             generator: torch.Generator | BatchRandom | None = None, bins: int | None = None,
              variance_gradient: bool = True) -> Tensor:
     """Per-example negative VLB in nats per dimension [B]: (prior + L_inf or L_T + reconstruction) / d (Kingma et al. 2021, eq. 11-17).
 
@@ -74,26 +74,14 @@ def vdm_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, T: int | None = N
     if variance_gradient and isinstance(sched, LearnedSchedule):
         m = Denoiser(model.net, _VarianceGradientView(sched, box), model.prediction)
     d = x0[0].numel()
-    eps0 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    rng = batch_random(generator, x0.shape[0])
+    eps0 = rng.randn(x0.shape, x0.dtype).to(x0.device)
     prior = prior_kl(sched, x0)
     recon = reconstruction_nll(sched, x0, eps0, bins)
-    diff = vdm_diffusion_loss(m, x0, cond, T=T, antithetic=True, generator=generator)
+    diff = vdm_diffusion_loss(m, x0, cond, T=T, antithetic=True, generator=rng)
     loss = (prior + diff + recon) / d
     box["scale"] = 2.0 * loss.detach()
     return loss
-
-
-def _objective(T: int | None) -> Callable[..., Tensor]:
-    def objective(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
-        return vdm_loss(model, x0, cond, T=T, generator=generator, bins=256 if x0.ndim == 4 else None).mean()
-
-    objective.__doc__ = (f"VDM negative VLB per dimension with {'L_inf' if T is None else f'L_T, T = {T}'} "
-                         "(Kingma et al. 2021); 8-bit decoder for images.")
-    return objective
-
-
-OBJECTIVES["vdm"] = _objective(None)
-OBJECTIVES["vdm_T"] = _objective(VDM_T)
 
 
 # ---- Fourier features -----------------------------------------------------------------------------------

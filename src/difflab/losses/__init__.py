@@ -6,27 +6,26 @@ score network's error weighted by lambda(t) = sigma(t)^2.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from ..models.denoiser import Denoiser, Prediction, target_for
 from ..schedules import Schedule
+from ..utils.random import BatchRandom, batch_random
 
 Weighting = Literal["uniform", "min_snr"]
 
 
-def sample_t(schedule: Schedule, n: int, generator: torch.Generator | None = None,
+def sample_t(schedule: Schedule, n: int, generator: torch.Generator | BatchRandom | None = None,
              device: torch.device | str = "cpu", antithetic: bool = False) -> Tensor:
     """Training times: uniform integers 0..T-1 for DDPM schedules, uniform on [t_min, t_max] otherwise.
 
     ``antithetic`` uses one uniform draw shifted over an even grid (low-discrepancy sampler, Kingma et al. 2021).
     """
-    if antithetic:
-        u = (torch.rand(1, generator=generator) + torch.arange(n) / n) % 1.0
-    else:
-        u = torch.rand(n, generator=generator)
+    rng = batch_random(generator, n)
+    u = rng.antithetic(n, torch.float32) if antithetic else rng.rand(n)
     if schedule.discrete:
         t = (u * (schedule.t_max + 1)).floor().clamp(max=schedule.t_max)
     else:
@@ -53,14 +52,14 @@ def loss_weight(prediction: Prediction, weighting: Weighting, log_snr: Tensor, s
 
 
 def denoising_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, t: Tensor | None = None,
-                   eps: Tensor | None = None, generator: torch.Generator | None = None,
+                   eps: Tensor | None = None, generator: torch.Generator | BatchRandom | None = None,
                    weighting: Weighting = "uniform", min_snr_gamma: float = 5.0) -> Tensor:
     """Per-example loss [B]: w(t) * mean ||net(x_t, t) - target||^2 with x_t = alpha x0 + sigma eps."""
     sched = model.schedule
     if t is None:
         t = sample_t(sched, x0.shape[0], generator, x0.device)
     if eps is None:
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        eps = batch_random(generator, x0.shape[0]).randn(x0.shape, x0.dtype).to(x0.device)
     a, s = model.coefficients(t, x0)
     xt = a * x0 + s * eps
     err = (model.raw(xt, t, cond) - target_for(model.prediction, x0, eps, a, s)) ** 2
@@ -68,14 +67,4 @@ def denoising_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, t: Tensor |
     return w * err.flatten(1).mean(1)
 
 
-def simple_objective(model: Denoiser, x0: Tensor, cond: Any, generator: torch.Generator, cfg: Any) -> Tensor:
-    """L_simple / denoising score matching with the configured weighting (scalar)."""
-    return denoising_loss(model, x0, cond, generator=generator, weighting=cfg.weighting,
-                          min_snr_gamma=cfg.min_snr_gamma).mean()
-
-
-#: Training objectives by name: f(model, x0, cond, generator, train_config) -> scalar loss.
-OBJECTIVES: dict[str, Callable[..., Tensor]] = {"simple": simple_objective}
-
-
-__all__ = ["sample_t", "loss_weight", "denoising_loss", "Weighting", "OBJECTIVES", "simple_objective"]
+__all__ = ["sample_t", "loss_weight", "denoising_loss", "Weighting"]

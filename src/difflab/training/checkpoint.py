@@ -1,9 +1,11 @@
-"""Checkpoints: one safetensors file (model, EMA, optimizer, step) plus a run config JSON, written atomically."""
+"""Checkpoints: one safetensors file (every named module, its EMA and optimizer, the step) plus a run config JSON,
+written atomically (a temporary file renamed over the old one)."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +19,8 @@ from ..utils.config import read_json_object
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
-FORMAT = "difflab-checkpoint-1"
+FORMAT = "difflab-checkpoint-2"
+FORMAT_1 = "difflab-checkpoint-1"  # one model, read for older runs
 
 
 def atomic_write(path: Path, write) -> None:
@@ -42,33 +45,57 @@ def read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, CheckpointError)
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[Any]]:
     sd = opt.state_dict()
     tensors = {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    return tensors, {"param_groups": sd["param_groups"]}
+            tensors[f"optim.{name}.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
+    return tensors, sd["param_groups"]
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer | None,
-                    step: int, extra: dict[str, Any] | None = None) -> None:
-    """Write run_dir/checkpoint.safetensors atomically (metadata: step, optimizer hyper-parameters)."""
-    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v.detach().cpu().clone() for k, v in ema.state_dict().items()})
-    meta: dict[str, Any] = {"step": step, **(extra or {})}
-    if opt is not None:
-        ot, groups = _optimizer_tensors(opt)
-        tensors.update({k: v.contiguous().cpu() for k, v in ot.items()})
-        meta.update(groups)
+@dataclass
+class Checkpoint:
+    """A checkpoint's contents by module name: weights, EMA weights, flattened optimizer state, and metadata."""
+
+    modules: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    ema: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    optim: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+
+def save_checkpoint(run_dir: Path, modules: dict[str, nn.Module], ema: dict[str, nn.Module] | None = None,
+                    optimizers: dict[str, torch.optim.Optimizer] | None = None, step: int = 0,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write run_dir/checkpoint.safetensors atomically: every named module, EMA and optimizer, and the step.
+
+    A failed write (a full disk, a lost mount) raises CheckpointError naming the file; the previous checkpoint stays.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for kind, group in (("module", modules), ("ema", ema or {})):
+        for name, m in group.items():
+            tensors.update({f"{kind}.{name}.{k}": v.detach().cpu().clone().contiguous() for k, v in m.state_dict().items()})
+    groups = {}
+    for name, opt in (optimizers or {}).items():
+        ot, groups[name] = _optimizer_tensors(name, opt)
+        tensors.update(ot)
+    meta: dict[str, Any] = {"step": int(step), "optimizers": groups, **(extra or {})}
     metadata = {"format": FORMAT, "meta": json.dumps(meta)}
-    atomic_write(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=metadata))
+    path = Path(run_dir) / CHECKPOINT
+    try:
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    except OSError as e:
+        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
+        raise CheckpointError(f"could not write {path} ({e.strerror or e}); {kept}") from None
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Read the checkpoint: ({"model": sd, "ema": sd, "optim": flat}, meta); raises CheckpointError if damaged."""
-    path = run_dir / CHECKPOINT
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """Read run_dir/checkpoint.safetensors (this format or the single-model format 1); CheckpointError if damaged."""
+    path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -79,29 +106,36 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], 
         flat = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
-    if metadata.get("format") != FORMAT:
+    fmt = metadata.get("format")
+    if fmt not in (FORMAT, FORMAT_1):
         raise CheckpointError(f"{path} is not a difflab checkpoint")
-    parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}}
+    meta = json.loads(metadata.get("meta", "{}"))
+    ck = Checkpoint(meta=meta)
+    if fmt == FORMAT_1:  # one module "model": model.*, ema.*, optim.<pid>.<key>
+        meta["optimizers"] = {"model": meta.pop("param_groups")} if "param_groups" in meta else {}
+        flat = {(f"module.{k}" if k.startswith("model.") else
+                 f"ema.model.{k[4:]}" if k.startswith("ema.") else f"optim.model.{k[6:]}"): v for k, v in flat.items()}
     for k, v in flat.items():
-        head, _, rest = k.partition(".")
-        parts.setdefault(head, {})[rest] = v
-    return parts, json.loads(metadata.get("meta", "{}"))
+        kind, name, rest = k.split(".", 2)
+        getattr(ck, {"module": "modules", "ema": "ema", "optim": "optim"}[kind]).setdefault(name, {})[rest] = v
+    return ck
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Inverse of the optimizer flattening in save_checkpoint."""
+def restore_optimizer(opt: torch.optim.Optimizer, ck: Checkpoint, name: str) -> None:
+    """Load optimizer ``name`` of a checkpoint (inverse of the flattening in save_checkpoint)."""
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in flat.items():
-        pid, name = k.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for k, v in ck.optim.get(name, {}).items():
+        pid, key = k.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": ck.meta["optimizers"][name]})
 
 
 def load_folder(path: str | Path, fmt: str, what: str, build: Callable[[dict[str, Any]], nn.Module],
-                ema: bool = False, hint: str = "") -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+                ema: bool = False, hint: str = "", module: str = "model") -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Rebuild a module saved as folder/config.json (whose "format" must be fmt) + checkpoint.safetensors.
 
-    ``build(config)`` makes the module from the JSON; the EMA weights are loaded when ``ema`` and present.
+    ``build(config)`` makes the module from the JSON; the checkpoint's module ``module`` is loaded, its EMA
+    weights when ``ema`` and present.
     Returns (module in eval mode without gradients, config, checkpoint metadata); every failure is a
     CheckpointError naming the file.
     """
@@ -111,13 +145,17 @@ def load_folder(path: str | Path, fmt: str, what: str, build: Callable[[dict[str
     rc = read_json(path / CONFIG)
     if rc.get("format") != fmt:
         raise CheckpointError(f"{path / CONFIG} is not a difflab {what}{hint}")
+    name = module
     try:
-        module = build(rc)
+        net = build(rc)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG}: cannot rebuild the {what} ({e})") from None
-    parts, meta = load_checkpoint(path)
+    ck = load_checkpoint(path)
+    weights = ck.ema.get(name) if ema and ck.ema.get(name) else ck.modules.get(name)
+    if weights is None:
+        raise CheckpointError(f"{path / CHECKPOINT} holds no module {name!r}")
     try:
-        module.load_state_dict(parts["ema"] if ema and parts["ema"] else parts["model"])
+        net.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the config ({str(e).splitlines()[0]})") from None
-    return module.eval().requires_grad_(False), rc, meta
+    return net.eval().requires_grad_(False), rc, ck.meta

@@ -1,63 +1,175 @@
-"""The training recipe: one small frozen config, loadable from JSON with validation."""
+"""Training recipes: the engine's fields shared by every family (FitConfig) and the diffusion recipe (TrainConfig).
+
+Small frozen configs with a validated dict/JSON round-trip; the schedule and the network are typed sub-configs
+whose JSON form stays flat (``{"kind": "linear", "T": 1000}``, ``{"channels": 32}``).
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ..models.denoiser import Prediction
-from ..utils.config import Config, read_config_file, require
+from ..utils.config import Config, ConfigError, read_config_file, require
+from .objectives import Objective
+
+Precision = Literal["fp32", "bf16", "fp16"]
+LRSchedule = Literal["constant", "cosine", "linear"]
+ScheduleKind = Literal["linear", "cosine", "quadratic", "sigmoid", "vp", "subvp", "ve", "learned", "custom"]
+NetworkKind = Literal["auto", "unet", "mlp"]
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(Config):
-    """Everything that defines a training run besides the data and the output folder."""
+class ScheduleConfig(Config):
+    """A noise schedule: its kind, T steps for a DDPM table (None: continuous time) and the kind's parameters."""
 
-    schedule: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "cosine", "T": 1000})
-    network: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the data-sized preset
-    prediction: Prediction = "eps"
-    objective: str = "simple"  # a name in difflab.losses.OBJECTIVES
-    weighting: Literal["uniform", "min_snr"] = "uniform"
-    min_snr_gamma: float = 5.0
-    batch_size: int = 128
-    steps: int = 100_000  # upper bound; a --minutes budget usually stops earlier
+    kind: ScheduleKind = "cosine"
+    T: int | None = 1000
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def check(self) -> None:
+        require(self.T is None or (isinstance(self.T, int) and not isinstance(self.T, bool) and self.T >= 2),
+                f"schedule.T must be an integer >= 2 or null (continuous time), got {self.T!r}")
+        require(isinstance(self.params, dict), f"schedule parameters must be a mapping, got {self.params!r}")
+        self.build()  # the parameters must make a schedule
+
+    def build(self) -> Any:
+        """The schedule object (difflab.schedules)."""
+        from .. import schedules
+
+        try:
+            return schedules.from_config(self.to_dict())
+        except (TypeError, ValueError, KeyError) as e:
+            raise ConfigError(f"schedule {self.to_dict()!r}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **({} if self.T is None else {"T": self.T}), **self.params}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "") -> "ScheduleConfig":
+        """From the flat JSON form; a continuous kind without T is continuous time."""
+        if isinstance(d, ScheduleConfig):
+            return d
+        d = dict(d or {})
+        name = where or "schedule"
+        kind = d.pop("kind", None)
+        if kind not in get_args(ScheduleKind):
+            raise ConfigError(f"{name}.kind must be one of {', '.join(get_args(ScheduleKind))}, got {kind!r}")
+        T = d.pop("T", None)
+        return cls(kind=kind, T=T, params=d)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig(Config):
+    """The network: ``kind`` (auto: a U-Net for images, an MLP for points) and overrides of its data-sized preset."""
+
+    kind: NetworkKind = "auto"
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def check(self) -> None:
+        from ..models.mlp import MLPConfig
+        from ..models.unet import UNetConfig
+
+        require(isinstance(self.overrides, dict), f"network overrides must be a mapping, got {self.overrides!r}")
+        classes = {"unet": [UNetConfig], "mlp": [MLPConfig], "auto": [UNetConfig, MLPConfig]}[self.kind]
+        known = {f.name for c in classes for f in dataclasses.fields(c)}
+        unknown = sorted(set(self.overrides) - known)
+        require(not unknown, f"network: unknown key(s) {', '.join(unknown)} for a {self.kind} network; "
+                             f"known: {', '.join(sorted(known))}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**({} if self.kind == "auto" else {"kind": self.kind}), **self.overrides}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "") -> "NetworkConfig":
+        if isinstance(d, NetworkConfig):
+            return d
+        d = dict(d or {})
+        kind = d.pop("kind", "auto")
+        if kind not in get_args(NetworkKind):
+            raise ConfigError(f"{where or 'network'}.kind must be one of {', '.join(get_args(NetworkKind))}, got {kind!r}")
+        return cls(kind=kind, overrides=d)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig(Config):
+    """The engine's part of a recipe: batch and budget, AdamW, LR schedule, clipping, precision, checkpoints."""
+
+    batch_size: int = 128  # the global batch: split across processes and accumulation steps
+    steps: int = 100_000  # upper bound; a minutes budget usually stops earlier
     minutes: float = 0.0  # wall-clock budget of one invocation (0 = none)
     lr: float = 1e-3
     warmup_steps: int = 200
+    lr_schedule: LRSchedule = "constant"  # after warm-up: constant, or cosine / linear decay to 0 at `steps`
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    conditional: bool = False  # train on class labels (classifier-free: labels dropped with p_uncond)
-    p_uncond: float = 0.1
-    text_encoder: Literal["none", "small", "minilm"] = "none"  # with conditional: caption cross-attention, not labels
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    accumulate: int = 1  # micro-batches per step (gradient accumulation; same result as one K-times larger batch)
+    precision: Precision = "fp32"  # bf16: autocast (CPU and CUDA); fp16: autocast with a grad scaler (CUDA)
+    compile: bool = False  # torch.compile the networks
     seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 500
-    sample_every: int = 0  # preview grid every N steps (0 = only at the end)
-    sampler: str = "ddim"  # for previews and the final grid
-    sample_steps: int = 50
 
     def check(self) -> None:
-        n = "TrainConfig"
-        self.require_ints(("batch_size", "steps", "log_every", "checkpoint_every", "sample_steps"), 1)
-        self.require_ints(("warmup_steps", "sample_every", "seed"), 0)
+        n = type(self).__name__
+        self.require_ints(("batch_size", "steps", "log_every", "checkpoint_every", "accumulate"), 1)
+        self.require_ints(("warmup_steps", "seed"), 0)
         require(math.isfinite(self.lr) and self.lr > 0, f"{n}.lr must be > 0, got {self.lr!r}")
         require(self.minutes >= 0 and math.isfinite(self.minutes), f"{n}.minutes must be >= 0, got {self.minutes!r}")
         require(0 <= self.weight_decay < 1, f"{n}.weight_decay must lie in [0, 1), got {self.weight_decay!r}")
         require(self.grad_clip >= 0, f"{n}.grad_clip must be >= 0 (0 = off), got {self.grad_clip!r}")
+        require(self.batch_size % self.accumulate == 0,
+                f"{n}.batch_size {self.batch_size} must be divisible by accumulate {self.accumulate}")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up over warmup_steps, then constant or a cosine / linear decay reaching 0 at `steps`."""
+        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.lr_schedule == "constant" or step < self.warmup_steps:
+            return self.lr * warm
+        frac = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        decay = 0.5 * (1 + math.cos(math.pi * frac)) if self.lr_schedule == "cosine" else 1.0 - frac
+        return self.lr * decay
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(FitConfig):
+    """Everything that defines a diffusion training run besides the data and the output folder."""
+
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
+    prediction: Prediction = "eps"
+    objective: Objective = "simple"
+    weighting: Literal["uniform", "min_snr"] = "uniform"
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    conditional: bool = False  # train on class labels (classifier-free: labels dropped with p_uncond)
+    p_uncond: float = 0.1
+    text_encoder: Literal["none", "small", "minilm"] = "none"  # with conditional: caption cross-attention, not labels
+    sample_every: int = 0  # preview grid every N steps (0 = only at the end)
+    sampler: str = "ddim"  # for previews and the final grid
+    sample_steps: int = 50
+
+    def __post_init__(self) -> None:
+        # plain dicts are accepted for the typed sub-configs (their flat JSON form)
+        for name, cls in (("schedule", ScheduleConfig), ("network", NetworkConfig)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, cls.from_dict(getattr(self, name), f"TrainConfig.{name}"))
+        super().__post_init__()
+
+    def check(self) -> None:
+        super().check()
+        n = "TrainConfig"
+        self.require_ints(("sample_steps",), 1)
+        self.require_ints(("sample_every",), 0)
         require(0 <= self.ema_decay < 1, f"{n}.ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         require(0 <= self.p_uncond < 1, f"{n}.p_uncond must lie in [0, 1), got {self.p_uncond!r}")
         require(self.text_encoder == "none" or self.conditional,
                 f"{n}.text_encoder={self.text_encoder!r} needs conditional=true (captions of the labelled data)")
         require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
-        require(isinstance(self.schedule, dict) and "kind" in self.schedule,
-                f"{n}.schedule must be a mapping with a 'kind', got {self.schedule!r}")
-        require(isinstance(self.network, dict), f"{n}.network must be a mapping, got {self.network!r}")
-        from ..losses import OBJECTIVES
+        from ..samplers import SAMPLERS
 
-        require(self.objective in OBJECTIVES,
-                f"{n}.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        require(self.sampler in SAMPLERS, f"{n}.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
@@ -65,3 +177,6 @@ class TrainConfig(Config):
         d = read_config_file(path)
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(d, where=str(path))
+
+
+__all__ = ["FitConfig", "TrainConfig", "ScheduleConfig", "NetworkConfig", "Precision", "LRSchedule"]

@@ -10,7 +10,6 @@ import torch
 from .. import schedules
 from ..data import Dataset
 from ..errors import UserError
-from ..likelihood.objectives import LEARNED_VARIANCE_OBJECTIVES
 from ..likelihood.variance import LearnedVarianceDenoiser
 from ..models.denoiser import Denoiser
 from ..models.mlp import mlp_toy
@@ -18,41 +17,32 @@ from ..models.networks import build_network, network_spec, time_scale_for
 from ..models.unet import unet_for_image
 from ..utils.config import ConfigError
 from .checkpoint import load_folder
+from .conditioning import Conditioning, conditioning_for, conditioning_of_run
 from .config import TrainConfig
+from .distributed import default_device
+from .objectives import denoiser_kind
 
 RUN_FORMAT = "difflab-run-1"
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def build_denoiser(cfg: TrainConfig, data: Dataset) -> Denoiser:
-    """The network sized for the data (preset + cfg.network overrides) wrapped with the schedule."""
-    try:
-        sched = schedules.from_config(cfg.schedule)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"TrainConfig.schedule {cfg.schedule!r}: {e}") from None
-    labels = data.num_classes if cfg.conditional else 0
-    if cfg.conditional and labels < 2:
-        raise UserError(f"--conditional needs labelled data; {data.spec} has {labels} classes")
-    text = {}
-    if cfg.text_encoder != "none":  # caption cross-attention instead of a label embedding
-        from ..text import encoder_dim
-
-        labels, text = 0, {"context_dim": encoder_dim(cfg.text_encoder)}
-        if data.kind != "image":
-            raise UserError(f"text conditioning needs images; {data.spec} holds points")
-    overrides = {"time_scale": time_scale_for(sched), "num_classes": labels, **text, **cfg.network}
+def build_denoiser(cfg: TrainConfig, data: Dataset, conditioning: Conditioning | None = None) -> Denoiser:
+    """The network sized for the data (preset + cfg.network overrides) and the conditioning, wrapped with the schedule."""
+    sched = cfg.schedule.build()
+    conditioning = conditioning if conditioning is not None else conditioning_for(cfg, data)
+    overrides = {"time_scale": time_scale_for(sched), **conditioning.network_options(), **cfg.network.overrides}
     kind = denoiser_kind(cfg.objective)
-    if data.kind == "image":
+    net_kind = cfg.network.kind if cfg.network.kind != "auto" else ("unet" if data.kind == "image" else "mlp")
+    if net_kind == "unet":
+        if data.kind != "image":
+            raise UserError(f"a U-Net needs images; {data.spec} holds points")
         c, h, w = data.shape
         out = {"out_channels": 2 * c} if kind == "learned_variance" else {}
         net = build_network("unet", {**unet_for_image(max(h, w), c).to_dict(), **out, **overrides})
     elif kind == "learned_variance":
         raise UserError(f"objective {cfg.objective!r} (learned variances) needs image data; {data.spec} holds points")
     else:
+        if data.kind != "points":
+            raise UserError(f"an MLP network needs points; {data.spec} holds images")
         net = build_network("mlp", {**mlp_toy(dim=data.shape[0]).to_dict(), **overrides})
     try:
         return DENOISERS[kind](net, sched, cfg.prediction)
@@ -64,17 +54,12 @@ def build_denoiser(cfg: TrainConfig, data: Dataset) -> Denoiser:
 DENOISERS: dict[str, type[Denoiser]] = {"plain": Denoiser, "learned_variance": LearnedVarianceDenoiser}
 
 
-def denoiser_kind(objective: str) -> str:
-    """The denoiser class an objective trains."""
-    return "learned_variance" if objective in LEARNED_VARIANCE_OBJECTIVES else "plain"
-
-
-def run_config(cfg: TrainConfig, data: Dataset, model: Denoiser) -> dict[str, Any]:
+def run_config(cfg: TrainConfig, data: Dataset, model: Denoiser, processes: int = 1) -> dict[str, Any]:
     """The JSON written to RUN/config.json."""
     return {"format": RUN_FORMAT, "data": data.spec, "data_kind": data.kind, "shape": list(data.shape),
             "class_names": data.class_names, "train": cfg.to_dict(), "network": network_spec(model.net),
             "schedule": model.schedule.config(), "prediction": model.prediction,
-            "denoiser": denoiser_kind(cfg.objective)}
+            "denoiser": denoiser_kind(cfg.objective), "processes": processes}
 
 
 @dataclass
@@ -84,6 +69,11 @@ class LoadedRun:
     model: Denoiser  # EMA weights by default
     config: dict[str, Any]
     step: int
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """The run's conditioning (labels, captions or none), rebuilt from its config."""
+        return conditioning_of_run(self.config)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -1,0 +1,108 @@
+"""The diffusion family: one denoiser trained with an objective of the static table (Ho et al. 2020, Alg. 1, and
+its relatives), its EMA, previews sampled from the schedule's prior, and ``train``, the call behind ``difflab train``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+import torch
+from torch import Tensor, nn
+
+from ..data import Dataset
+from ..errors import UserError
+from ..models.denoiser import Clamped, Denoiser
+from ..utils.images import save_image_grid, save_scatter
+from .checkpoint import CHECKPOINT, CONFIG, read_json, write_json
+from .conditioning import Conditioning, conditioning_for
+from .config import TrainConfig
+from .distributed import World, init
+from .engine import Batch, Family, FitResult, OptimizerSpec, Phase, fit
+from .objectives import OBJECTIVES
+from .run import build_denoiser, run_config
+
+
+class DiffusionFamily(Family):
+    """A denoiser D(x_t, t, cond) -> x0 with an EMA; one phase minimising the configured objective."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset):
+        self.cfg, self.data = cfg, data
+        self.conditioning: Conditioning = conditioning_for(cfg, data)
+        self.model: Denoiser = build_denoiser(cfg, data, self.conditioning)
+        self.modules = {"model": self.model}
+        self.optimizers = {"model": OptimizerSpec(("model",))}
+        self.ema = ("model",)
+        self.phases = [Phase("model", self.loss)]
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        x0 = self.data.batch(batch.idx).to(batch.device)
+        cond = self.conditioning.draw(batch.idx, batch.rng, batch.device)
+        return {"loss": OBJECTIVES[self.cfg.objective](self.model, x0, cond, batch.rng, self.cfg)}
+
+    def compile(self) -> None:
+        net = self.model.net
+        if isinstance(net, nn.Module):
+            net.compile()
+
+    def preview(self, ema: dict[str, nn.Module], path: Path) -> None:
+        preview(ema["model"], self.data, self.cfg, path, self.conditioning)
+
+    def finish(self, run_dir: Path, ema: dict[str, nn.Module]) -> None:
+        self.preview(ema, run_dir / "samples.png")
+
+
+def preview(model: Denoiser, data: Dataset, cfg: TrainConfig, path: Path, conditioning: Conditioning,
+            num: int = 64) -> None:
+    """A grid (images) or scatter plot (points) sampled from the schedule's prior with the configured sampler."""
+    from ..samplers import sample
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = num if data.kind == "image" else 2000
+    device = next(model.parameters()).device
+    cond = conditioning.preview(n, device)
+    x_T = model.schedule.sample_prior((n, *data.shape), generator=g, device=device)
+    if data.kind == "image":
+        model = Clamped(model)  # images live in [-1, 1]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        x = sample(model, x_T, sampler=cfg.sampler, steps=cfg.sample_steps, cond=cond, generator=g)
+    model.train(was_training)
+    if data.kind == "image":
+        save_image_grid(x, path, nrow=conditioning.num_classes if conditioning.num_classes and n % 10 == 0 else None)
+    else:
+        save_scatter(x, path, reference=data.batch(torch.arange(min(2000, len(data)))),
+                     title=f"{data.spec}, {cfg.sampler} {cfg.sample_steps} steps")
+
+
+def prepare_run(run_dir: Path, data: Dataset, resume: bool) -> None:
+    """Refuse to overwrite a run, or to resume one trained on other data."""
+    if resume:
+        if not (run_dir / CHECKPOINT).is_file():
+            raise UserError(f"--resume: {run_dir} holds no checkpoint to resume from")
+        stored = read_json(run_dir / CONFIG)
+        if stored.get("data") != data.spec:
+            raise UserError(f"--resume: {run_dir} was trained on {stored.get('data')!r}, not {data.spec!r}")
+    elif (run_dir / CHECKPOINT).exists():
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+
+
+def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool = False,
+          device: torch.device | str | None = None, progress: bool = True, world: World | None = None) -> FitResult:
+    """Train a denoiser on data into run_dir (config.json, checkpoint.safetensors, log.csv, samples.png, loss.png).
+
+    Under torchrun every process calls this with the same arguments; rank 0 writes the files.
+    """
+    run_dir = Path(run_dir)
+    world = world or init(device)
+    prepare_run(run_dir, data, resume)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every process
+    family = DiffusionFamily(cfg, data)
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG, run_config(cfg, data, family.model, world.size))
+    world.barrier()
+    return fit(family, len(data), cfg, run_dir, world=world, resume=resume, progress=progress,
+               sample_every=cfg.sample_every)
+
+
+__all__ = ["DiffusionFamily", "train", "preview", "prepare_run"]
+

@@ -1,0 +1,101 @@
+"""Several processes at the edge of the engine (torch.distributed): rank, world size, device, gradient
+synchronisation and collective decisions.  Nothing else in difflab knows there are several processes.
+
+Launch with ``torchrun --nproc_per_node N -m difflab train ...`` (or ``difflab train --nproc N``): gloo on the
+CPU, NCCL on CUDA.  A single process needs no launcher and no process group.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, ContextManager
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place: rank in [0, size), local rank on its node, and the device it trains on."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes checkpoints, logs and previews."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DistributedDataParallel around ``module`` (its forward computes a loss) when there are several processes."""
+        if not self.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+    def no_sync(self, module: nn.Module, skip: bool) -> ContextManager[Any]:
+        """Skip the gradient all-reduce for this backward (all but the last accumulation micro-batch)."""
+        return module.no_sync() if skip and self.distributed else nullcontext()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of a list of floats over all processes (one collective call)."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def broadcast_params(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every process (parameters outside a DDP-wrapped network)."""
+        if self.distributed:
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, src=0)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def launched() -> bool:
+    """True when a launcher (torchrun) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device | str | None = None) -> World:
+    """Join the process group that torchrun describes in the environment (or the one already joined); a single
+    process gets World(device=...).  Each CUDA process takes the GPU of its local rank."""
+    if not launched():
+        return World(device=torch.device(device) if device is not None else default_device())
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return World(rank, size, local, dev)
+
+
+def shutdown() -> None:
+    """Leave the process group (if one was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+__all__ = ["World", "init", "shutdown", "launched", "default_device"]

@@ -1,0 +1,357 @@
+"""The training engine: one ``fit`` loop that trains every model family.
+
+A family is a small object that declares its named modules, which optimizer each belongs to, which get an
+EMA, and its phases: functions of a batch returning named losses, one of which the phase's optimizer
+minimises (a GAN has a discriminator phase and a generator phase; a diffusion model one phase).  The engine
+owns the rest: budgets, warm-up and LR schedules, gradient accumulation, clipping, mixed precision, EMA,
+log.csv, the progress bar, previews, the NaN halt, checkpoints of every module, exact resume, SIGTERM, and
+several processes (``distributed.World``).
+
+Every random draw of step k comes from generators seeded by (seed, k) and is made for the whole global batch
+(:class:`difflab.utils.random.BatchRandom`), so a resumed run continues bitwise like an uninterrupted one, and N
+processes or K accumulation micro-batches train like one process with the whole batch.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..errors import TrainingDiverged
+from ..utils.config import ConfigError
+from ..utils.images import save_loss_curve
+from ..utils.random import BatchRandom
+from .checkpoint import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
+from .config import FitConfig
+from .distributed import World
+from .ema import EMA
+
+LOG = "log.csv"
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An AdamW over the parameters of the named modules; lr and weight_decay default to the recipe's."""
+
+    modules: tuple[str, ...]
+    lr: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float | None = None
+
+
+@dataclass
+class Batch:
+    """This process's part of step ``step``'s batch: dataset indices [n] and the batch's random draws."""
+
+    step: int
+    idx: Tensor
+    rng: BatchRandom
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return len(self.idx)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One update of a step: ``loss(batch)`` returns named scalar losses; ``optimizer`` minimises ``minimize``."""
+
+    optimizer: str
+    loss: Callable[[Batch], dict[str, Tensor]]
+    minimize: str = "loss"
+
+
+class Family:
+    """Base of a model family: fill ``modules``, ``optimizers``, ``ema`` and ``phases`` in ``__init__``."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, OptimizerSpec]
+    ema: tuple[str, ...] = ()
+    phases: list[Phase]
+
+    def compile(self) -> None:
+        """torch.compile the networks (in place, so checkpoints keep their keys)."""
+        for m in self.modules.values():
+            m.compile()
+
+    def preview(self, ema: dict[str, nn.Module], path: Path) -> None:
+        """Write a picture of what the model does now (rank 0 only); nothing by default."""
+
+    def finish(self, run_dir: Path, ema: dict[str, nn.Module]) -> None:
+        """After training (rank 0 only): the final pictures."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    step: int
+    losses: dict[str, float]  # the last step's named losses (mean over processes)
+    seconds: float
+    stopped: str = "done"  # done | budget | terminated
+
+    @property
+    def last_loss(self) -> float:
+        return next(iter(self.losses.values()), math.nan)
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A generator that depends only on (seed, step, stream)."""
+    s = np.random.SeedSequence([seed, step, stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def batch_indices(n: int, batch: int, seed: int, step: int) -> Tensor:
+    """Indices of step's batch: consecutive slices of a fresh seeded permutation of the data each epoch."""
+    start = step * batch
+    out, pos = [], start
+    while pos < start + batch:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=step_generator(seed, epoch, stream=1))
+        take = min(n - offset, start + batch - pos)
+        out.append(perm[offset: offset + take])
+        pos += take
+    return torch.cat(out)
+
+
+def _phase_stream(i: int) -> int:
+    """Generator stream of phase i (stream 1 is the data permutation)."""
+    return 0 if i == 0 else 100 + i
+
+
+class _PhaseModule(nn.Module):
+    """The modules a phase optimises, with the phase's loss as forward (what DistributedDataParallel wraps)."""
+
+    def __init__(self, modules: dict[str, nn.Module], fn: Callable[[Batch], dict[str, Tensor]]):
+        super().__init__()
+        self.owned = nn.ModuleDict(modules)
+        self.fn = fn
+        self.batch: Batch | None = None
+
+    def forward(self) -> dict[str, Tensor]:
+        return self.fn(self.batch)
+
+
+class _Terminate:
+    """Remembers a SIGTERM (a scheduler's pre-emption) until the end of the current step."""
+
+    def __init__(self) -> None:
+        self.flag, self.previous = False, None
+
+    def __enter__(self) -> "_Terminate":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    """The autocast context of a precision: bf16 on CPU or CUDA, fp16 on CUDA only."""
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device (its grad scaler); use bf16 on the CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+class _Log:
+    """log.csv with one row per log interval: step, the named losses (window means), lr, gradient norms, seconds."""
+
+    def __init__(self, path: Path, upto: int):
+        self.path = path
+        self.rows: list[dict[str, str]] = []
+        if path.is_file():
+            with path.open() as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+        self.fields = list(self.rows[0].keys()) if self.rows else []
+        self.window: dict[str, list[float]] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.window.setdefault(k, []).append(v)
+
+    def flush(self, step: int, lr: float, seconds: float) -> dict[str, float]:
+        means = {k: float(np.mean(v)) for k, v in self.window.items()}
+        self.window = {}
+        row = {"step": str(step), **{k: f"{v:.6g}" for k, v in means.items()}, "lr": f"{lr:.3g}",
+               "seconds": f"{seconds:.1f}"}
+        self.rows.append(row)
+        fields = list(dict.fromkeys([*self.fields, *row]))
+        if fields != self.fields:  # new columns: rewrite the file with the full header
+            self.fields = fields
+            with self.path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fields, restval="")
+                w.writeheader()
+                w.writerows(self.rows)
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fields, restval="").writerow(row)
+        return means
+
+    def curve(self, out: Path) -> None:
+        key = "loss" if "loss" in self.fields else next((f for f in self.fields if f not in ("step", "lr", "seconds")
+                                                         and not f.startswith("grad_norm")), None)
+        rows = [r for r in self.rows if r.get(key)]
+        if key and rows:
+            save_loss_curve([int(r["step"]) for r in rows], [float(r[key]) for r in rows], out)
+
+
+def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | None, *, world: World | None = None,
+        resume: bool = False, progress: bool = True, sample_every: int = 0) -> FitResult:
+    """Train ``family`` on a dataset of ``n_examples`` into ``run_dir`` (checkpoint.safetensors, log.csv, loss.png).
+
+    The caller has written the run's config.json (rank 0) and built the family identically on every process.
+    ``run_dir=None`` trains in memory: no file is written (tests, benchmarks, notebooks).
+    """
+    world = world or World()
+    files = run_dir is not None and world.main
+    run_dir = Path(run_dir) if run_dir is not None else None
+    dev, W, K, B = world.device, world.size, cfg.accumulate, cfg.batch_size
+    if B % (W * K):
+        raise ConfigError(f"batch_size {B} must be divisible by processes x accumulate = {W} x {K}")
+    m = B // (W * K)
+    for mod in family.modules.values():
+        mod.to(dev)
+    opts: dict[str, torch.optim.Optimizer] = {}
+    params: dict[str, list[nn.Parameter]] = {}
+    for name, spec in family.optimizers.items():
+        ps = list(dict.fromkeys(p for mname in spec.modules for p in family.modules[mname].parameters()))
+        params[name] = ps
+        opts[name] = torch.optim.AdamW(ps, lr=spec.lr or cfg.lr, betas=spec.betas,
+                                       weight_decay=cfg.weight_decay if spec.weight_decay is None else spec.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    start = 0
+    if resume:
+        ck = load_checkpoint(run_dir)
+        for name, mod in family.modules.items():
+            mod.load_state_dict(ck.modules[name])
+        for name, opt in opts.items():
+            restore_optimizer(opt, ck, name)
+        start = ck.step
+        if scaler is not None and "grad_scaler" in ck.meta:
+            scaler.load_state_dict(ck.meta["grad_scaler"])
+    emas = {name: EMA(family.modules[name], getattr(cfg, "ema_decay", 0.999)) for name in family.ema}
+    if resume:
+        for name, e in emas.items():
+            e.model.load_state_dict(ck.ema[name])
+    if cfg.compile:
+        family.compile()
+    phases = []
+    for ph in family.phases:
+        owned = {k: family.modules[k] for k in family.optimizers[ph.optimizer].modules}
+        phases.append((ph, world.wrap(_PhaseModule(owned, ph.loss))))
+
+    def ema_modules() -> dict[str, nn.Module]:
+        return {name: e.model for name, e in emas.items()}
+
+    def checkpoint(step: int) -> None:
+        if files:
+            extra = {"grad_scaler": scaler.state_dict()} if scaler is not None else {}
+            save_checkpoint(run_dir, family.modules, ema_modules(), opts, step, extra)
+
+    log = _Log(run_dir / LOG, start) if files else None
+    t0, step, last, stopped = time.monotonic(), start, {}, "done"
+    bar = _progress(cfg, start, progress and world.main)
+    for mod in family.modules.values():
+        mod.train()
+    with _Terminate() as term:
+        while step < cfg.steps:
+            idx = batch_indices(n_examples, B, cfg.seed, step)
+            values: dict[str, float] = {}
+            lr = cfg.lr_at(step)
+            for pi, (ph, wrapped) in enumerate(phases):
+                opt = opts[ph.optimizer]
+                for group in opt.param_groups:
+                    group["lr"] = (family.optimizers[ph.optimizer].lr or cfg.lr) * lr / cfg.lr
+                opt.zero_grad(set_to_none=True)
+                for j in range(K):
+                    lo = (world.rank * K + j) * m
+                    g = step_generator(cfg.seed, step, _phase_stream(pi))
+                    inner = wrapped.module if world.distributed else wrapped
+                    inner.batch = Batch(step, idx[lo:lo + m], BatchRandom(g, lo, lo + m, B), dev)
+                    with world.no_sync(wrapped, j < K - 1):
+                        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+                                autocast(cfg.precision, dev):
+                            torch.manual_seed(int(step_generator(cfg.seed, step, 50 + pi).initial_seed()))  # dropout
+                            out = wrapped()
+                        loss = out[ph.minimize].float() / K
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    for k, v in out.items():
+                        values[k] = values.get(k, 0.0) + float(v.detach()) / K
+                if scaler is not None:
+                    scaler.unscale_(opt)
+                gn = torch.nn.utils.clip_grad_norm_(params[ph.optimizer], cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                values["grad_norm" if len(opts) == 1 else f"grad_norm_{ph.optimizer}"] = float(gn)
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+            # one collective per step: the losses' means and the stop decisions, so no process is left waiting
+            time_up = bool(world.main and cfg.minutes and time.monotonic() - t0 > 60 * cfg.minutes)
+            summed = world.sum([*values.values(), float(time_up), float(term.flag)])
+            names = list(values)
+            means = {k: v / W for k, v in zip(names, summed)}
+            bad = [k for k in names if not k.startswith("grad_norm") and not math.isfinite(means[k])]
+            if bad:
+                where = (f"the last good checkpoint in {run_dir} is kept"
+                         if run_dir is not None and (run_dir / CHECKPOINT).exists() else "no checkpoint was written yet")
+                raise TrainingDiverged(f"{bad[0]} became {means[bad[0]]} at step {step}; {where}")
+            for name, e in emas.items():
+                e.update(family.modules[name], step)
+            step, last = step + 1, {k: v for k, v in means.items() if not k.startswith("grad_norm")}
+            bar.update(min(round(time.monotonic() - t0, 1), bar.total) - bar.n if cfg.minutes else 1)
+            if log is not None:
+                log.add(means)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    shown = log.flush(step, opts[phases[0][0].optimizer].param_groups[0]["lr"], time.monotonic() - t0)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items() if not k.startswith("grad_norm")})
+            if step % cfg.checkpoint_every == 0:
+                checkpoint(step)
+            if sample_every and step % sample_every == 0 and files:
+                (run_dir / "samples").mkdir(exist_ok=True)
+                family.preview(ema_modules(), run_dir / "samples" / f"step_{step:07d}.png")
+            if summed[-1] > 0:
+                stopped = "terminated"
+                break
+            if summed[-2] > 0:
+                stopped = "budget"
+                break
+    bar.close()
+    if log is not None and log.window:
+        log.flush(step, opts[phases[0][0].optimizer].param_groups[0]["lr"], time.monotonic() - t0)
+    checkpoint(step)
+    if files and stopped != "terminated":
+        log.curve(run_dir / "loss.png")
+        family.finish(run_dir, ema_modules())
+    world.barrier()
+    return FitResult(run_dir, step, last, time.monotonic() - t0, stopped)
+
+
+def _progress(cfg: FitConfig, start: int, enabled: bool) -> tqdm:
+    """A bar over steps, or over seconds when the budget is wall-clock minutes."""
+    if cfg.minutes:
+        return tqdm(total=round(60 * cfg.minutes), disable=not enabled, desc="train", unit="s", dynamic_ncols=True,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
+    return tqdm(total=cfg.steps, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
+
+
+__all__ = ["Family", "Phase", "OptimizerSpec", "Batch", "FitResult", "fit", "step_generator", "batch_indices",
+           "autocast", "LOG"]
