@@ -1,4 +1,5 @@
 """Samplers against closed forms: PF-ODE convergence orders, exact moments, determinism, dtypes, threads."""
+import math
 import threading
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 import difflab
 from difflab.models.gaussian_mixture import GaussianMixture
 from difflab.samplers import SAMPLERS, grids
+from difflab.samplers.sde import langevin_alpha
 
 MU = torch.tensor([1.0, -0.5], dtype=torch.float64)
 COV = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
@@ -207,3 +209,69 @@ def test_explicit_grid_and_progress_bar(capsys):
                               return_nfe=True)
     assert nfe == len(sig) - 1 and torch.isfinite(out).all()
     assert "sampling" in capsys.readouterr().err
+
+
+def _levels(sched, sigmas):
+    return difflab.samplers._common.levels(GAUSS.denoiser(sched), torch.zeros(1, 2, dtype=torch.float64), sigmas)
+
+
+def test_langevin_alpha_is_one_minus_beta_on_a_ddpm_table():
+    """Song et al. 2021b, Alg. 5: alpha_i = 1 - beta_i at the corrector's level i (every step of the table)."""
+    sched = difflab.schedules.get("linear", T=1000)
+    lv = _levels(sched, grids.uniform_t(sched, 1000))
+    steps = [round(t) for t in lv.tf]
+    assert steps == list(range(999, -1, -1))
+    a = torch.tensor([langevin_alpha(lv, i) for i in range(len(steps))], dtype=torch.float64)
+    assert torch.allclose(a, 1 - sched.betas[steps], rtol=0, atol=1e-12)
+    assert bool((a < 1).all())
+
+
+def test_langevin_alpha_on_a_sub_sequence_is_the_respaced_one_minus_beta():
+    """On DDIM-style sub-sequences t > s: alpha-bar_t / alpha-bar_s = prod_{s < k <= t} (1 - beta_k)."""
+    sched = difflab.schedules.get("linear", T=1000)
+    ts = list(range(999, -1, -37))
+    lv = _levels(sched, grids.timesteps(sched, ts))
+    for i, (t, s) in enumerate(zip(ts, ts[1:] + [-1])):
+        assert math.isclose(langevin_alpha(lv, i), float(torch.prod(1 - sched.betas[s + 1 : t + 1])), rel_tol=1e-11)
+
+
+@pytest.mark.parametrize("sched_name", ["vp", "subvp"])
+def test_langevin_alpha_on_vp_and_subvp_sdes_is_exp_minus_integral_of_beta(sched_name):
+    """Both share f = -beta/2, so alpha_i = alpha(t_i)^2 / alpha(t_{i+1})^2 = exp(-int beta dt) = 1 - beta(t_i) dt + O(dt^2)."""
+    sched = SCHEDULES[sched_name]()
+    lv = _levels(sched, grids.uniform_t(sched, 200))
+    t = lv.tf + [0.0]
+    B = lambda u: sched.beta_min * u + 0.5 * (sched.beta_max - sched.beta_min) * u**2  # int_0^u beta
+    for i in range(len(lv.tf)):
+        a = langevin_alpha(lv, i)
+        assert 0 < a < 1 and math.isclose(a, math.exp(-(B(t[i]) - B(t[i + 1]))), rel_tol=1e-9)
+        dt = t[i] - t[i + 1]
+        beta_dt = (sched.beta_min + t[i] * (sched.beta_max - sched.beta_min)) * dt
+        # |e^{-I} - (1 - I)| <= I^2 / 2 with I = beta(t_i) dt - beta' dt^2 / 2 (beta linear in t)
+        assert abs(a - (1 - beta_dt)) <= 0.5 * beta_dt**2 + 0.5 * (sched.beta_max - sched.beta_min) * dt**2
+
+
+def test_langevin_alpha_is_one_for_ve():
+    sched = SCHEDULES["ve"]()
+    lv = _levels(sched, grids.uniform_t(sched, 50))
+    assert [langevin_alpha(lv, i) for i in range(50)] == [1.0] * 50
+
+
+def test_pc_corrector_no_longer_inflates_steps_on_coarse_grids(monkeypatch):
+    """On 5 levels the inverted factor alpha-bar_{i-1} / alpha-bar_i (up to 8 at the noisiest level) inflates the
+    Langevin steps and the covariance explodes (trace ~33, data 0.8); with 1 - beta_i it stays near the ~4 that
+    the coarse predictor leaves.  Margin: 5 standard errors of each trace, sqrt(2 tr(C^2) / N) for Gaussian samples."""
+    sched = difflab.schedules.get("linear", T=1000)
+    model, x = GAUSS.denoiser(sched), x_T(sched, 4000)
+
+    def trace_and_se():
+        out = difflab.sample(model, x, "pc", steps=10, snr=0.3, generator=torch.Generator().manual_seed(7))
+        c = torch.cov(out.T)
+        return float(torch.trace(c)), math.sqrt(2 * float(torch.trace(c @ c)) / len(out))
+
+    fixed, se_fixed = trace_and_se()
+    inverse = lambda lv, i: (lv.alpha[i + 1] / lv.alpha[i]) ** 2 if i + 1 < len(lv.alpha) else 1.0
+    monkeypatch.setattr(difflab.samplers.sde, "langevin_alpha", inverse)
+    before, se_before = trace_and_se()
+    v = float(torch.trace(COV))
+    assert abs(fixed - v) + 5 * (se_fixed + se_before) < abs(before - v), (fixed, before, v)

@@ -26,6 +26,15 @@ def _score(model: Any, x: Tensor, lv: Levels, i: int, cond: Any) -> tuple[Tensor
     return (lv.alpha[i] * x0 - x) / lv.sigma_native[i] ** 2, x0
 
 
+def langevin_alpha(lv: Levels, i: int) -> float:
+    """Factor alpha_i of the Langevin step 2 alpha_i (r |z| / |s|)^2 (Song et al. 2021b, Alg. 5; Alg. 4 for VE: 1).
+
+    alpha_i = 1 - beta_i = alpha-bar_i / alpha-bar_{i-1}: alpha(t_i)^2 / alpha(t_{i+1})^2 between level i and the
+    next less noisy level (alpha = 1 past the last one), i.e. exp(-int beta dt) ~ 1 - beta(t_i) dt on a VP SDE.
+    """
+    return (lv.alpha[i] / (lv.alpha[i + 1] if i + 1 < len(lv.alpha) else 1.0)) ** 2
+
+
 def _em_step(x: Tensor, score: Tensor, f: float, g2: float, dt: float, generator: torch.Generator | None) -> Tensor:
     return x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * randn_like(x, generator)
 
@@ -49,15 +58,14 @@ def sample_euler_maruyama(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = 
 def sample_pc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
               progress: bool = False, callback: Callback | None = None, snr: float = 0.16, n_corrector: int = 1
               ) -> Tensor:
-    """Predictor-corrector: Langevin corrector with step 2 a (snr |z| / |score|)^2, then an Euler-Maruyama predictor (Song et al. 2021b, Alg. 2-5)."""
+    """Predictor-corrector: Langevin corrector with step 2 alpha_i (snr |z| / |score|)^2, then an Euler-Maruyama predictor (Song et al. 2021b, Alg. 2-5)."""
     if n_corrector < 0 or snr <= 0:
         raise ValueError(f"need n_corrector >= 0 and snr > 0, got {n_corrector}, {snr}")
     lv = levels(model, x, sigmas)
     f, g2 = _sde_table(model, lv)
     n = len(lv.sigma) - 1
     for i in steps(n, progress):
-        # VP step-size factor a_i = alpha_{i-1}^2 / alpha_i^2 (= 1 - beta_i on a DDPM table; 1 for VE)
-        a = (lv.alpha[i + 1] / lv.alpha[i]) ** 2 if lv.sigma[i + 1] != 0 else 1.0
+        a = langevin_alpha(lv, i)
         for _ in range(n_corrector):
             score, _ = _score(model, x, lv, i, cond)
             z = randn_like(x, generator)
