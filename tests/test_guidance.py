@@ -204,7 +204,7 @@ def test_condition_dropout_rate():
 @pytest.fixture(scope="module")
 def digits_small():
     d = load("digits", "train")
-    return Dataset(d.x[:256], d.y[:256], d.spec, d.class_names)
+    return Dataset(d.stored[:256], d.y[:256], d.spec, d.class_names)
 
 
 def test_classifier_training_is_deterministic_and_round_trips(digits_small, tmp_path):
@@ -250,19 +250,75 @@ def cond_run(tmp_path_factory):
     return d
 
 
-def test_cli_guided_sampling(cond_run, tmp_path):
+def _cli_samples(out, run, *extra, num=6):
+    """Images from ``difflab sample --run RUN ... --out OUT.npz`` (3 steps)."""
     import numpy as np
 
     from difflab.cli.main import main
 
-    run, clf = str(cond_run / "run"), str(cond_run / "clf")
-    common = ["sample", "--run", run, "--num", "6", "--steps", "3", "--sampler"]
+    assert main(["sample", "--run", str(run), "--num", str(num), "--steps", "3", *map(str, extra), "--out", str(out)]) == 0
+    with np.load(out) as f:
+        return f["images"]
+
+
+def test_cli_guided_sampling(cond_run, tmp_path):
+    """--label, CFG's --guidance-scale and --classifier each change the samples; the same command repeats them.
+    The run has trained 3 steps, so its label effect is small: a large weight (20) amplifies it."""
+    import numpy as np
+
+    run, clf = cond_run / "run", cond_run / "clf"
     for sampler in ("ddim", "dpmpp_2m"):
-        assert main(common + [sampler, "--label", "7", "--guidance-scale", "3", "--out", str(tmp_path / "a.npz")]) == 0
-        assert main(common + [sampler, "--label", "7", "--classifier", clf, "--classifier-scale", "2",
-                              "--out", str(tmp_path / "b.npz")]) == 0
-    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
-        assert a["images"].shape == b["images"].shape == (6, 8, 8, 1)
+        draw = lambda name, *extra: _cli_samples(tmp_path / f"{name}.npz", run, "--sampler", sampler, *extra)  # noqa: E731
+        base = draw("base", "--label", 7, "--guidance-scale", 20)
+        assert base.shape == (6, 8, 8, 1) and base.dtype == np.uint8
+        assert np.array_equal(base, draw("again", "--label", 7, "--guidance-scale", 20))
+        for name, extra in (("label", ["--label", 3, "--guidance-scale", 20]), ("cfg", ["--label", 7]),
+                            ("clf", ["--label", 7, "--guidance-scale", 20, "--classifier", clf, "--classifier-scale", 2])):
+            other = draw(name, *extra)
+            # by more than a rounding could move a pixel (one level of 255)
+            assert np.abs(other.astype(int) - base).max() >= 3, (sampler, name)
+
+
+def test_cli_more_samples_than_a_batch(cond_run, tmp_path):
+    """--num above --batch-size: every sample is written, and the first batch is what --num 3 alone draws."""
+    import numpy as np
+
+    run = cond_run / "run"
+    for sampler in ("ddim", "ddpm"):  # ddpm also draws noise at every step from the same generator
+        many = _cli_samples(tmp_path / "many.npz", run, "--sampler", sampler, "--label", 2, "--guidance-scale", 1,
+                            "--batch-size", 3, num=7)
+        few = _cli_samples(tmp_path / "few.npz", run, "--sampler", sampler, "--label", 2, "--guidance-scale", 1, num=3)
+        assert many.shape == (7, 8, 8, 1)
+        assert np.array_equal(many[:3], few) and not np.array_equal(many[3:6], many[:3])
+
+
+def test_cli_train_clip(cond_run, tmp_path, capsys):
+    """train-clip from the command line: the schedule of --run, a loadable model, no overwrite, CLIP-guided samples."""
+    import json
+
+    import numpy as np
+
+    from difflab.cli.main import main
+    from difflab.guidance import load_clip
+    from difflab.training import load_run
+
+    run, out, conf = cond_run / "run", tmp_path / "clip", tmp_path / "clip.json"
+    conf.write_text(json.dumps({"batch_size": 16, "clip": {"embed_dim": 8, "image": {"channels": 8, "groups": 4},
+                                                           "text": {"dim": 16, "heads": 2}}}))
+    args = ["train-clip", "--data", "digits", "--run", str(run), "--out", str(out), "--steps", "2",
+            "--config", str(conf), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"noisy CLIP written to {out}" in printed and "zero-shot accuracy on clean held-out images" in printed
+    clip, sched = load_clip(out)
+    assert sched.config() == load_run(run).model.schedule.config()
+    assert clip.text_features(["a seven"]).shape == (1, 8)
+    before = (out / "checkpoint.safetensors").read_bytes()
+    assert main(args) == 2 and "already holds a checkpoint" in capsys.readouterr().err
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    plain = _cli_samples(tmp_path / "p.npz", run, "--label", 7)
+    seven = _cli_samples(tmp_path / "c7.npz", run, "--label", 7, "--clip", out, "--prompt", "a seven")
+    assert np.abs(seven.astype(int) - plain).max() >= 3
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -270,6 +326,8 @@ def test_cli_guided_sampling(cond_run, tmp_path):
     (["--prompt", "a seven"], "not text-conditional"),
     (["--classifier", "MISSING", "--label", "1"], "does not exist"),
     (["--label", "3", "--guidance-scale", "-1"], ">= 0"),
+    (["--label", "10"], "has classes 0..9"),
+    (["--label", "-1"], "has classes 0..9"),
 ])
 def test_cli_guidance_mistakes(cond_run, tmp_path, capsys, extra, message):
     from difflab.cli.main import main
