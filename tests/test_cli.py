@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -57,6 +58,10 @@ def test_refuses_to_overwrite_and_resumes(toy_run, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert (toy_run / CHECKPOINT).read_bytes() == before
     assert run("train", "--data", "toy:moons", "--out", toy_run, "--steps", 25, "--resume", "--quiet") == 0
+    from difflab.training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(toy_run).step == 25  # the resumed run reached the requested total
+    assert (toy_run / "log.csv").read_text().splitlines()[-1].startswith("25,")
     assert run("train", "--data", "toy:rings", "--out", toy_run, "--steps", 30, "--resume", "--quiet") == 2
     assert "was trained on 'toy:moons'" in capsys.readouterr().err
 
@@ -133,3 +138,33 @@ def test_module_entry_point_exits_2_without_traceback():
     r = subprocess.run([sys.executable, "-m", "difflab.cli.main", "train", "--data", "toy:nope", "--out", "/tmp/x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("difflab: error:") and "Traceback" not in r.stderr
+
+
+def test_resume_with_a_minute_budget_continues_from_the_checkpoint(toy_run):
+    from difflab.training.checkpoint import load_checkpoint
+
+    before = load_checkpoint(toy_run).step
+    assert run("train", "--data", "toy:moons", "--out", toy_run, "--minutes", 0.02, "--resume", "--quiet") == 0
+    after = load_checkpoint(toy_run).step
+    assert after > before  # counted on from the stored step, not from 0
+    steps = [int(r.split(",")[0]) for r in (toy_run / "log.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(steps) and steps[-1] == after
+
+
+def test_sample_no_ema_uses_the_raw_weights(toy_run, tmp_path):
+    from difflab.training import load_run
+
+    ema, raw = load_run(toy_run, ema=True, device="cpu"), load_run(toy_run, ema=False, device="cpu")
+    pe, pr = dict(ema.model.named_parameters()), dict(raw.model.named_parameters())
+    assert any(not torch.equal(pe[k], pr[k]) for k in pe)  # the EMA differs from the trained weights
+    for flag, name in (([], "ema.npz"), (["--no-ema"], "raw.npz")):
+        assert run("sample", "--run", toy_run, "--num", 64, "--steps", 4, "--sampler", "ddim", *flag,
+                   "--out", tmp_path / name) == 0
+    x_T = ema.model.schedule.sample_prior((64, 2), generator=torch.Generator().manual_seed(0))
+    with np.load(tmp_path / "raw.npz") as f, torch.no_grad():
+        from difflab import sample
+
+        expect = sample(raw.model, x_T, sampler="ddim", steps=4, generator=torch.Generator().manual_seed(0))
+        assert np.allclose(f["samples"], expect.numpy(), atol=1e-5)
+    with np.load(tmp_path / "ema.npz") as a, np.load(tmp_path / "raw.npz") as b:
+        assert not np.allclose(a["samples"], b["samples"])

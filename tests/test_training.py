@@ -105,6 +105,13 @@ def test_load_run_gives_ema_denoiser(tmp_path):
     x = torch.randn(4, 2)
     out = run.model(x, torch.full((4,), 10.0))
     assert out.shape == (4, 2) and run.step == 5 and not any(p.requires_grad for p in run.model.parameters())
+    ck = load_checkpoint(tmp_path / "run")
+    for k, v in run.model.state_dict().items():  # the loaded weights are the EMA's, not the raw ones
+        assert torch.equal(v, ck.ema["model"][k]), k
+    assert any(not torch.equal(ck.ema["model"][k], ck.modules["model"][k]) for k in ck.ema["model"])
+    raw = load_run(tmp_path / "run", ema=False, device="cpu")
+    for k, v in raw.model.state_dict().items():
+        assert torch.equal(v, ck.modules["model"][k]), k
     (tmp_path / "run" / CHECKPOINT).write_bytes((tmp_path / "run" / CHECKPOINT).read_bytes()[:200])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_run(tmp_path / "run")
@@ -124,3 +131,66 @@ def test_learned_variance_objective_trains_saves_and_reloads(tmp_path):
     assert run.model(x, t).shape == x.shape and run.model.log_variance(x, t).shape == x.shape
     with pytest.raises(UserError, match="needs image data"):
         build_denoiser(cfg, load("toy:moons"))
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    """K micro-batches of B/K give the weights of one batch of B (up to the order of float sums)."""
+    data = load("toy:moons")
+    base = TrainConfig(network=TINY_MLP, batch_size=32, steps=15, sample_steps=2, warmup_steps=3,
+                       schedule={"kind": "linear", "T": 50})
+    train(base, data, tmp_path / "one", progress=False)
+    train(base.replace(accumulate=4), data, tmp_path / "acc", progress=False)
+    a = load_file(str(tmp_path / "one" / CHECKPOINT))
+    b = load_file(str(tmp_path / "acc" / CHECKPOINT))
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    # and it is not the same as training on a quarter of the batch
+    train(base.replace(batch_size=8), data, tmp_path / "small", progress=False)
+    c = load_file(str(tmp_path / "small" / CHECKPOINT))
+    assert any(not torch.allclose(a[k], c[k], rtol=1e-3, atol=1e-4) for k in a if a[k].is_floating_point())
+
+
+def test_lr_schedule_closed_forms():
+    import math
+
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, steps=110, lr_schedule="cosine")
+    assert cfg.lr_at(0) == 0.1 and cfg.lr_at(9) == 1.0
+    assert math.isclose(cfg.lr_at(60), 0.5, rel_tol=1e-12)  # half-way through the decay: (1 + cos(pi / 2)) / 2
+    assert cfg.lr_at(110) == 0.0
+    lin = cfg.replace(lr_schedule="linear")
+    assert math.isclose(lin.lr_at(35), 0.75, rel_tol=1e-12)
+    assert cfg.replace(lr_schedule="constant").lr_at(100) == 1.0
+
+
+def test_bf16_autocast_trains_and_fp16_needs_cuda(tmp_path):
+    from difflab.training.engine import autocast
+    from difflab.utils.config import ConfigError
+
+    with autocast("bf16", torch.device("cpu")):
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16  # the matmul really runs in bf16
+    cfg = TrainConfig(network=TINY_MLP, batch_size=32, steps=40, sample_steps=2, warmup_steps=3, precision="bf16",
+                      log_every=10, schedule={"kind": "linear", "T": 50})
+    train(cfg, load("toy:moons"), tmp_path / "bf16", progress=False)
+    ck = load_checkpoint(tmp_path / "bf16")
+    assert all(v.dtype == torch.float32 for v in ck.modules["model"].values() if v.is_floating_point())  # fp32 master
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
+            train(cfg.replace(precision="fp16"), load("toy:moons"), tmp_path / "fp16", progress=False)
+
+
+def test_typed_config_sections_reject_unknown_values():
+    from difflab.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="objective"):
+        TrainConfig.from_dict({"objective": "nope"})
+    with pytest.raises(ConfigError, match="schedule.kind"):
+        TrainConfig.from_dict({"schedule": {"kind": "nope"}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainConfig.from_dict({"network": {"chanels": 8}})
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig.from_dict({"schedule": {"kind": "linear", "T": 1000, "bogus": 1}})
+    cfg = TrainConfig.from_dict({"schedule": {"kind": "ve", "sigma_max": 20.0}, "network": {"kind": "mlp", "hidden": 8}})
+    assert cfg.to_dict()["schedule"] == {"kind": "ve", "sigma_max": 20.0}
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg

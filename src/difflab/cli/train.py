@@ -57,10 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["minutes"] = 0.0
     if args.minutes is not None and args.steps is None:
-        overrides["steps"] = TrainConfig.steps if not args.resume else None
+        overrides["steps"] = TrainConfig.steps  # a wall-clock budget: the step count is only an upper bound
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume and (args.out / CONFIG).is_file():
         base = read_json(args.out / CONFIG).get("train", {})
+        if args.minutes is not None and args.steps is None:  # more minutes on top of what the run has done
+            overrides["steps"] = max(int(base.get("steps", 0)), TrainConfig.steps)
         cfg = TrainConfig.from_dict({**base, **overrides}, where=str(args.out / CONFIG))
     elif args.config is not None:
         cfg = TrainConfig.load(args.config, **overrides)

@@ -34,14 +34,15 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
-    def wrap(self, module: nn.Module) -> nn.Module:
-        """DistributedDataParallel around ``module`` (its forward computes a loss) when there are several processes."""
+    def wrap(self, module: nn.Module, unused: bool = False) -> nn.Module:
+        """DistributedDataParallel around ``module`` (its forward computes a loss) when there are several processes;
+        ``unused``: some parameters may get no gradient in a step (an extra graph traversal per step)."""
         if not self.distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
 
     def no_sync(self, module: nn.Module, skip: bool) -> ContextManager[Any]:
         """Skip the gradient all-reduce for this backward (all but the last accumulation micro-batch)."""

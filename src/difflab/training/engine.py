@@ -80,6 +80,8 @@ class Family:
     optimizers: dict[str, OptimizerSpec]
     ema: tuple[str, ...] = ()
     phases: list[Phase]
+    #: True if some parameters of a phase may receive no gradient in a step (DistributedDataParallel must look)
+    unused_parameters: bool = False
 
     def compile(self) -> None:
         """torch.compile the networks (in place, so checkpoints keep their keys)."""
@@ -236,6 +238,7 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
         params[name] = ps
         opts[name] = torch.optim.AdamW(ps, lr=spec.lr or cfg.lr, betas=spec.betas,
                                        weight_decay=cfg.weight_decay if spec.weight_decay is None else spec.weight_decay)
+    autocast(cfg.precision, dev)  # refuses fp16 without CUDA before anything is built
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     start = 0
     if resume:
@@ -256,7 +259,7 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
     phases = []
     for ph in family.phases:
         owned = {k: family.modules[k] for k in family.optimizers[ph.optimizer].modules}
-        phases.append((ph, world.wrap(_PhaseModule(owned, ph.loss))))
+        phases.append((ph, world.wrap(_PhaseModule(owned, ph.loss), family.unused_parameters)))
 
     def ema_modules() -> dict[str, nn.Module]:
         return {name: e.model for name, e in emas.items()}

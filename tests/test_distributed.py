@@ -1,0 +1,85 @@
+"""Several processes (torch.distributed, gloo on the CPU) train like one process with the whole batch."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_MLP
+from difflab.data import load
+from difflab.training import TrainConfig, train
+from difflab.training.checkpoint import CHECKPOINT, load_checkpoint
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "difflab"]
+BASE = {"network": TINY_MLP, "batch_size": 16, "log_every": 5, "checkpoint_every": 10, "sample_steps": 2,
+        "warmup_steps": 5, "schedule": {"kind": "linear", "T": 100}}
+
+
+def _cfg_file(tmp_path, **fields):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(BASE | fields))
+    return str(path)
+
+
+def _run(cmd, timeout=240):
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def _assert_close(a_dir, b_dir):
+    a, b = load_file(str(a_dir / CHECKPOINT)), load_file(str(b_dir / CHECKPOINT))
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            # the only difference is the order of float32 sums (two half-batch means averaged vs one mean)
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_two_processes_match_one_process(tmp_path):
+    cfg = _cfg_file(tmp_path)
+    _run([sys.executable, "-m", "difflab", "train", "--data", "toy:moons", "--out",
+          tmp_path / "two", "--steps", 20, "--config", cfg, "--quiet", "--nproc", 2])
+    train(TrainConfig.load(cfg, steps=20), load("toy:moons"), tmp_path / "one", progress=False)
+    _assert_close(tmp_path / "one", tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
+    assert (tmp_path / "two" / "log.csv").read_text().count("\n") == 5  # rank 0 alone writes the log
+
+
+def test_learned_schedule_synchronised_and_multi_process_resume(tmp_path):
+    """VDM's learned schedule lives outside the network and is trained in both processes; resume continues exactly."""
+    cfg = _cfg_file(tmp_path, objective="vdm", schedule={"kind": "learned"})
+    cmd = [*TORCHRUN, "train", "--data", "toy:moons", "--out", tmp_path / "two", "--config", cfg, "--quiet"]
+    _run([*cmd, "--steps", 10])
+    _run([*cmd, "--steps", 20, "--resume"])
+    train(TrainConfig.load(cfg, steps=20), load("toy:moons"), tmp_path / "one", progress=False)
+    assert load_checkpoint(tmp_path / "two").step == 20
+    ck = load_checkpoint(tmp_path / "one")
+    assert any(k.startswith("schedule.") for k in ck.modules["model"])  # the schedule's parameters are checkpointed
+    _assert_close(tmp_path / "one", tmp_path / "two")
+
+
+def test_minute_budget_stops_every_process_at_the_same_step(tmp_path):
+    cfg = _cfg_file(tmp_path, checkpoint_every=10**6)
+    r = _run([*TORCHRUN, "train", "--data", "toy:moons", "--out", tmp_path / "r", "--minutes", 0.05, "--config", cfg,
+              "--quiet"])
+    step = load_checkpoint(tmp_path / "r").step
+    assert 0 < step < 10**5 and f"trained {step} steps" in r.stdout
+
+
+def test_nproc_checks_its_argument(tmp_path, capsys):
+    from difflab.cli.main import main
+
+    assert main(["train", "--data", "toy:moons", "--out", str(tmp_path / "r"), "--nproc", "0"]) == 2
+    assert "--nproc must be at least 1" in capsys.readouterr().err
+
+
+def test_batch_must_split_evenly():
+    from difflab.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="divisible by accumulate"):
+        TrainConfig(batch_size=10, accumulate=3)
