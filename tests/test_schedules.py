@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -131,7 +132,7 @@ def test_ornstein_uhlenbeck_vp():
     assert torch.allclose(s.t_from_log_snr(s.log_snr(t)), t)
 
 
-@pytest.mark.parametrize("spec", [("linear", 1000), ("cosine", 50), ("quadratic", 10), ("sigmoid", 20),
+@pytest.mark.parametrize("spec", [("linear", 1000), ("cosine", 50), ("quadratic", 30), ("sigmoid", 21),
                                   ("vp", None), ("subvp", None), ("ve", None), ("cosine", None), ("vp", 100)])
 def test_config_round_trip(spec):
     name, T = spec
@@ -154,9 +155,82 @@ def test_bad_schedule_arguments():
     with pytest.raises(ValueError, match="give the number of steps"):
         schedules.get("quadratic")
     with pytest.raises(ValueError, match="beta"):
-        schedules.get("linear", T=10, beta_end=1.5)
+        schedules.get("linear", T=100, beta_end=1.5)
     with pytest.raises(ValueError):
         DiscreteSchedule(torch.tensor([0.1]))
+
+
+# ---- DDPM betas for any T: defaults scaled by 1000/T (Nichol & Dhariwal 2021) -------------------------------
+def _closed_form_log_alpha_bar(kind: str, T: int, b1: float, bT: float) -> float:
+    """log prod_t (1 - beta_t) summed in plain Python from the published formulas."""
+    u = [i / (T - 1) for i in range(T)]
+    if kind == "linear":
+        betas = [b1 + v * (bT - b1) for v in u]
+    elif kind == "quadratic":
+        betas = [(math.sqrt(b1) + v * (math.sqrt(bT) - math.sqrt(b1))) ** 2 for v in u]
+    else:
+        betas = [b1 + (bT - b1) / (1 + math.exp(6 * (1 - 2 * v))) for v in u]
+    return math.fsum(math.log1p(-b) for b in betas)
+
+
+@pytest.mark.parametrize("kind", ["linear", "quadratic", "sigmoid"])
+def test_default_betas_scale_with_T_so_the_last_alpha_bar_stays_put(kind):
+    last, total = {}, {}
+    for T in (50, 100, 1000):
+        s = schedules.get(kind, T=T)
+        b1, bT = 1e-4 * 1000 / T, 0.02 * 1000 / T
+        assert s.config()["beta_start"] == pytest.approx(b1, rel=1e-15)
+        assert s.config()["beta_end"] == pytest.approx(bT, rel=1e-15)
+        la = _closed_form_log_alpha_bar(kind, T, b1, bT)
+        assert float(torch.log(s.alphas_cumprod[-1])) == pytest.approx(la, rel=1e-12)
+        last[T], total[T] = la, float(s.betas.sum())
+    # sum(beta) does not depend on T (exactly for linear and sigmoid, whose shapes average 1/2 on any grid), so
+    # -log alpha-bar_{T-1} = sum(beta) + sum(beta^2)/2 + ... moves only at second order: linear -10.1 (T = 1000),
+    # -10.8 (100), -11.8 (50); sigmoid -10.1 .. -12.3; quadratic -7.2 .. -8.3.  Unscaled, T = 50 ends at 0.6.
+    for T in (50, 100):
+        assert total[T] == pytest.approx(total[1000], rel=1e-12 if kind != "quadratic" else 0.01)
+        assert abs(last[T] - last[1000]) < 2.5
+    assert max(last.values()) < -7.0  # alpha-bar_{T-1} < 1e-3
+    unscaled = schedules.get(kind, T=50, beta_start=1e-4, beta_end=0.02)
+    assert float(unscaled.alphas_cumprod[-1]) > 0.5
+
+
+def test_ddpm_tables_at_T_1000_are_unchanged_bit_for_bit():
+    T = 1000
+    assert torch.equal(schedules.get("linear", T=T).betas, torch.linspace(1e-4, 0.02, T, dtype=torch.float64))
+    quad = torch.linspace(math.sqrt(1e-4), math.sqrt(0.02), T, dtype=torch.float64) ** 2
+    assert torch.equal(schedules.get("quadratic", T=T).betas, quad)
+    u = torch.linspace(0.0, 1.0, T, dtype=torch.float64)
+    assert torch.equal(schedules.get("sigmoid", T=T).betas, 1e-4 + (0.02 - 1e-4) * torch.sigmoid(-6.0 * (1.0 - 2.0 * u)))
+    assert schedules.get("linear", T=T).config() == {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+
+
+def test_explicit_betas_are_not_scaled_and_saved_runs_rebuild_identically():
+    s = schedules.get("linear", T=50, beta_start=1e-4, beta_end=0.02)
+    assert torch.equal(s.betas, torch.linspace(1e-4, 0.02, 50, dtype=torch.float64))
+    # a run saved before the scaling recorded its endpoints explicitly: it loads the table it was trained with
+    old = {"kind": "linear", "T": 50, "beta_start": 0.0001, "beta_end": 0.02}
+    assert torch.equal(schedules.from_config(json.loads(json.dumps(old))).betas, s.betas)
+    # a new run records the scaled endpoints it used, so it rebuilds the same table whatever the defaults become
+    for kind in ("linear", "quadratic", "sigmoid"):
+        new = schedules.get(kind, T=50)
+        assert torch.equal(schedules.from_config(json.loads(json.dumps(new.config()))).betas, new.betas)
+    # only the missing endpoint is scaled
+    half = schedules.get("linear", T=50, beta_end=0.3)
+    assert half.config()["beta_end"] == 0.3 and half.config()["beta_start"] == pytest.approx(2e-3, rel=1e-15)
+    assert schedules.get("linear", T=10, beta_start=1e-3, beta_end=0.1).T == 10  # explicit betas: any T >= 2
+
+
+@pytest.mark.parametrize("kind", ["linear", "quadratic", "sigmoid"])
+@pytest.mark.parametrize("T", [2, 10, 20])
+def test_too_few_steps_for_the_scaled_defaults_are_refused(kind, T):
+    from difflab.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"T={T}.*T >= 21"):
+        schedules.get(kind, T=T)
+    assert schedules.get(kind, T=21).betas.max() < 1
+    with pytest.raises(ConfigError, match="T must be an integer >= 2"):
+        schedules.get(kind, T=1)
 
 
 def test_dtype_follows_input():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.config import ConfigError
 from .base import Schedule, as_tensor
 
 
@@ -104,23 +105,47 @@ class DiscreteSchedule(Schedule):
         return {"kind": self.name, "T": self.T, **self.params}
 
 
-def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
-    """beta_t = beta_1 + (t-1)/(T-1) (beta_T - beta_1) (Ho et al. 2020)."""
-    _check(T, beta_start, beta_end)
+#: DDPM's linear table (Ho et al. 2020): beta from 1e-4 to 0.02 over T = 1000 steps.
+DDPM_BETA_START, DDPM_BETA_END, DDPM_T = 1e-4, 0.02, 1000
+
+
+def default_betas(kind: str, T: int, beta_start: float | None, beta_end: float | None) -> tuple[float, float]:
+    """(beta_start, beta_end) for T steps: given values as they are; a missing one is DDPM's value times 1000/T.
+
+    Scaling by 1000/T keeps sum(beta) and hence alpha-bar at the last step near its T = 1000 value for any T, as
+    in the linear schedule of Nichol & Dhariwal (2021); with the unscaled values alpha-bar_T is 0.6 at T = 50, far
+    from the N(0, I) prior.  The scaled beta_end = 20/T must stay below 1, so the defaults need T >= 21.
+    """
+    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+        raise ConfigError(f"{kind} schedule: T must be an integer >= 2, got {T!r}")
+    scale = DDPM_T / T  # exactly 1.0 at T = 1000: the DDPM table is unchanged bit for bit
+    start = DDPM_BETA_START * scale if beta_start is None else beta_start
+    end = DDPM_BETA_END * scale if beta_end is None else beta_end
+    if (beta_start is None and start >= 1) or (beta_end is None and end >= 1):
+        raise ConfigError(f"{kind} schedule with T={T}: the default betas scaled by 1000/T reach "
+                          f"beta_end = 0.02 * 1000/{T} = {end:g} >= 1; use T >= 21 or give beta_start and beta_end")
+    _check(kind, T, start, end)
+    return start, end
+
+
+def linear(T: int = 1000, beta_start: float | None = None, beta_end: float | None = None) -> DiscreteSchedule:
+    """beta_t = beta_1 + (t-1)/(T-1) (beta_T - beta_1) (Ho et al. 2020); default endpoints 1e-4, 0.02 scaled by 1000/T."""
+    beta_start, beta_end = default_betas("linear", T, beta_start, beta_end)
     return DiscreteSchedule(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), "linear",
                             {"beta_start": beta_start, "beta_end": beta_end})
 
 
-def quadratic(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
-    """beta_t = [sqrt(beta_1) + (t-1)/(T-1) (sqrt(beta_T) - sqrt(beta_1))]^2."""
-    _check(T, beta_start, beta_end)
+def quadratic(T: int = 1000, beta_start: float | None = None, beta_end: float | None = None) -> DiscreteSchedule:
+    """beta_t = [sqrt(beta_1) + (t-1)/(T-1) (sqrt(beta_T) - sqrt(beta_1))]^2; default endpoints as :func:`linear`."""
+    beta_start, beta_end = default_betas("quadratic", T, beta_start, beta_end)
     b = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64) ** 2
     return DiscreteSchedule(b, "quadratic", {"beta_start": beta_start, "beta_end": beta_end})
 
 
-def sigmoid(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, r: float = 6.0) -> DiscreteSchedule:
-    """beta_t = beta_1 + (beta_T - beta_1) / (1 + exp(r (1 - 2 (t-1)/(T-1))))."""
-    _check(T, beta_start, beta_end)
+def sigmoid(T: int = 1000, beta_start: float | None = None, beta_end: float | None = None,
+            r: float = 6.0) -> DiscreteSchedule:
+    """beta_t = beta_1 + (beta_T - beta_1) / (1 + exp(r (1 - 2 (t-1)/(T-1)))); default endpoints as :func:`linear`."""
+    beta_start, beta_end = default_betas("sigmoid", T, beta_start, beta_end)
     u = torch.linspace(0.0, 1.0, T, dtype=torch.float64)
     b = beta_start + (beta_end - beta_start) * torch.sigmoid(-r * (1.0 - 2.0 * u))
     return DiscreteSchedule(b, "sigmoid", {"beta_start": beta_start, "beta_end": beta_end, "r": r})
@@ -139,8 +164,7 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Discrete
     return DiscreteSchedule(betas, "cosine", {"s": s, "max_beta": max_beta})
 
 
-def _check(T: int, beta_start: float, beta_end: float) -> None:
-    if T < 2:
-        raise ValueError(f"T must be at least 2, got {T}")
+def _check(kind: str, T: int, beta_start: float, beta_end: float) -> None:
     if not (0 < beta_start < 1 and 0 < beta_end < 1):
-        raise ValueError(f"betas must lie in (0, 1), got beta_start={beta_start}, beta_end={beta_end}")
+        raise ConfigError(f"{kind} schedule with T={T}: betas must lie in (0, 1), got beta_start={beta_start}, "
+                          f"beta_end={beta_end}")
