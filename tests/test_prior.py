@@ -106,3 +106,26 @@ def test_cli_sample_on_a_ve_run_starts_from_the_schedule_prior(tmp_path, monkeyp
         x = torch.from_numpy(f["samples"]).double()
     ratio = x.var(0) / DATA_VAR
     assert float((ratio - 1).abs().max()) < _variance_tolerance(n), ratio
+
+
+def test_cli_sample_draws_x_T_of_a_trained_ve_run_from_its_prior(tmp_path, monkeypatch):
+    """A VE run made by `difflab train`: `difflab sample` hands the sampler sample_prior's x_T (std ~ 50, not 1)."""
+    import json
+
+    import difflab.samplers
+    from difflab.cli.main import main
+    from difflab.training import load_run
+
+    cfg = tmp_path / "ve.json"
+    cfg.write_text(json.dumps({"network": {"hidden": 16, "depth": 1}, "batch_size": 16, "sample_steps": 2,
+                               "schedule": {"kind": "ve", "sigma_max": 50.0}}))
+    run = tmp_path / "run"
+    assert main(["train", "--data", "toy:moons", "--out", str(run), "--steps", "2", "--config", str(cfg), "--quiet"]) == 0
+    seen = []
+    monkeypatch.setattr(difflab.samplers, "sample", lambda model, x_T, **kw: seen.append(x_T) or torch.zeros_like(x_T))
+    assert main(["sample", "--run", str(run), "--num", "300", "--seed", "5", "--device", "cpu",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    sched = load_run(run, device="cpu").model.schedule
+    assert sched.config()["kind"] == "ve" and len(seen) == 1
+    assert torch.equal(seen[0], sched.sample_prior((300, 2), generator=G(5)))
+    assert 40 < float(seen[0].std()) < 60  # 600 draws of std 50.01: the standard error of the std is 1.4
