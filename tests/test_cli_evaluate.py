@@ -36,10 +36,13 @@ def test_evaluate_real_digits_file_scores_better_than_noise(tmp_path, capsys):
 
 
 def test_evaluate_points_file(tmp_path):
-    pts = load("toy:moons", "test").x.numpy()
+    pts = load("toy:moons", "train").x[:1000].numpy()  # scored against the 5000 test points (the O(N^2) metrics)
     np.savez(tmp_path / "p.npz", samples=pts)
-    assert run("evaluate", "--samples", tmp_path / "p.npz", "--data", "toy:moons", "--json", tmp_path / "o.json") == 0
-    m = json.loads((tmp_path / "o.json").read_text())["metrics"]
+    assert run("evaluate", "--samples", tmp_path / "p.npz", "--data", "toy:moons", "--split", "test",
+               "--json", tmp_path / "o.json") == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    m = out["metrics"]
+    assert out["split"] == "test" and m["num_reference"] == 5000
     assert m["sw1"] < 0.05 and m["num_samples"] == len(pts)
 
 
@@ -56,6 +59,30 @@ def test_evaluate_run_and_report(digits_run, tmp_path):
     assert [(r["sampler"], r["nfe"]) for r in rows] == [("ddim", 2), ("euler", 3)]
     assert (tmp_path / "rep" / "trilemma.png").stat().st_size > 1000
     assert "| ddim:2 |" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_evaluate_nll_by_the_ode(digits_run, tmp_path):
+    """--nll-method ode: the probability-flow likelihood of the first --nll-num test digits, as the library gives it."""
+    import torch
+
+    from difflab.likelihood import evaluate_nll
+    from difflab.training import load_run
+
+    out = tmp_path / "e.json"
+    assert run("evaluate", "--run", digits_run, "--num", 10, "--steps", 2, "--nll", "--nll-method", "ode",
+               "--nll-num", 3, "--json", out) == 0
+    nll = json.loads(out.read_text())["nll"]
+    assert nll["method"] == "ode" and nll["unit"] == "bits/dim" and nll["n"] == 3 and nll["terms"] == {}
+    ref = evaluate_nll(load_run(digits_run).model, load("digits", "test").batch(torch.arange(3)), method="ode", seed=0)
+    assert nll["nll"] == pytest.approx(ref["nll"], rel=1e-9) and 0 < nll["nll"] < 20
+
+
+def test_report_refuses_a_shape_mismatch(digits_run, tmp_path, capsys):
+    assert run("report", "--run", digits_run, "--data", "toy:moons", "--methods", "ddim:2", "--num", 10,
+               "--out", tmp_path / "rep") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{digits_run} makes samples of shape (1, 8, 8), but toy:moons has (2,)" in err
+    assert not (tmp_path / "rep").exists()
 
 
 @pytest.mark.parametrize("args,message", [
