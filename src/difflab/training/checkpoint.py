@@ -74,6 +74,7 @@ def save_checkpoint(run_dir: Path, modules: dict[str, nn.Module], ema: dict[str,
     """Write run_dir/checkpoint.safetensors atomically: every named module, EMA and optimizer, and the step.
 
     A failed write (a full disk, a lost mount) raises CheckpointError naming the file; the previous checkpoint stays.
+    A successful one removes the temporary files of writes that were killed (SIGKILL runs no cleanup).
     """
     tensors: dict[str, torch.Tensor] = {}
     for kind, group in (("module", modules), ("ema", ema or {})):
@@ -91,6 +92,8 @@ def save_checkpoint(run_dir: Path, modules: dict[str, nn.Module], ema: dict[str,
     except OSError as e:
         kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
         raise CheckpointError(f"could not write {path} ({e.strerror or e}); {kept}") from None
+    for stale in path.parent.glob(f".{path.stem}.*{path.suffix}"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import TrainingDiverged
+from ..errors import TrainingDiverged, UserError
 from ..utils.config import ConfigError
 from ..utils.images import save_loss_curve
 from ..utils.random import BatchRandom
@@ -179,11 +179,29 @@ class _Log:
     def __init__(self, path: Path, upto: int):
         self.path = path
         self.rows: list[dict[str, str]] = []
+        self.fields: list[str] = []
         if path.is_file():
             with path.open() as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
-        self.fields = list(self.rows[0].keys()) if self.rows else []
+                reader = csv.DictReader(f)
+                rows = list(reader)
+            self.rows = [r for r in rows if int(r["step"]) <= upto]
+            self.fields = list(reader.fieldnames or []) if self.rows else []
+            if len(self.rows) < len(rows):  # rows after the checkpoint, of a killed run: drop them from the file
+                self._write("w", self.rows)
         self.window: dict[str, list[float]] = {}
+
+    def _write(self, mode: str, rows: list[dict[str, str]]) -> None:
+        """Append rows (mode "a") or rewrite the file with its header ("w"); a failed write is a UserError."""
+        try:
+            with self.path.open(mode, newline="") as f:
+                w = csv.DictWriter(f, self.fields, restval="")
+                if mode == "w":
+                    w.writeheader()
+                w.writerows(rows)
+        except OSError as e:
+            kept = "the last checkpoint is kept" if (self.path.parent / CHECKPOINT).exists() else \
+                "no checkpoint was written"
+            raise UserError(f"could not write {self.path} ({e.strerror or e}); {kept}") from None
 
     def add(self, values: dict[str, float]) -> None:
         for k, v in values.items():
@@ -198,13 +216,9 @@ class _Log:
         fields = list(dict.fromkeys([*self.fields, *row]))
         if fields != self.fields:  # new columns: rewrite the file with the full header
             self.fields = fields
-            with self.path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fields, restval="")
-                w.writeheader()
-                w.writerows(self.rows)
+            self._write("w", self.rows)
         else:
-            with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, fields, restval="").writerow(row)
+            self._write("a", [row])
         return means
 
     def curve(self, out: Path) -> None:
