@@ -24,8 +24,8 @@ import torch
 
 from difflab import data as datasets
 from difflab.evaluation import evaluate_features, extract
-from difflab.guidance import (ClassifierFreeGuidance, ClassifierGuidance, ClassifierTrainConfig, load_classifier,
-                              noisy_accuracy, train_classifier)
+from difflab.guidance import ClassifierFreeGuidance, ClassifierGuidance
+from difflab.training.classifier import ClassifierTrainConfig, load_classifier, noisy_accuracy, train_classifier
 from difflab.models.denoiser import Clamped
 from difflab.samplers import sample
 from difflab.training import TrainConfig, load_run, train
@@ -138,7 +138,8 @@ def clip_benchmark(args: argparse.Namespace, out_dir: Path) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from difflab.guidance import ClipGuidance, ClipTrainConfig, load_clip, train_clip, zero_shot_accuracy
+    from difflab.guidance import ClipGuidance
+    from difflab.training.clip import ClipTrainConfig, load_clip, train_clip, zero_shot_accuracy
     from difflab.text import class_prompts
 
     t_start = time.time()

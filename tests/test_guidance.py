@@ -7,9 +7,9 @@ import torch
 import difflab
 from difflab import schedules
 from difflab.data import Dataset, load
-from difflab.guidance import (ClassifierConfig, ClassifierFreeGuidance, ClassifierGuidance, ClassifierTrainConfig,
-                              NoisyClassifier, load_classifier, log_prob_grad, null_condition, to_schedule,
-                              train_classifier)
+from difflab.guidance import ClassifierFreeGuidance, ClassifierGuidance, log_prob_grad, null_condition, to_schedule
+from difflab.models.classifier import ClassifierConfig, NoisyClassifier
+from difflab.training.classifier import ClassifierTrainConfig, load_classifier, train_classifier
 from difflab.models.denoiser import Denoiser
 from difflab.models.unet import UNet, UNetConfig
 from difflab.training import TrainConfig
@@ -240,8 +240,8 @@ def cond_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("cond")
     cfg = d / "cfg.json"
     cfg.write_text(json.dumps({"network": TINY_UNET, "batch_size": 16, "sample_steps": 2, "warmup_steps": 2,
-                               "schedule": {"kind": "linear", "T": 100}, "p_uncond": 0.2}))
-    assert main(["train", "--data", "digits", "--out", str(d / "run"), "--steps", "3", "--config", str(cfg),
+                               "lr": 3e-3, "schedule": {"kind": "linear", "T": 100}, "p_uncond": 0.2}))
+    assert main(["train", "--data", "digits", "--out", str(d / "run"), "--steps", "30", "--config", str(cfg),
                  "--conditional", "--quiet"]) == 0
     ccfg = d / "clf.json"
     ccfg.write_text(json.dumps({"network": {"channels": 8, "groups": 4}, "batch_size": 16}))
@@ -263,7 +263,7 @@ def _cli_samples(out, run, *extra, num=6):
 
 def test_cli_guided_sampling(cond_run, tmp_path):
     """--label, CFG's --guidance-scale and --classifier each change the samples; the same command repeats them.
-    The run has trained 3 steps, so its label effect is small: a large weight (20) amplifies it."""
+    The run has trained 30 steps, so its label effect is small: a large weight (20) amplifies it."""
     import numpy as np
 
     run, clf = cond_run / "run", cond_run / "clf"
@@ -299,7 +299,7 @@ def test_cli_train_clip(cond_run, tmp_path, capsys):
     import numpy as np
 
     from difflab.cli.main import main
-    from difflab.guidance import load_clip
+    from difflab.training.clip import load_clip
     from difflab.training import load_run
 
     run, out, conf = cond_run / "run", tmp_path / "clip", tmp_path / "clip.json"
@@ -385,7 +385,7 @@ def test_conditional_training_label_accuracy_grows_with_guidance():
 
 # ---- CLIP-style guidance ---------------------------------------------------------------------------------------
 def tiny_clip(seed: int = 2):
-    from difflab.guidance import ClipConfig, NoisyClip
+    from difflab.models.clip import ClipConfig, NoisyClip
 
     cfg = ClipConfig(embed_dim=8, image={"channels": 8, "groups": 4, "time_scale": 10.0},
                      text={"dim": 16, "layers": 1, "heads": 2})
@@ -393,7 +393,7 @@ def tiny_clip(seed: int = 2):
 
 
 def test_clip_loss_is_symmetric_infonce():
-    from difflab.guidance import clip_loss
+    from difflab.training.clip import clip_loss
 
     logits = torch.randn(5, 5, generator=torch.Generator().manual_seed(0))
     manual = -0.5 * (torch.log_softmax(logits, 1).diag().mean() + torch.log_softmax(logits, 0).diag().mean())
@@ -428,7 +428,7 @@ def test_clip_similarity_gradient_and_guidance():
 
 def test_clip_training_is_deterministic_and_cli(digits_small, tmp_path, capsys):
     from difflab.cli.main import main
-    from difflab.guidance import ClipTrainConfig, load_clip, train_clip
+    from difflab.training.clip import ClipTrainConfig, load_clip, train_clip
 
     cfg = ClipTrainConfig(steps=2, batch_size=16, schedule={"kind": "linear", "T": 100},
                           clip={"embed_dim": 8, "image": {"channels": 8, "groups": 4}, "text": {"dim": 16, "heads": 2}})

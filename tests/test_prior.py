@@ -96,7 +96,10 @@ def test_cli_sample_on_a_ve_run_starts_from_the_schedule_prior(tmp_path, monkeyp
 
     model = gaussian().denoiser(schedules.get("ve"))
     model.register_parameter("anchor", torch.nn.Parameter(torch.zeros(())))  # the CLI reads the device off a parameter
-    loaded = SimpleNamespace(model=model, config={"shape": [2], "train": {}}, shape=(2,), step=0)
+    from difflab.training.conditioning import Conditioning
+
+    loaded = SimpleNamespace(model=model, config={"shape": [2], "train": {}}, shape=(2,), step=0,
+                             conditioning=Conditioning())
     monkeypatch.setattr(cli_sample, "load_run", lambda *a, **k: loaded)
     n = 2000
     out = tmp_path / "s.npz"

@@ -28,32 +28,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def guided(args: argparse.Namespace, loaded: Any) -> tuple[Any, CondFn]:
     """The (possibly guided) denoiser of a loaded run and a function (n, device) -> condition for n samples."""
-    from ..guidance import (ClassifierFreeGuidance, ClassifierGuidance, ClipGuidance, load_classifier, load_clip,
-                            num_classes_of)
+    from ..guidance import ClassifierFreeGuidance, ClassifierGuidance, ClipGuidance
+    from ..training.classifier import load_classifier
+    from ..training.clip import load_clip
 
-    model = loaded.model
-    encoder = loaded.config.get("train", {}).get("text_encoder", "none")
-    num_classes = num_classes_of(model)
+    model, conditioning = loaded.model, loaded.conditioning
+    text = conditioning.kind == "captions"
     if min(args.guidance_scale, args.classifier_scale, args.clip_scale) < 0:
         raise UserError("--guidance-scale, --classifier-scale and --clip-scale must be >= 0")
     if args.clip is not None and args.prompt is None:
         raise UserError("--clip needs --prompt: the caption to guide towards")
-    if args.prompt is not None and encoder == "none" and args.clip is None:
+    if args.prompt is not None and not text and args.clip is None:
         raise UserError(f"--prompt: the run in {args.run} is not text-conditional (train with text_encoder in --config)")
-    if args.prompt is not None and args.label is not None and encoder != "none":
+    if args.prompt is not None and args.label is not None and text:
         raise UserError("give --label or --prompt, not both (this run is conditioned on text)")
-    cond_fn: CondFn = lambda n, device: None  # noqa: E731
-    if args.prompt is not None and encoder != "none":
-        from ..text import encode_prompts
-
-        ctx, mask = encode_prompts([args.prompt], encoder)
-        cond_fn = lambda n, device: {"context": ctx.expand(n, -1, -1).to(device),  # noqa: E731
-                                     "context_mask": mask.expand(n, -1).to(device)}
-    elif num_classes:
-        y = args.label if args.label is not None else num_classes  # null label = unconditional
-        cond_fn = lambda n, device: {"y": torch.full((n,), y, dtype=torch.long, device=device)}  # noqa: E731
+    cond_fn: CondFn = conditioning.null  # unconditional (None for unconditional runs)
+    if args.prompt is not None and text:
+        prompt = args.prompt
+        cond_fn = lambda n, device: conditioning.prompts([prompt] * n, device)  # noqa: E731
+    elif args.label is not None and conditioning.kind == "labels":
+        label = args.label
+        cond_fn = lambda n, device: conditioning.labels(torch.full((n,), label), device)  # noqa: E731
     if args.guidance_scale:
-        if args.label is None and (args.prompt is None or encoder == "none"):
+        if args.label is None and (args.prompt is None or not text):
             raise UserError("--guidance-scale needs --label (class-conditional runs) or --prompt (text runs)")
         model = ClassifierFreeGuidance(model, args.guidance_scale)
     if args.classifier is not None:

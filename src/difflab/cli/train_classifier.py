@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..guidance import ClassifierTrainConfig, noisy_accuracy, train_classifier
+    from ..training.classifier import ClassifierTrainConfig, noisy_accuracy, train_classifier
 
     cfg = ClassifierTrainConfig.from_dict(_auxiliary.config_fields(args, lr=args.lr))
     data = load(args.data, "train", image_size=args.image_size)

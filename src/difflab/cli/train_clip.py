@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..guidance import ClipTrainConfig, train_clip, zero_shot_accuracy
+    from ..training.clip import ClipTrainConfig, train_clip, zero_shot_accuracy
 
     cfg = ClipTrainConfig.from_dict(_auxiliary.config_fields(args))
     data = load(args.data, "train")
