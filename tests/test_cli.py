@@ -168,3 +168,38 @@ def test_sample_no_ema_uses_the_raw_weights(toy_run, tmp_path):
         assert np.allclose(f["samples"], expect.numpy(), atol=1e-5)
     with np.load(tmp_path / "ema.npz") as a, np.load(tmp_path / "raw.npz") as b:
         assert not np.allclose(a["samples"], b["samples"])
+
+
+def test_resume_keeps_the_schedule_the_run_was_trained_with(tmp_path, tiny_config):
+    """A run whose recipe names only (kind, T) resumes on the betas it was built with, not today's defaults."""
+    import json
+
+    from difflab.data import load
+    from difflab.errors import UserError
+    from difflab.training import TrainConfig, train
+
+    out = tmp_path / "old"
+    cfg = tiny_config(schedule={"kind": "linear", "T": 50, "beta_start": 1e-4, "beta_end": 0.02})
+    assert run("train", "--data", "toy:moons", "--out", out, "--steps", 5, "--config", cfg, "--quiet") == 0
+    rc = json.loads((out / "config.json").read_text())
+    rc["train"]["schedule"] = {"kind": "linear", "T": 50}  # as a run written before betas were scaled to T
+    (out / "config.json").write_text(json.dumps(rc))
+    assert run("train", "--data", "toy:moons", "--out", out, "--steps", 8, "--resume", "--quiet") == 0
+    assert json.loads((out / "config.json").read_text())["schedule"]["beta_end"] == 0.02
+    with pytest.raises(UserError, match="was trained with schedule"):
+        train(TrainConfig.load(cfg, schedule={"kind": "linear", "T": 50}, steps=9), load("toy:moons"), out,
+              resume=True, progress=False)
+
+
+def test_an_os_error_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from difflab.training import checkpoint
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr(checkpoint, "atomic_write", full)
+    assert run("train", "--data", "toy:moons", "--out", tmp_path / "r", "--steps", 2, "--quiet") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("difflab: error: No space left on device")

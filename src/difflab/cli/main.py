@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"difflab: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"difflab: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+    except OSError as e:  # a missing path, a permission, a full disk: the file named, no traceback
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"difflab: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("difflab: interrupted; the last checkpoint is kept", file=sys.stderr)

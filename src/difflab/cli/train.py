@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["steps"] = TrainConfig.steps  # a wall-clock budget: the step count is only an upper bound
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume and (args.out / CONFIG).is_file():
-        base = read_json(args.out / CONFIG).get("train", {})
+        stored = read_json(args.out / CONFIG)
+        base = dict(stored.get("train", {}))
+        if isinstance(stored.get("schedule"), dict):  # the schedule as built, with every parameter it used
+            base["schedule"] = stored["schedule"]
         if args.minutes is not None and args.steps is None:  # more minutes on top of what the run has done
             overrides["steps"] = max(int(base.get("steps", 0)), TrainConfig.steps)
         cfg = TrainConfig.from_dict({**base, **overrides}, where=str(args.out / CONFIG))

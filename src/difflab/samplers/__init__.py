@@ -99,7 +99,7 @@ class _Counted:
 def sample(model: Any, x_T: Tensor, sampler: str = "dpmpp_2m", steps: int = 20, grid: str | Tensor | None = None,
            cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
            return_nfe: bool = False, callback: Callback | None = None, **options: Any) -> Tensor | tuple[Tensor, int]:
-    """Draw x_0 from x_T ~ N(0, I) at t_max (native coordinates) with ``sampler`` using at most ``steps`` model calls.
+    """Draw x_0 from x_T (the schedule's prior at t_max, ``model.schedule.sample_prior``; native coordinates) with ``sampler`` using at most ``steps`` model calls.
 
     ``grid`` is a grid name from :mod:`difflab.samplers.grids` (default: the sampler's own) or an explicit
     sigma tensor ending in 0 (then ``steps`` is ignored).  With ``return_nfe`` returns ``(x_0, calls)``;

@@ -23,6 +23,10 @@ FORMAT = "difflab-checkpoint-2"
 FORMAT_1 = "difflab-checkpoint-1"  # one model, read for older runs
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path) on a temporary file in path's folder, then rename it over path."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +34,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; a run folder is as readable as the user's files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -73,14 +73,17 @@ def preview(model: Denoiser, data: Dataset, cfg: TrainConfig, path: Path, condit
                      title=f"{data.spec}, {cfg.sampler} {cfg.sample_steps} steps")
 
 
-def prepare_run(run_dir: Path, data: Dataset, resume: bool) -> None:
-    """Refuse to overwrite a run, or to resume one trained on other data."""
+def prepare_run(run_dir: Path, data: Dataset, resume: bool, cfg: TrainConfig | None = None) -> None:
+    """Refuse to overwrite a run, or to resume one trained on other data or under another noise schedule."""
     if resume:
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"--resume: {run_dir} holds no checkpoint to resume from")
         stored = read_json(run_dir / CONFIG)
         if stored.get("data") != data.spec:
             raise UserError(f"--resume: {run_dir} was trained on {stored.get('data')!r}, not {data.spec!r}")
+        if cfg is not None and "schedule" in stored and stored["schedule"] != cfg.schedule.build().config():
+            raise UserError(f"--resume: {run_dir} was trained with schedule {stored['schedule']!r}, "
+                            f"not {cfg.schedule.build().config()!r}")
     elif (run_dir / CHECKPOINT).exists():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
@@ -93,7 +96,7 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
     """
     run_dir = Path(run_dir)
     world = world or init(device)
-    prepare_run(run_dir, data, resume)
+    prepare_run(run_dir, data, resume, cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     family = DiffusionFamily(cfg, data)
     if world.main:
