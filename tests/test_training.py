@@ -194,3 +194,23 @@ def test_typed_config_sections_reject_unknown_values():
     cfg = TrainConfig.from_dict({"schedule": {"kind": "ve", "sigma_max": 20.0}, "network": {"kind": "mlp", "hidden": 8}})
     assert cfg.to_dict()["schedule"] == {"kind": "ve", "sigma_max": 20.0}
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_nan_halt_under_bf16(tmp_path, monkeypatch):
+    from difflab.errors import TrainingDiverged
+    from difflab.training import objectives
+
+    real, calls = objectives.OBJECTIVES["simple"], {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("inf") if calls["n"] > 7 else out
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "simple", flaky)
+    cfg = TrainConfig(network=TINY_MLP, batch_size=16, steps=20, checkpoint_every=5, sample_steps=2,
+                      precision="bf16", schedule={"kind": "linear", "T": 50})
+    with pytest.raises(TrainingDiverged, match="loss became inf at step 7"):
+        train(cfg, load("toy:moons"), tmp_path / "r", progress=False)
+    ck = load_checkpoint(tmp_path / "r")
+    assert ck.step == 5 and all(torch.isfinite(v).all() for v in ck.modules["model"].values())

@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         model = Clamped(loaded.model) if ref.kind == "image" else loaded.model
         from ..evaluation.report import draw
 
-        x, nfe, secs = draw(model, loaded.shape, args.num, args.sampler, args.steps, args.seed)
+        dev, c = next(loaded.model.parameters()).device, loaded.conditioning
+        x, nfe, secs = draw(model, loaded.shape, args.num, args.sampler, args.steps, args.seed,
+                            cond=lambda n: c.preview(n, dev))  # a conditional run: the classes in turn
         result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs)
         out_json = args.json or args.run / "evaluation.json"
     else:

@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(path, r, s, k) for path, r in zip(args.run, runs) for s, k in methods]
     for path, r, sampler, steps in tqdm(jobs, desc="report", unit="method"):
         model = Clamped(r.model) if ref.kind == "image" else r.model
-        x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed)
+        dev = next(r.model.parameters()).device
+        x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed,  # classes in turn if conditional
+                            cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev))
         m = (evaluate_features(extractor(x), ref_features) if ref.kind == "image" else evaluate_points(x, ref.x))
         label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
         rows.append({"method": label, "run": str(path), "sampler": sampler, "steps": steps, "nfe": nfe,
