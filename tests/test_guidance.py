@@ -263,17 +263,17 @@ def _cli_samples(out, run, *extra, num=6):
 
 def test_cli_guided_sampling(cond_run, tmp_path):
     """--label, CFG's --guidance-scale and --classifier each change the samples; the same command repeats them.
-    The run has trained 30 steps, so its label effect is small: a large weight (20) amplifies it."""
+    (The run's 30 steps are enough for its label to matter: a 3-step model's samples all saturate at 0 or 255.)"""
     import numpy as np
 
     run, clf = cond_run / "run", cond_run / "clf"
     for sampler in ("ddim", "dpmpp_2m"):
         draw = lambda name, *extra: _cli_samples(tmp_path / f"{name}.npz", run, "--sampler", sampler, *extra)  # noqa: E731
-        base = draw("base", "--label", 7, "--guidance-scale", 20)
+        base = draw("base", "--label", 7, "--guidance-scale", 3)
         assert base.shape == (6, 8, 8, 1) and base.dtype == np.uint8
-        assert np.array_equal(base, draw("again", "--label", 7, "--guidance-scale", 20))
-        for name, extra in (("label", ["--label", 3, "--guidance-scale", 20]), ("cfg", ["--label", 7]),
-                            ("clf", ["--label", 7, "--guidance-scale", 20, "--classifier", clf, "--classifier-scale", 2])):
+        assert np.array_equal(base, draw("again", "--label", 7, "--guidance-scale", 3))
+        for name, extra in (("label", ["--label", 3, "--guidance-scale", 3]), ("cfg", ["--label", 7]),
+                            ("clf", ["--label", 7, "--guidance-scale", 3, "--classifier", clf, "--classifier-scale", 2])):
             other = draw(name, *extra)
             # by more than a rounding could move a pixel (one level of 255)
             assert np.abs(other.astype(int) - base).max() >= 3, (sampler, name)
