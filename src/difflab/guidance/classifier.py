@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.classifier import ClassifierConfig, NoisyClassifier
 from ..models.denoiser import Denoiser
 from ..schedules import Schedule, append_dims
 from .base import GuidedDenoiser, null_condition, num_classes_of

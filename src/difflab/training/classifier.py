@@ -18,29 +18,20 @@ from ..models.networks import time_scale_for
 from ..schedules import Schedule
 from ..utils.config import require
 from ..utils.random import BatchRandom, batch_random
-from .checkpoint import CONFIG, load_folder, write_json
-from .config import FitConfig, ScheduleConfig
-from .engine import Batch, Family, OptimizerSpec, Phase, fit
+from .checkpoint import load_folder
+from .config import NoisyModelConfig
+from .engine import Batch, Family, OptimizerSpec, Phase, fit_into
 
 CLASSIFIER_FORMAT = "difflab-classifier-1"
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierTrainConfig(FitConfig):
+class ClassifierTrainConfig(NoisyModelConfig):
     """Recipe of a noisy classifier: network overrides, the schedule of the noise, and the engine's fields."""
 
-    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     network: dict[str, Any] = dataclasses.field(default_factory=dict)  # ClassifierConfig fields
-    steps: int = 2000
     lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 100
-    grad_clip: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.schedule, dict):
-            object.__setattr__(self, "schedule", ScheduleConfig.from_dict(self.schedule, "ClassifierTrainConfig.schedule"))
-        super().__post_init__()
 
     def check(self) -> None:
         super().check()
@@ -86,13 +77,10 @@ def train_classifier(cfg: ClassifierTrainConfig, data: Dataset, out: str | Path 
     """Cross-entropy on noised data, -log p_phi(y | x_t, t) with t ~ U (Dhariwal & Nichol 2021, sec. 4); saved to ``out``."""
     torch.manual_seed(cfg.seed)
     family = ClassifierFamily(cfg, data)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG, {"format": CLASSIFIER_FORMAT, "data": data.spec, "shape": list(data.shape),
-                                  "class_names": data.class_names, "train": cfg.to_dict(),
-                                  "network": family.net.config.to_dict(), "schedule": family.schedule.config()})
-    fit(family, len(data), cfg, out, progress=progress)
+    fit_into(family, len(data), cfg, out, {
+        "format": CLASSIFIER_FORMAT, "data": data.spec, "shape": list(data.shape), "class_names": data.class_names,
+        "train": cfg.to_dict(), "network": family.net.config.to_dict(), "schedule": family.schedule.config()},
+        progress)
     return family.net.eval().requires_grad_(False), family.schedule
 
 

@@ -21,10 +21,10 @@ from ..models.networks import time_scale_for
 from ..schedules import Schedule
 from ..text.captions import CaptionThresholds, captions
 from ..utils.config import require
-from .checkpoint import CONFIG, load_folder, write_json
+from .checkpoint import load_folder
 from .classifier import noisy_batch
-from .config import FitConfig, ScheduleConfig
-from .engine import Batch, Family, OptimizerSpec, Phase, fit
+from .config import NoisyModelConfig
+from .engine import Batch, Family, OptimizerSpec, Phase, fit_into
 
 CLIP_FORMAT = "difflab-clip-1"
 
@@ -36,21 +36,12 @@ def clip_loss(logits: Tensor) -> Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipTrainConfig(FitConfig):
+class ClipTrainConfig(NoisyModelConfig):
     """Recipe of a noisy CLIP: model config, noise schedule, and the engine's fields."""
 
     clip: dict[str, Any] = dataclasses.field(default_factory=dict)  # ClipConfig fields
-    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
-    steps: int = 2000
     lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.schedule, dict):
-            object.__setattr__(self, "schedule", ScheduleConfig.from_dict(self.schedule, "ClipTrainConfig.schedule"))
-        super().__post_init__()
 
     def check(self) -> None:
         super().check()
@@ -84,13 +75,9 @@ def train_clip(cfg: ClipTrainConfig, data: Dataset, out: str | Path | None = Non
     """Contrastive training on (x_t, caption) pairs with t ~ U (Nichol et al. 2022, sec. 2.4), seeded; saved to ``out``."""
     torch.manual_seed(cfg.seed)
     family = ClipFamily(cfg, data)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG, {"format": CLIP_FORMAT, "data": data.spec, "shape": list(data.shape),
-                                  "train": cfg.to_dict(), "clip": family.model.config.to_dict(),
-                                  "schedule": family.schedule.config()})
-    fit(family, len(data), cfg, out, progress=progress)
+    fit_into(family, len(data), cfg, out, {
+        "format": CLIP_FORMAT, "data": data.spec, "shape": list(data.shape), "train": cfg.to_dict(),
+        "clip": family.model.config.to_dict(), "schedule": family.schedule.config()}, progress)
     return family.model.eval().requires_grad_(False), family.schedule
 
 

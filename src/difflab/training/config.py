@@ -133,6 +133,17 @@ class FitConfig(Config):
 
 
 @dataclasses.dataclass(frozen=True)
+class NoisyModelConfig(FitConfig):
+    """The recipe shared by the models trained on noised data for guidance (classifier, CLIP): the noise schedule
+    and shorter defaults than a diffusion run (2000 steps, 100 warm-up steps, no clipping)."""
+
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    steps: int = 2000
+    warmup_steps: int = 100
+    grad_clip: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig(FitConfig):
     """Everything that defines a diffusion training run besides the data and the output folder."""
 
@@ -150,12 +161,6 @@ class TrainConfig(FitConfig):
     sampler: str = "ddim"  # for previews and the final grid
     sample_steps: int = 50
 
-    def __post_init__(self) -> None:
-        # plain dicts are accepted for the typed sub-configs (their flat JSON form)
-        for name, cls in (("schedule", ScheduleConfig), ("network", NetworkConfig)):
-            if isinstance(getattr(self, name), dict):
-                object.__setattr__(self, name, cls.from_dict(getattr(self, name), f"TrainConfig.{name}"))
-        super().__post_init__()
 
     def check(self) -> None:
         super().check()
@@ -179,4 +184,4 @@ class TrainConfig(FitConfig):
         return cls.from_dict(d, where=str(path))
 
 
-__all__ = ["FitConfig", "TrainConfig", "ScheduleConfig", "NetworkConfig", "Precision", "LRSchedule"]
+__all__ = ["FitConfig", "NoisyModelConfig", "TrainConfig", "ScheduleConfig", "NetworkConfig", "Precision", "LRSchedule"]

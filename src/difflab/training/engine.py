@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +32,7 @@ from ..errors import TrainingDiverged, UserError
 from ..utils.config import ConfigError
 from ..utils.images import save_loss_curve
 from ..utils.random import BatchRandom
-from .checkpoint import CHECKPOINT, load_checkpoint, restore_optimizer, save_checkpoint
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, restore_optimizer, save_checkpoint, write_json
 from .config import FitConfig
 from .distributed import World
 from .ema import EMA
@@ -362,6 +362,16 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
     return FitResult(run_dir, step, last, time.monotonic() - t0, stopped)
 
 
+def fit_into(family: Family, n_examples: int, cfg: FitConfig, out: str | Path | None, config: dict[str, Any],
+             progress: bool = False) -> FitResult:
+    """Write out/config.json (when ``out`` is given), then :func:`fit` into ``out`` (one process)."""
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG, config)
+    return fit(family, n_examples, cfg, out, progress=progress)
+
+
 def _progress(cfg: FitConfig, start: int, enabled: bool) -> tqdm:
     """A bar over steps, or over seconds when the budget is wall-clock minutes."""
     if cfg.minutes:
@@ -370,5 +380,5 @@ def _progress(cfg: FitConfig, start: int, enabled: bool) -> tqdm:
     return tqdm(total=cfg.steps, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
 
 
-__all__ = ["Family", "Phase", "OptimizerSpec", "Batch", "FitResult", "fit", "step_generator", "batch_indices",
+__all__ = ["Family", "Phase", "OptimizerSpec", "Batch", "FitResult", "fit", "fit_into", "step_generator", "batch_indices",
            "autocast", "LOG"]

@@ -21,6 +21,12 @@ class Config:
     """Base for component configs: ``to_dict``/``from_dict`` round-trip; subclasses validate in ``check``."""
 
     def __post_init__(self) -> None:
+        # a nested config given as its plain JSON mapping (Config(schedule={...})) is built from it
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            tp, v = hints.get(f.name), getattr(self, f.name)
+            if isinstance(v, dict) and isinstance(tp, type) and issubclass(tp, Config):
+                object.__setattr__(self, f.name, tp.from_dict(v, f"{type(self).__name__}.{f.name}"))
         self.check()
 
     def check(self) -> None:
