@@ -214,3 +214,39 @@ def test_nan_halt_under_bf16(tmp_path, monkeypatch):
         train(cfg, load("toy:moons"), tmp_path / "r", progress=False)
     ck = load_checkpoint(tmp_path / "r")
     assert ck.step == 5 and all(torch.isfinite(v).all() for v in ck.modules["model"].values())
+
+
+def test_a_non_finite_gradient_stops_before_a_checkpoint_keeps_it(tmp_path, monkeypatch):
+    """A finite loss with an infinite gradient spoils the weights: the run stops at that step, not one later."""
+    from difflab.errors import TrainingDiverged
+    from difflab.training import objectives
+
+    real, calls = objectives.OBJECTIVES["simple"], {"n": 0}
+
+    class Blow(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("inf")
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return Blow.apply(out) if calls["n"] == 5 else out  # step 4 (0-based): finite loss, infinite gradient
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "simple", flaky)
+    cfg = TrainConfig(network=TINY_MLP, batch_size=16, steps=20, checkpoint_every=5, sample_steps=2, grad_clip=0.0,
+                      schedule={"kind": "linear", "T": 50})
+    with pytest.raises(TrainingDiverged, match="grad_norm became (inf|nan) at step 4; no checkpoint"):
+        train(cfg, load("toy:moons"), tmp_path / "r", progress=False)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    cfg = TrainConfig(network=TINY_MLP, batch_size=16, steps=3, sample_steps=2, schedule={"kind": "linear", "T": 50})
+    train(cfg, load("toy:moons"), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        train(cfg.replace(steps=6, network=TINY_MLP | {"hidden": 16}), load("toy:moons"), tmp_path / "r",
+              resume=True, progress=False)

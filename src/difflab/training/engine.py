@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import TrainingDiverged, UserError
+from ..errors import CheckpointError, TrainingDiverged, UserError
 from ..utils.config import ConfigError
 from ..utils.images import save_loss_curve
 from ..utils.random import BatchRandom
@@ -257,17 +257,23 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
     start = 0
     if resume:
         ck = load_checkpoint(run_dir)
-        for name, mod in family.modules.items():
-            mod.load_state_dict(ck.modules[name])
-        for name, opt in opts.items():
-            restore_optimizer(opt, ck, name)
+        try:
+            for name, mod in family.modules.items():
+                mod.load_state_dict(ck.modules[name])
+            for name, opt in opts.items():
+                restore_optimizer(opt, ck, name)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{run_dir / CHECKPOINT} does not match this model ({str(e).splitlines()[0]})") from None
         start = ck.step
         if scaler is not None and "grad_scaler" in ck.meta:
             scaler.load_state_dict(ck.meta["grad_scaler"])
     emas = {name: EMA(family.modules[name], getattr(cfg, "ema_decay", 0.999)) for name in family.ema}
     if resume:
-        for name, e in emas.items():
-            e.model.load_state_dict(ck.ema[name])
+        try:
+            for name, e in emas.items():
+                e.model.load_state_dict(ck.ema[name])
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{run_dir / CHECKPOINT} does not match this model ({str(e).splitlines()[0]})") from None
     if cfg.compile:
         family.compile()
     phases = []
@@ -326,7 +332,9 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
             summed = world.sum([*values.values(), float(time_up), float(term.flag)])
             names = list(values)
             means = {k: v / W for k, v in zip(names, summed)}
-            bad = [k for k in names if not k.startswith("grad_norm") and not math.isfinite(means[k])]
+            # a non-finite gradient norm has already spoiled the weights: stop before they are checkpointed
+            # (with fp16's grad scaler an overflow only skips the step, so there it is not fatal)
+            bad = [k for k in names if not math.isfinite(means[k]) and (scaler is None or not k.startswith("grad_norm"))]
             if bad:
                 where = (f"the last good checkpoint in {run_dir} is kept"
                          if run_dir is not None and (run_dir / CHECKPOINT).exists() else "no checkpoint was written yet")
