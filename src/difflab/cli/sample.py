@@ -51,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    from ..training.families import is_family_run
+
+    if is_family_run(args.run):  # gan / vae / ddgan: the family's own sampler
+        from ._families import sample_family
+
+        return sample_family(args)
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     model, shape = loaded.model, loaded.shape
     image = len(shape) == 3

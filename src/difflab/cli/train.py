@@ -18,9 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Train a denoiser (L_simple / denoising score matching) and write a run folder with config.json, "
         "checkpoint.safetensors, log.csv, loss.png and samples.png."))
     p.add_argument("--data", required=True, metavar="SPEC",
-                   help="digits | toy:NAME (swiss_roll, moons, 8gaussians, checkerboard, pinwheel, rings) | "
+                   help="digits | toy:NAME (swiss_roll, moons, 8gaussians, 25gaussians, checkerboard, pinwheel, rings) | "
                         "mnist:DIR | path to a folder of PNG/JPEG images")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder to create (or resume)")
+    p.add_argument("--family", choices=["diffusion", "gan", "vae", "ddgan"], default="diffusion",
+                   help="model family (default diffusion; see docs/families.md)")
+    p.add_argument("--timesteps", type=int, metavar="T", help="--family ddgan: denoising steps (default 4)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="total optimisation steps")
     budget.add_argument("--minutes", type=float, help="wall-clock budget of this invocation")
@@ -50,6 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return launch(args.nproc)
+    if args.family != "diffusion":
+        return run_family(args)
     overrides = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
                  "seed": args.seed, "conditional": args.conditional, "sample_every": args.sample_every,
                  "text_encoder": args.text_encoder, "accumulate": args.accumulate, "precision": args.precision,
@@ -87,6 +92,50 @@ def run(args: argparse.Namespace) -> int:
         return 143
     print(f"trained {res.step} steps in {res.seconds:.0f} s (last loss {res.last_loss:.4f}); "
           f"run folder {res.run_dir} (samples.png, loss.png, checkpoint.safetensors)")
+    return 0
+
+
+def run_family(args: argparse.Namespace) -> int:
+    """``--family gan|vae|ddgan``: the family's recipe (its config file, then the options) trained by the engine."""
+    from ..training.families import family_class, train_family
+    from ..utils.config import read_config_file
+
+    cls = family_class(args.family)
+    if args.text_encoder is not None or args.sample_every is not None:
+        raise UserError(f"--text-encoder and --sample-every are options of diffusion runs, not --family {args.family}")
+    if args.timesteps is not None and args.family != "ddgan":
+        raise UserError(f"--timesteps is an option of --family ddgan, not {args.family}")
+    overrides = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
+                 "seed": args.seed, "accumulate": args.accumulate, "precision": args.precision, "compile": args.compile,
+                 "lr_schedule": args.lr_schedule, "conditional": args.conditional, "timesteps": args.timesteps}
+    if args.steps is not None:
+        overrides["minutes"] = 0.0
+    if args.minutes is not None and args.steps is None:
+        overrides["steps"] = TrainConfig.steps  # a wall-clock budget: the step count is only an upper bound
+    if args.family == "vae" and args.conditional:
+        raise UserError("--conditional: the vae family is unconditional")
+    overrides = {k: v for k, v in overrides.items() if v is not None and (k != "conditional" or args.family != "vae")}
+    if args.resume and (args.out / CONFIG).is_file():
+        base, where = dict(read_json(args.out / CONFIG).get("train", {})), str(args.out / CONFIG)
+    elif args.config is not None:
+        base, where = read_config_file(args.config), str(args.config)
+    else:
+        base, where = {}, ""
+    cfg = cls.recipe.from_dict({**base, **overrides}, where=where)
+    data = load(args.data, "train", image_size=args.image_size)
+    world = distributed.init(args.device)
+    try:
+        res = train_family(args.family, cfg, data, args.out, resume=args.resume, progress=not args.quiet, world=world)
+    finally:
+        distributed.shutdown()
+    if not world.main:
+        return 143 if res.stopped == "terminated" else 0
+    if res.stopped == "terminated":
+        print(f"difflab: terminated (SIGTERM) at step {res.step}; checkpoint written to {res.run_dir}; "
+              f"continue with --resume", file=sys.stderr)
+        return 143
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in res.losses.items())
+    print(f"trained {args.family} {res.step} steps in {res.seconds:.0f} s ({losses}); run folder {res.run_dir}")
     return 0
 
 

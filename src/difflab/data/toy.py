@@ -29,6 +29,21 @@ def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
     return centers + 0.05 * rng.standard_normal((n, 2))
 
 
+#: The 25-Gaussian grid (the 5 x 5 mixture of Xiao et al. 2022, fig. 4, after Srivastava et al. 2017): centres
+#: GRID_SPACING apart on {-2, ..., 2}^2, equal weights, isotropic std GRID_STD = spacing / 20.
+GRID_SPACING, GRID_STD = 0.4, 0.02
+
+
+def grid_centers() -> np.ndarray:
+    """The 25 centres of the 25-Gaussian grid, [25, 2]."""
+    g = np.arange(-2, 3) * GRID_SPACING
+    return np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+
+
+def _twenty_five_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
+    return grid_centers()[rng.integers(0, 25, n)] + GRID_STD * rng.standard_normal((n, 2))
+
+
 def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
     x1 = rng.random(n) * 4 - 2
     x2 = rng.random(n) - rng.integers(0, 2, n) * 2.0
@@ -59,6 +74,7 @@ TOYS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
     "swiss_roll": _swiss_roll,
     "moons": _moons,
     "8gaussians": _eight_gaussians,
+    "25gaussians": _twenty_five_gaussians,
     "checkerboard": _checkerboard,
     "pinwheel": _pinwheel,
     "rings": _rings,

@@ -1,0 +1,41 @@
+"""The gan / vae / ddgan branch of ``difflab sample``: the run's own sampler (its NFE is fixed by the family)."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from ..data import to_uint8
+from ..errors import UserError
+from ..training.checkpoint import atomic_write
+from ..utils.images import save_image_grid, save_scatter
+
+
+def sample_family(args: argparse.Namespace) -> int:
+    """Draw --num samples of a family run into a PNG grid / scatter or an NPZ file."""
+    from ..training.families import load_generator
+
+    loaded = load_generator(args.run, ema=not args.no_ema, device=args.device)
+    for opt, default in (("sampler", "ddim"), ("steps", 50)):
+        if getattr(args, opt, default) != default:
+            raise UserError(f"--{opt}: a {loaded.family} run has its own sampler ({loaded.nfe} network call(s) "
+                            f"per sample); drop --{opt}")
+    labels = None
+    if args.label is not None:
+        if not 0 <= args.label < max(loaded.num_classes, 1):
+            raise UserError(f"--label {args.label}: the run in {args.run} "
+                            + (f"has classes 0..{loaded.num_classes - 1}" if loaded.num_classes
+                               else "is not class-conditional"))
+        labels = torch.full((args.num,), args.label, dtype=torch.long)
+    x = loaded.sample(args.num, args.seed, labels, args.batch_size)
+    image = len(loaded.shape) == 3
+    if image:
+        x = x.clamp(-1, 1)
+    if args.out.suffix.lower() == ".png":
+        atomic_write(args.out, (lambda p: save_image_grid(x, p)) if image else (lambda p: save_scatter(x, p)))
+    else:
+        arrays = {"images": to_uint8(x)} if image else {"samples": x.numpy().astype(np.float32)}
+        atomic_write(args.out, lambda p: np.savez(p, **arrays))
+    print(f"wrote {args.num} samples of the {loaded.family} run ({loaded.nfe} network call(s) each) to {args.out}")
+    return 0
