@@ -1,4 +1,5 @@
 """Step grids: decreasing, end in 0, start at the schedule's t_max."""
+import math
 import pytest
 import torch
 
@@ -49,9 +50,9 @@ def test_explicit_timesteps_round_trip():
 
 def test_log_snr_is_uniform_in_log_sigma_and_karras_matches_eq5():
     sched = difflab.schedules.get("vp")
-    ls = torch.log(grids.log_snr(sched, 9)[:-1])
+    ls = torch.log(grids.log_snr(sched, 9, sigma_top=math.inf)[:-1])
     assert torch.allclose(ls[1:] - ls[:-1], (ls[1] - ls[0]).expand(8), atol=1e-12)
-    k = grids.karras(sched, 9, rho=7.0)[:-1]
+    k = grids.karras(sched, 9, rho=7.0, sigma_top=math.inf)[:-1]
     r = k ** (1 / 7)
     assert torch.allclose(r[1:] - r[:-1], (r[1] - r[0]).expand(8), atol=1e-12)
 
@@ -59,7 +60,21 @@ def test_log_snr_is_uniform_in_log_sigma_and_karras_matches_eq5():
 def test_few_step_tends_to_karras():
     sched = difflab.schedules.get("linear", T=1000)
     big = grids.few_step(sched, 400)
-    assert torch.allclose(big[:-1], grids.karras(sched, 401, rho=5.0)[:-2], rtol=1e-9)
+    assert torch.allclose(big[:-1], grids.karras(sched, 401, rho=5.0, sigma_top=math.inf)[:-2], rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["karras", "log_snr"])
+def test_levels_above_sigma_top_are_one_jump(name):
+    """Under the cosine table (sigma_max ~ 2e4) the first level stays at sigma_max and the rest is the grid from 80."""
+    sched = difflab.schedules.get("cosine", T=1000)
+    smax = float(sched.sigma_ve(torch.tensor(999.0, dtype=torch.float64)))
+    g = grids.get(name, sched, 10)
+    assert len(g) == 11 and g[0] == smax and math.isclose(g[1], 80.0, rel_tol=1e-12) and g[-1] == 0 and bool((g[1:] < g[:-1]).all())
+    unbounded = grids.get(name, sched, 9, sigma_top=math.inf)
+    assert unbounded[1] > 1000  # eq. 5 from sigma_max would spend most levels above 80
+    low = difflab.schedules.get("ve")  # sigma_max <= 80: the plain grid
+    assert torch.equal(grids.get(name, low, 7), grids.get(name, low, 7, sigma_top=math.inf))
+    assert torch.allclose(grids.get(name, sched, 2), torch.tensor([smax, g[-2], 0.0], dtype=torch.float64), rtol=1e-12)
 
 
 def test_bad_arguments():

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data import to_uint8
 from ..errors import UserError
-from ..models.denoiser import Clamped
+from ..models.denoiser import Clamped, Thresholded
 from ..training import load_run
 from ..training.checkpoint import atomic_write
 from ..utils.images import save_image_grid, save_scatter
@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", type=int, help="class to generate (class-conditional runs)")
     p.add_argument("--no-clip", action="store_true",
                    help="do not clamp the denoised prediction to the data range [-1, 1] (images)")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="images: dynamic thresholding at percentile P of |x0| instead of clamping (Saharia et al. "
+                        "2022; e.g. 0.995)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .png or .npz")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -66,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
                         + (f"has classes 0..{num_classes - 1}" if num_classes else "is not class-conditional"))
     model, make_cond = guide.guided(args, loaded)
     device = next(model.parameters()).device
-    if image and not args.no_clip:
+    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+        raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")
+    if image and args.threshold is not None:
+        model = Thresholded(model, args.threshold)
+    elif image and not args.no_clip:
         model = Clamped(model)
     g = torch.Generator().manual_seed(args.seed)
     chunks = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal, get_args
 
+import torch
 from torch import Tensor, nn
 
 from ..schedules import Schedule, append_dims, as_tensor
@@ -101,6 +102,25 @@ class Clamped(nn.Module):
         return self.model(x, t, cond).clamp(self.lo, self.hi)
 
 
+class Thresholded(nn.Module):
+    """Dynamic thresholding of D (Saharia et al. 2022, sec. 2.3): per sample s = max(1, quantile_p |x_0|), x_0 = clip(x_0, -s, s) / s."""
+
+    def __init__(self, model: Callable[..., Tensor], p: float = 0.995):
+        super().__init__()
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"threshold percentile p must lie in (0, 1], got {p}")
+        self.model, self.p = model, p
+        self.schedule = model.schedule
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        x0 = self.model(x, t, cond)
+        flat = x0.abs().flatten(1)
+        s = torch.quantile(flat.to(torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else flat.dtype),
+                           self.p, dim=1).clamp(min=1.0).to(x0.dtype)
+        s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+        return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
 def _batch_t(t: Tensor | float, x: Tensor) -> Tensor:
     t = as_tensor(t, like=x)
     if t.ndim == 0:
@@ -128,5 +148,5 @@ def from_score(net: Callable[..., Tensor], schedule: Schedule) -> Denoiser:
     return Denoiser(net, schedule, "score")
 
 
-__all__ = ["Denoiser", "Clamped", "Prediction", "PREDICTIONS", "from_eps", "from_x0", "from_v", "from_score", "x0_from",
+__all__ = ["Denoiser", "Clamped", "Thresholded", "Prediction", "PREDICTIONS", "from_eps", "from_x0", "from_v", "from_score", "x0_from",
            "target_for", "eps_from_x0"]

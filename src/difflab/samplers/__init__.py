@@ -38,7 +38,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "ddpm": SamplerInfo(sample_ddpm, "sde", "uniform_t"),
     "ddim": SamplerInfo(sample_ddim, "ode", "uniform_t"),
     "euler": SamplerInfo(sample_euler, "ode", "karras"),
-    "heun": SamplerInfo(sample_heun, "ode", "karras", per_step=2),
+    "heun": SamplerInfo(sample_heun, "ode", "karras", per_step=2, last=0),  # Euler first step: 2 (L - 1) calls
     "dopri5": SamplerInfo(sample_dopri5, "ode", "log_snr", adaptive=True),
     "dpm_solver_2": SamplerInfo(sample_dpm_solver_2, "ode", "log_snr", per_step=2),
     "dpm_solver_3": SamplerInfo(sample_dpm_solver_3, "ode", "log_snr", per_step=3),
@@ -82,7 +82,7 @@ def nfe(name: str, n: int, **options: Any) -> int:
     per_step, last = info.per_step, info.last
     if name == "pc":
         per_step = last = 1 + int(options.get("n_corrector", 1))
-    return per_step * (n - 1) + last
+    return max(per_step * (n - 1) + last, 1)
 
 
 class _Counted:
@@ -121,6 +121,8 @@ def sample(model: Any, x_T: Tensor, sampler: str = "dpmpp_2m", steps: int = 20, 
     return (x0, counted.calls) if return_nfe else x0
 
 
-__all__ = ["sample", "names", "get", "nfe", "n_levels", "SAMPLERS", "SamplerInfo", "grids", "sample_ddpm", "sample_ddim",
+from .tuning import TunedGrid, tune_grid  # noqa: E402  (uses the registry above)
+
+__all__ = ["sample", "names", "tune_grid", "TunedGrid", "get", "nfe", "n_levels", "SAMPLERS", "SamplerInfo", "grids", "sample_ddpm", "sample_ddim",
            "sample_euler", "sample_heun", "sample_dopri5", "sample_dpm_solver_2", "sample_dpm_solver_3",
            "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc", "sample_ipndm", "sample_euler_maruyama", "sample_pc"]

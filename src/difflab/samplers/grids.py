@@ -51,23 +51,39 @@ def uniform_t(schedule: Schedule, n: int, integer: bool | None = None) -> Tensor
     return timesteps(schedule, t)
 
 
-def log_snr(schedule: Schedule, n: int) -> Tensor:
-    """n levels uniform in log-SNR, i.e. geometric in sigma (Lu et al. 2022, section 3.3)."""
-    _check_n(n)
-    smin, smax = _ends(schedule)
+def _topped(smax: float, smin: float, n: int, sigma_top: float, inner: Callable[[float, int], Tensor]) -> Tensor:
+    """``inner(hi, n)`` from hi = s_max; if s_max > sigma_top: s_max, then ``inner(sigma_top, n - 1)`` (one jump down)."""
     if n == 1:
         return _close(torch.tensor([smax], dtype=torch.float64))
-    return _close(torch.exp(torch.linspace(math.log(smax), math.log(smin), n, dtype=torch.float64)))
+    if smax <= sigma_top:
+        return _close(inner(smax, n))
+    rest = inner(sigma_top, n - 1) if n > 2 else torch.tensor([smin], dtype=torch.float64)
+    return _close(torch.cat([torch.tensor([smax], dtype=torch.float64), rest]))
 
 
-def karras(schedule: Schedule, n: int, rho: float = 7.0) -> Tensor:
-    """n levels (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (Karras et al. 2022, eq. 5)."""
+def log_snr(schedule: Schedule, n: int, sigma_top: float = 80.0) -> Tensor:
+    """n levels uniform in log-SNR, i.e. geometric in sigma (Lu et al. 2022, section 3.3), below sigma_top (see karras)."""
     _check_n(n)
     smin, smax = _ends(schedule)
-    if n == 1:
-        return _close(torch.tensor([smax], dtype=torch.float64))
-    r = torch.linspace(0, 1, n, dtype=torch.float64)
-    return _close((smax ** (1 / rho) + r * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho)
+    return _topped(smax, smin, n, sigma_top,
+                   lambda hi, m: torch.exp(torch.linspace(math.log(hi), math.log(smin), m, dtype=torch.float64)))
+
+
+def karras(schedule: Schedule, n: int, rho: float = 7.0, sigma_top: float = 80.0) -> Tensor:
+    """n levels (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho (Karras et al. 2022, eq. 5).
+
+    If sigma_max exceeds ``sigma_top`` (Karras et al.'s sigma_max = 80; a cosine DDPM table reaches 2e4) the
+    first level stays at sigma_max, where x_T lives, and the other n - 1 levels form the grid from sigma_top:
+    above it the denoiser of unit-scale data is nearly constant and one step loses nothing (docs/samplers.md).
+    """
+    _check_n(n)
+    smin, smax = _ends(schedule)
+
+    def inner(hi: float, m: int) -> Tensor:
+        r = torch.linspace(0, 1, m, dtype=torch.float64)
+        return (hi ** (1 / rho) + r * (smin ** (1 / rho) - hi ** (1 / rho))) ** rho
+
+    return _topped(smax, smin, n, sigma_top, inner)
 
 
 def few_step(schedule: Schedule, n: int, rho: float = 5.0, knee: float = 1.2, sigma_data: float = 1.0) -> Tensor:

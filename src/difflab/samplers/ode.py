@@ -33,7 +33,12 @@ def sample_euler(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
 
 def sample_heun(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
                 progress: bool = False, callback: Callback | None = None) -> Tensor:
-    """Heun's 2nd-order method on the PF-ODE (Karras et al. 2022, Alg. 1); Euler on the last step to sigma = 0."""
+    """Heun's 2nd-order method on the PF-ODE (Karras et al. 2022, Alg. 1); Euler on the first step and on the last step to sigma = 0.
+
+    The first step is Euler because D at sigma_max can be far off for an eps-network (x_0 = (x - sigma eps) / alpha
+    with alpha(t_max) near 0), and the trapezoid's error (s_0 - s_1) / 2 |eps_1 - eps_0| grows with sigma_max,
+    whereas Euler's lands D's error at s_1 only, where the flow contracts it.
+    """
     lv = levels(model, x, sigmas)
     s = lv.sigma
     y = x / lv.alpha[0]
@@ -42,6 +47,9 @@ def sample_heun(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gene
         report(callback, lv, i, y, d, scaled=True)
         if s[i + 1] == 0:
             y = d
+            continue
+        if i == 0:
+            y = y + (s[1] - s[0]) / s[0] * (y - d)
             continue
         dy = (y - d) / s[i]
         y2 = y + (s[i + 1] - s[i]) * dy
@@ -195,7 +203,7 @@ def sample_unipc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
         a = _unipc_coefficients(r, h)
         y_pred = base + h * sum((am * dm for am, dm in zip(a, diffs)), torch.zeros_like(y))
         d_new = denoise(model, y_pred, lv, i + 1, cond)
-        if corrector and s[i + 2] != 0:  # UniC reuses d_new; skipped before the final denoise (would cost one call)
+        if corrector and i > 0 and s[i + 2] != 0:  # UniC reuses d_new; skipped on the first step (D at sigma_max) and before the final denoise
             rc = r + [1.0]
             ac = _unipc_coefficients(rc, h)
             diffs_c = diffs + [d_new - d]

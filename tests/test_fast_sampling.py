@@ -1,0 +1,107 @@
+"""Few-call sampling: dynamic thresholding, robustness to a wrong D at sigma_max, tuned step grids (GITS)."""
+import math
+
+import pytest
+import torch
+
+import difflab
+from difflab.models.denoiser import Thresholded
+from difflab.models.gaussian_mixture import GaussianMixture
+from difflab.samplers import grids, tune_grid
+
+
+class Identity(torch.nn.Module):
+    schedule = None
+
+    def forward(self, x, t, cond=None):
+        return x
+
+
+def test_dynamic_thresholding_matches_saharia_definition():
+    x0 = torch.tensor([[0.5, -3.0, 2.0, 0.1], [0.2, 0.3, -0.4, 0.1]])
+    out = Thresholded(Identity(), p=0.5)(x0, None)
+    s = 0.5 + (2.0 - 0.5) * 0.5  # median of |x| = {0.1, 0.5, 2, 3}, linear interpolation
+    assert torch.allclose(out[0], x0[0].clamp(-s, s) / s)
+    assert torch.equal(out[1], x0[1])  # s = max(1, quantile) = 1: inside [-1, 1] nothing changes
+    assert float(Thresholded(Identity(), p=1.0)(x0, None).abs().max()) == 1.0
+    with pytest.raises(ValueError, match="percentile"):
+        Thresholded(Identity(), p=0.0)
+
+
+class WrongAtTop(torch.nn.Module):
+    """An exact denoiser whose x_0 is off by `err` at the top level only (an eps-net divided by alpha(t_max) ~ 0)."""
+
+    def __init__(self, model, t_top, err):
+        super().__init__()
+        self.model, self.schedule, self.t_top, self.err = model, model.schedule, t_top, err
+
+    def forward(self, x, t, cond=None):
+        d = self.model(x, t, cond)
+        return d + self.err * (t >= self.t_top).to(d.dtype)[:, None]
+
+
+@pytest.mark.parametrize("name", ["heun", "unipc", "dpmpp_2m"])
+def test_wrong_denoiser_at_sigma_max_barely_moves_the_sample_under_the_cosine_table(name):
+    """sigma_max = 2e4 under the cosine table: a unit error of D there reaches x_0 shrunk by about sigma_data / 80."""
+    sched = difflab.schedules.get("cosine", T=1000)
+    gm = GaussianMixture(torch.ones(2) / 2, torch.tensor([[-0.6, 0.2], [0.5, -0.3]], dtype=torch.float64),
+                         torch.stack([0.05 * torch.eye(2, dtype=torch.float64)] * 2))
+    exact = gm.denoiser(sched, "x0")
+    x = sched.sample_prior((256, 2), generator=torch.Generator().manual_seed(0)).double()
+    a = difflab.sample(exact, x, name, steps=20)
+    b = difflab.sample(WrongAtTop(exact, sched.t_max, 1.0), x, name, steps=20)
+    assert float((a - b).abs().max()) < 0.05
+
+
+def _mixture(seed: int = 7) -> GaussianMixture:
+    g = torch.Generator().manual_seed(seed)
+    means = 1.2 * torch.randn(5, 3, generator=g, dtype=torch.float64)
+    covs = torch.stack([torch.diag(0.02 + 0.3 * torch.rand(3, generator=g, dtype=torch.float64)) for _ in range(5)])
+    return GaussianMixture(torch.ones(5) / 5, means, covs)
+
+
+SCHED = difflab.schedules.get("linear", T=1000)
+MODEL = _mixture().denoiser(SCHED, "eps")
+
+
+def _tuned(sampler: str = "dpmpp_2m", nfe: int = 5, seed: int = 0):
+    return tune_grid(MODEL, sampler, nfe, shape=(3,), num=96, seed=seed, fine=30, substeps=2, max_evals=40)
+
+
+def test_tuned_grid_is_valid_within_budget_and_never_worse_than_the_default():
+    for sampler, nfe in [("dpmpp_2m", 5), ("heun", 6), ("ipndm", 4)]:
+        tg = _tuned(sampler, nfe)
+        s = tg.sigmas
+        assert s.dtype == torch.float64 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+        smin, smax = grids._ends(SCHED)
+        assert s[0] == smax and float(s[-2]) >= smin * (1 - 1e-12)
+        assert difflab.samplers.nfe(sampler, len(s) - 1) == tg.nfe <= nfe
+        _, calls = difflab.sample(MODEL, torch.zeros(2, 3, dtype=torch.float64), sampler, grid=s, return_nfe=True)
+        assert calls == tg.nfe
+        assert tg.objective <= tg.default_objective
+
+
+def test_tuned_grid_is_deterministic_for_a_seed():
+    a, b, c = _tuned(seed=3), _tuned(seed=3), _tuned(seed=4)
+    assert torch.equal(a.sigmas, b.sigmas) and a.objective == b.objective
+    assert not torch.equal(a.sigmas, c.sigmas)
+
+
+def test_tuned_five_call_grid_beats_the_default_on_held_out_noise():
+    tg = _tuned("dpmpp_2m", 5)
+    x = SCHED.sample_prior((400, 3), generator=torch.Generator().manual_seed(123)).double()
+    ref = difflab.sample(MODEL, x, "dopri5", rtol=1e-8, atol=1e-8)
+
+    def err(**kw):
+        return float((difflab.sample(MODEL, x, "dpmpp_2m", **kw) - ref).pow(2).mean().sqrt())
+
+    assert err(grid=tg.sigmas) < 0.8 * err(steps=5)
+
+
+def test_tune_grid_refuses_stochastic_and_adaptive_samplers():
+    for name in ("ddpm", "dopri5", "pc"):
+        with pytest.raises(ValueError, match="deterministic"):
+            tune_grid(MODEL, name, 5, shape=(3,))
+    with pytest.raises(ValueError, match="x_T or shape"):
+        tune_grid(MODEL, "ddim", 5)
+    assert math.isfinite(_tuned("ddim", 3).objective)
