@@ -9,7 +9,8 @@ from pathlib import Path
 from ..data import load
 from ..errors import UserError
 from ..models.denoiser import Clamped
-from ..training import load_run
+from ..training import LoadedRun, load_run
+from ._families import family_row, points_extras
 from ..training.checkpoint import write_json
 
 DEFAULT_METHODS = "ddim:10,ddim:50,ddpm:100,dpmpp_2m:10,dpmpp_2m:20,unipc:10,ipndm:5,ipndm:10,heun:20"
@@ -19,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="quality / diversity / speed of runs across samplers", description=(
         "Sample every run with every method, score quality (FD), diversity (recall, coverage) and speed (NFE, "
         "seconds per 1000 samples), and write report.md, report.json and trilemma.png."))
-    p.add_argument("--run", type=Path, action="append", required=True, metavar="RUN_DIR",
-                   help="a run folder (repeat to compare models on the same data)")
+    p.add_argument("--run", "--runs", type=Path, action="extend", nargs="+", required=True, metavar="RUN_DIR",
+                   help="run folders of any family (diffusion, gan, vae, ddgan) on the same data; a diffusion run is "
+                        "sampled with every --methods entry, the others with their own sampler")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
     p.add_argument("--num", type=int, default=1000, help="samples per method (default 1000)")
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the first run's data)")
@@ -43,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num < 10:
         raise UserError(f"--num must be at least 10, got {args.num}")
     methods = parse_methods(args.methods, names())
-    runs = [load_run(r, device=args.device) for r in args.run]
+    from ..training.families import is_family_run, load_generator
+
+    runs = [load_generator(r, device=args.device) if is_family_run(r) else load_run(r, device=args.device)
+            for r in args.run]
     ref = load(args.data or runs[0].config["data"])
     for r, path in zip(runs, args.run):
         if r.shape != ref.shape:
@@ -55,16 +60,22 @@ def run(args: argparse.Namespace) -> int:
         extractor = get_extractor(name)
         ref_features = extractor(ref.x)
     rows = []
-    jobs = [(path, r, s, k) for path, r in zip(args.run, runs) for s, k in methods]
+    score = lambda x: (evaluate_features(extractor(x), ref_features) if ref.kind == "image"  # noqa: E731
+                       else {**evaluate_points(x, ref.x), **points_extras(x, ref.spec)})
+    for path, r in zip(args.run, runs):
+        if not isinstance(r, LoadedRun):  # gan / vae / ddgan: one row, the family's own sampler
+            rows.append(family_row(path, r, args.num, args.seed, score, len(runs) > 1))
+    jobs = [(path, r, s, k) for path, r in zip(args.run, runs) if isinstance(r, LoadedRun) for s, k in methods]
     for path, r, sampler, steps in tqdm(jobs, desc="report", unit="method"):
         model = Clamped(r.model) if ref.kind == "image" else r.model
         dev = next(r.model.parameters()).device
         x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed,  # classes in turn if conditional
                             cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev))
-        m = (evaluate_features(extractor(x), ref_features) if ref.kind == "image" else evaluate_points(x, ref.x))
+        m = score(x)
         label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
-        rows.append({"method": label, "run": str(path), "sampler": sampler, "steps": steps, "nfe": nfe,
-                     "sec_per_1000": secs * 1000 / args.num, **m})
+        rows.append({"method": label, "run": str(path), "family": "diffusion", "sampler": sampler, "steps": steps,
+                     "nfe": nfe, "sec_per_1000": secs * 1000 / args.num,
+                     "params": sum(p.numel() for p in r.model.parameters()), **m})
     command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_report(rows, args.out, f"Trilemma on {ref.spec} ({args.num} samples per method)", command)
     write_json(args.out / "report.json", {"data": ref.spec, "rows": rows})

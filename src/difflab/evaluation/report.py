@@ -54,6 +54,10 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["method", "nfe", "sec_per_1000", "fd", "kid", "precision", "recall", "coverage"]
+    if any(r.get("family", "diffusion") != "diffusion" for r in rows):  # several families: their columns too
+        cols = ["method", "family", "nfe", "sec_per_1000", "params", "fd", "kid", "precision", "recall", "density",
+                "coverage", "modes", "high_quality", "nll"]
+        cols = [c for c in cols if any(c in r for r in rows)]
     lines = [f"# {title}", "", f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -64,8 +68,13 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
     (out_dir / "report.md").write_text("\n".join(lines))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
     for ax, key, xl in [(axes[0], "nfe", "model calls per sample (NFE)"), (axes[1], "sec_per_1000", "seconds per 1000 samples")]:
-        sc = ax.scatter([r[key] for r in rows], [r["fd"] for r in rows], c=[r.get("recall", math.nan) for r in rows],
-                        cmap="viridis", s=60, vmin=0, vmax=1, edgecolors="k")
+        for fam in dict.fromkeys(r.get("family", "diffusion") for r in rows):  # one marker per family
+            sub = [r for r in rows if r.get("family", "diffusion") == fam]
+            sc = ax.scatter([r[key] for r in sub], [r["fd"] for r in sub], c=[r.get("recall", math.nan) for r in sub],
+                            cmap="viridis", s=60, vmin=0, vmax=1, edgecolors="k", marker=_MARKERS.get(fam, "o"),
+                            label=fam)
+        if len({r.get("family", "diffusion") for r in rows}) > 1:
+            ax.legend(fontsize=7)
         for r in rows:
             ax.annotate(r["method"], (r[key], r["fd"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
         ax.set_xscale("log")
@@ -79,6 +88,9 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
     fig.savefig(out_dir / "trilemma.png", bbox_inches="tight")
     plt.close(fig)
     return out_dir / "report.md"
+
+
+_MARKERS = {"diffusion": "o", "gan": "s", "ddgan": "D", "vae": "^"}
 
 
 def _fmt(v: Any) -> str:

@@ -1,0 +1,34 @@
+import json
+
+from conftest import TINY_MLP
+from difflab.cli.main import main
+
+TINY_GAN = {"width": 16, "depth": 2, "z_dim": 4, "emb_dim": 8}
+
+
+def test_report_over_runs_of_every_family(tmp_path):
+    runs = []
+    for fam, extra in [("gan", []), ("ddgan", ["--timesteps", "2"]), ("vae", [])]:
+        cfg = tmp_path / f"{fam}.json"
+        cfg.write_text(json.dumps({"network": TINY_GAN if fam != "vae" else {"width": 16}, "batch_size": 32}))
+        assert main(["train", "--data", "toy:25gaussians", "--family", fam, "--steps", "3", "--config", str(cfg),
+                     "--out", str(tmp_path / fam), "--quiet", *extra]) == 0
+        runs.append(str(tmp_path / fam))
+    dcfg = tmp_path / "d.json"
+    dcfg.write_text(json.dumps({"network": TINY_MLP, "batch_size": 32, "schedule": {"kind": "linear", "T": 50}}))
+    assert main(["train", "--data", "toy:25gaussians", "--steps", "3", "--config", str(dcfg), "--out",
+                 str(tmp_path / "diff"), "--quiet"]) == 0
+    out = tmp_path / "rep"
+    assert main(["report", "--run", *runs, str(tmp_path / "diff"), "--methods", "ddim:2,ddim:3", "--num", "60",
+                 "--out", str(out)]) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    by = {r["method"]: r for r in rows}
+    assert [r["family"] for r in rows] == ["gan", "ddgan", "vae", "diffusion", "diffusion"]
+    assert by["ddgan"]["nfe"] == 2 and by["gan"]["nfe"] == 1 and by["diff ddim:3"]["nfe"] == 3
+    for r in rows:
+        assert r["params"] > 0 and r["sec_per_1000"] > 0 and 0 <= r["modes"] <= 25 and 0 <= r["recall"] <= 1
+    assert "nll" in by["vae"] and "nll" not in by["gan"]
+    md = (out / "report.md").read_text()
+    assert "| family |" in md.splitlines()[5].replace(" method |", "") or "family" in md
+    assert "| modes | high_quality | nll |" in md
+    assert (out / "trilemma.png").stat().st_size > 1000
