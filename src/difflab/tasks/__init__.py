@@ -1,0 +1,12 @@
+"""Image-to-image tasks as wrappers over the denoiser/sampler contract: inpainting (RePaint), SDEdit, uncropping, panoramas.
+
+Each takes any denoiser D(x_t, t, cond) -> x_0 with a ``.schedule`` and any registered sampler by name; none
+changes a sampler (docs/tasks.md).
+"""
+from __future__ import annotations
+
+from .inpaint import Known, inpaint, repaint_plan
+from .sdedit import sdedit
+from .uncrop import extend, panorama, uncrop
+
+__all__ = ["inpaint", "sdedit", "uncrop", "panorama", "extend", "repaint_plan", "Known"]

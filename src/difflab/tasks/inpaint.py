@@ -1,0 +1,176 @@
+"""Training-free inpainting on any unconditional denoiser, with RePaint's resampling schedule (Lugmayr et al. 2022).
+
+The known pixels enter through the denoiser: the wrapped model returns the known pixels as its x_0 estimate
+there (:class:`Known`).  Every sampler's update of those pixels is then its update for a known x_0, so an
+ancestral step draws them from q(x_s | x_t, x_0), whose marginal is q(x_s | x_0): the known region is at the
+noise level of the state at every step, as RePaint's re-noising of the known image (Lugmayr et al. 2022,
+eq. 8), and it works with any sampler without touching it.  Resampling (r > 1) runs the sampler over a block
+of j levels, diffuses the state back up the same j levels with q(x_t | x_s) (eq. 9 of the paper, the forward
+transition) and repeats, r times per block; r = 1 is plain replacement in one sampler call.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import samplers
+from ..samplers import grids
+
+
+class Known:
+    """D'(x_t, t) = m x_known + (1 - m) D(x_t, t): a denoiser whose x_0 estimate is the known image where the mask m is 1."""
+
+    def __init__(self, model: Any, image: Tensor, mask: Tensor):
+        self.model, self.schedule, self.image, self.mask = model, model.schedule, image, mask
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        d = self.model(x, t, cond)
+        m = self.mask.to(d)
+        return m * self.image.to(d) + (1 - m) * d
+
+
+class _Reached(Exception):
+    """Raised by the segment callback to stop a sampler at a grid level; carries the state there."""
+
+    def __init__(self, x: Tensor):
+        super().__init__("segment end")
+        self.x = x
+
+
+def check_mask(image: Tensor, mask: Tensor | Any) -> Tensor:
+    """The mask as a 0/1 tensor like image (1 = keep, 0 = generate); ValueError naming both shapes if it does not broadcast."""
+    m = torch.as_tensor(mask)
+    if m.dtype == torch.bool:
+        m = m.to(image.dtype)
+    m = m.to(device=image.device, dtype=image.dtype)
+    try:
+        torch.broadcast_shapes(m.shape, image.shape)
+    except RuntimeError:
+        raise ValueError(f"mask of shape {tuple(m.shape)} does not fit the image of shape {tuple(image.shape)}") from None
+    if torch.broadcast_shapes(m.shape, image.shape) != image.shape:
+        raise ValueError(f"mask of shape {tuple(m.shape)} is larger than the image of shape {tuple(image.shape)}")
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError("mask values must be 0 (generate) or 1 (keep)")
+    return m
+
+
+def check_image(image: Tensor) -> Tensor:
+    """A batch [B, ...] of at least two dimensions; a single [C, H, W] image is refused (add a batch dimension)."""
+    if not isinstance(image, Tensor) or image.ndim < 2:
+        raise ValueError(f"image must be a tensor [B, ...] with a batch dimension, got "
+                         f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}")
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError("image holds non-finite values")
+    return image
+
+
+def sampler_grid(model: Any, sampler: str, steps: int, grid: str | Tensor | None) -> Tensor:
+    """The grid :func:`difflab.samplers.sample` would use for this sampler and budget (or the explicit one)."""
+    if isinstance(grid, Tensor):
+        return grid.to(torch.float64)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    info = samplers.get(sampler)
+    return grids.get(grid or info.grid, model.schedule, samplers.n_levels(sampler, steps))
+
+
+def renoise(schedule: Any, x: Tensor, sigma_from: float, sigma_to: float, generator: torch.Generator | None) -> Tensor:
+    """One draw of q(x_t | x_s) from level sigma_from (s) up to sigma_to (t): alpha_{t|s} x_s + sigma_{t|s} z (Kingma et al. 2021, eq. 3-4)."""
+    t = schedule.t_from_sigma_ve(torch.tensor([sigma_to, sigma_from], dtype=torch.float64))
+    a, s = schedule.alpha_sigma(t)
+    a_ts = float(a[0] / a[1])
+    var = max(float(s[0]) ** 2 - a_ts**2 * float(s[1]) ** 2, 0.0)
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator else "cpu")
+    return a_ts * x + var**0.5 * z.to(x.device)
+
+
+def run_segment(model: Any, x: Tensor, sigmas: Tensor, sampler: str, cond: Any, generator: torch.Generator | None,
+                options: dict[str, Any]) -> Tensor:
+    """Run ``sampler`` from sigmas[0] down to sigmas[-1]; a nonzero end is reached by stopping the sampler there (one extra model call)."""
+    fn = samplers.get(sampler).fn
+    end = float(sigmas[-1])
+    if end == 0.0:
+        with torch.no_grad():
+            return fn(model, x, sigmas, cond=cond, generator=generator, callback=None, **options)
+    k = len(sigmas) - 1
+
+    def stop(info: dict) -> None:
+        if info["i"] == k:
+            raise _Reached(info["x"])
+
+    full = torch.cat([sigmas.to(torch.float64), torch.zeros(1, dtype=torch.float64)])
+    try:
+        with torch.no_grad():
+            fn(model, x, full, cond=cond, generator=generator, callback=stop, **options)
+    except _Reached as r:
+        return r.x.to(x.dtype)
+    raise RuntimeError(f"sampler {sampler!r} did not report grid level {k}")  # every registered sampler reports each level
+
+
+def repaint_plan(n: int, jump: int, resample: int) -> list[tuple[int, int, bool]]:
+    """RePaint's schedule over level indices 0..n (n = the final 0): (start, end, go_back) segments (Lugmayr et al. 2022, Alg. 1).
+
+    Blocks of ``jump`` levels over 0..n-1; each is sampled ``resample`` times, diffusing back to its start between
+    passes; the last step to sigma = 0 is never resampled.  ``resample = 1`` gives one segment 0..n.
+    """
+    if jump < 1:
+        raise ValueError(f"jump must be >= 1, got {jump}")
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+    if resample == 1 or n < 2:
+        return [(0, n, False)]
+    plan: list[tuple[int, int, bool]] = []
+    a = 0
+    while a < n - 1:
+        b = min(a + jump, n - 1)
+        plan += [(a, b, True)] * (resample - 1) + [(a, b, False)]
+        a = b
+    plan.append((n - 1, n, False))
+    return plan
+
+
+def fill(model: Any, x: Tensor, sigmas: Tensor, image: Tensor, mask: Tensor, *, sampler: str, jump: int,
+         resample: int, cond: Any, generator: torch.Generator | None, options: dict[str, Any]) -> Tensor:
+    """Sample from state x at sigmas[0] with the known pixels imposed (:class:`Known`) along RePaint's plan; the known pixels pasted at the end."""
+    known = Known(model, image, mask)
+    s = sigmas.to(torch.float64)
+    for a, b, back in repaint_plan(len(s) - 1, jump, resample):
+        seg = s[a:b + 1]
+        x = run_segment(known, x, seg, sampler, cond, generator, options)
+        if back:
+            x = renoise(model.schedule, x, float(s[b]), float(s[a]), generator)
+    return mask * image + (1 - mask) * x
+
+
+def start_state(schedule: Any, image: Tensor, mask: Tensor, sigma: float, generator: torch.Generator | None,
+                prior: bool) -> Tensor:
+    """x at level sigma: the known pixels drawn from q(x_t | x_0); the rest from the prior (``prior``) or from q(x_t | image)."""
+    where = generator.device if generator is not None else torch.device("cpu")
+    t = schedule.t_from_sigma_ve(torch.tensor([sigma], dtype=torch.float64)).to(image.dtype)
+    eps = torch.randn(image.shape, generator=generator, dtype=image.dtype, device=where).to(image.device)
+    noised = schedule.q_sample(image, t.expand(image.shape[0]).to(image.device), eps)
+    if not prior:
+        return noised
+    z = schedule.sample_prior(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+    return mask * noised + (1 - mask) * z
+
+
+def inpaint(model: Any, image: Tensor, mask: Tensor | Any, *, sampler: str = "ddim", steps: int = 50,
+            grid: str | Tensor | None = None, jump: int = 10, resample: int = 1, cond: Any = None,
+            generator: torch.Generator | None = None, **options: Any) -> Tensor:
+    """Fill the pixels where ``mask`` is 0 given those where it is 1 (RePaint, Lugmayr et al. 2022, Alg. 1: jump j, resamples r).
+
+    ``image`` [B, ...] in the model's data coordinates, ``mask`` broadcastable to it (1 = keep, 0 = generate).
+    ``resample = 1`` is plain replacement (one pass, ``steps`` model calls); r > 1 costs about
+    r (1 + 1/j) times as many.  Any registered sampler; ``options`` go to it.  Returns a tensor like image
+    whose known pixels equal the input's exactly.
+    """
+    image = check_image(image)
+    mask = check_mask(image, mask)
+    samplers.get(sampler)
+    sigmas = sampler_grid(model, sampler, steps, grid)
+    x = start_state(model.schedule, image, mask, float(sigmas[0]), generator, prior=True)
+    return fill(model, x, sigmas, image, mask, sampler=sampler, jump=jump, resample=resample, cond=cond,
+                generator=generator, options=options)
