@@ -105,3 +105,45 @@ def test_tune_grid_refuses_stochastic_and_adaptive_samplers():
     with pytest.raises(ValueError, match="x_T or shape"):
         tune_grid(MODEL, "ddim", 5)
     assert math.isfinite(_tuned("ddim", 3).objective)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    import json
+
+    from difflab.cli.main import main
+
+    d = tmp_path_factory.mktemp("tune")
+    cfg = d / "cfg.json"
+    cfg.write_text(json.dumps({"network": {"hidden": 32, "depth": 2}, "batch_size": 32, "sample_steps": 3,
+                               "schedule": {"kind": "linear", "T": 100}}))
+    assert main(["train", "--data", "toy:moons", "--out", str(d / "run"), "--steps", "4", "--config", str(cfg),
+                 "--quiet"]) == 0
+    return d / "run"
+
+
+def test_cli_tune_steps_stores_a_grid_that_sample_uses(toy_run, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from difflab.cli.main import main
+
+    args = ["--run", str(toy_run), "--sampler", "dpmpp_2m"]
+    assert main(["tune-steps", *args, "--nfe", "4", "--num", "16", "--max-evals", "10"]) == 0
+    stored = json.loads((toy_run / "grids.json").read_text())["dpmpp_2m:4:none"]
+    assert stored["objective"] <= stored["default_objective"] and stored["sigmas"][-1] == 0.0
+    capsys.readouterr()
+    assert main(["sample", *args, "--steps", "4", "--num", "8", "--out", str(tmp_path / "a.npz")]) == 0
+    assert "using the tuned dpmpp_2m grid" in capsys.readouterr().out
+    assert main(["sample", *args, "--steps", "4", "--num", "8", "--no-tuned-grid", "--out", str(tmp_path / "b.npz")]) == 0
+    assert "tuned" not in capsys.readouterr().out
+    model = difflab.training.load_run(toy_run).model
+    x_T = model.schedule.sample_prior((8, 2), generator=torch.Generator().manual_seed(0))
+    want = difflab.sample(model, x_T, "dpmpp_2m", grid=torch.tensor(stored["sigmas"], dtype=torch.float64))
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.allclose(a["samples"], want.numpy(), atol=1e-5) and not np.allclose(a["samples"], b["samples"])
+    assert main(["tune-steps", *args, "--nfe", "0"]) == 2
+    (toy_run / "grids.json").write_text("{broken")
+    assert main(["sample", *args, "--steps", "4", "--num", "8", "--out", str(tmp_path / "c.npz")]) == 2
+    assert "grids.json" in capsys.readouterr().err

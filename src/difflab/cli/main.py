@@ -13,14 +13,16 @@ import sys  # noqa: E402
 import warnings  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
+from . import edit as edit_cmd  # noqa: E402
 from . import evaluate as evaluate_cmd  # noqa: E402
 from . import report as report_cmd
 from . import sample as sample_cmd
 from . import train as train_cmd
 from . import train_classifier as train_classifier_cmd
 from . import train_clip as train_clip_cmd
+from . import tune_steps as tune_steps_cmd
 
-COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd]
+COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd]
 
 
 def parser() -> argparse.ArgumentParser:

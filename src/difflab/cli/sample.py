@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, metavar="P",
                    help="images: dynamic thresholding at percentile P of |x0| instead of clamping (Saharia et al. "
                         "2022; e.g. 0.995)")
+    p.add_argument("--no-tuned-grid", action="store_true",
+                   help="ignore a grid stored by 'difflab tune-steps' for this sampler and --steps")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .png or .npz")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -75,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
         model = Thresholded(model, args.threshold)
     elif image and not args.no_clip:
         model = Clamped(model)
+    from .tune_steps import GRIDS_FILE, denoised_mode, tuned_sigmas
+
+    tuned = None if args.no_tuned_grid else tuned_sigmas(args.run, args.sampler, args.steps,
+                                                         denoised_mode(image, args.no_clip, args.threshold))
+    if tuned is not None:
+        print(f"using the tuned {args.sampler} grid for {args.steps} calls from {args.run / GRIDS_FILE}")
     g = torch.Generator().manual_seed(args.seed)
     chunks = []
     for start in tqdm(range(0, args.num, args.batch_size), desc="sample", unit="batch",
@@ -83,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         x_T = model.schedule.sample_prior((n, *shape), generator=g, device=device)
         cond = make_cond(n, device)
         with torch.no_grad():
-            chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, cond=cond, generator=g).cpu())
+            chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, grid=tuned, cond=cond,
+                                 generator=g).cpu())
     x = torch.cat(chunks)
     if suffix == ".png":
         atomic_write(args.out, (lambda p: save_image_grid(x, p)) if image else (lambda p: save_scatter(x, p)))
