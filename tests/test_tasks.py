@@ -3,6 +3,7 @@ conditional, SDEdit's end points, uncropping and panoramas, validation; every ta
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,3 +201,85 @@ def test_uncrop_validation():
         panorama(model, img, 3)
     with pytest.raises(ValueError, match="smaller than the model"):
         uncrop(model, img, right=1, size=(4, 4))
+
+
+# ---- the command line: difflab edit on an 8x8 digits run ----
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    import json
+
+    from difflab.cli.main import main
+
+    d = tmp_path_factory.mktemp("edit")
+    cfg = d / "cfg.json"
+    cfg.write_text(json.dumps({"network": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                           "attention_levels": [], "num_heads": 2, "groups": 4, "dropout": 0.0},
+                               "batch_size": 16, "sample_steps": 2, "schedule": {"kind": "linear", "T": 100}}))
+    assert main(["train", "--data", "digits", "--out", str(d / "run"), "--steps", "3", "--config", str(cfg),
+                 "--quiet"]) == 0
+    return d / "run"
+
+
+def _png(path, array):
+    from PIL import Image
+
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return path
+
+
+def edit(*args):
+    from difflab.cli.main import main
+
+    return main(["edit", *[str(a) for a in args]])
+
+
+def test_cli_edit_tasks_on_digits(digits_run, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, :4] = 255  # white = keep the left half
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src / "a.png", img)
+    _png(src / "b.png", img[::-1])
+    _png(tmp_path / "mask.png", mask)
+    assert edit("inpaint", "--run", digits_run, "--input", src / "a.png", "--mask", tmp_path / "mask.png",
+                "--out", tmp_path / "filled.png", "--steps", 3, "--resample", 2, "--jump", 1) == 0
+    out = np.asarray(Image.open(tmp_path / "filled.png"))
+    assert out.shape == (8, 8) and np.array_equal(out[:, :4], img[:, :4])
+    assert edit("inpaint", "--run", digits_run, "--input", src, "--mask", tmp_path / "mask.png",
+                "--out", tmp_path / "outdir", "--steps", 2, "--sampler", "dpmpp_2m") == 0
+    assert sorted(p.name for p in (tmp_path / "outdir").iterdir()) == ["a.png", "b.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "outdir" / "b.png"))[:, :4], img[::-1][:, :4])
+    assert edit("sdedit", "--run", digits_run, "--input", src / "a.png", "--strength", 0,
+                "--out", tmp_path / "same.png") == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "same.png")), img)
+    assert edit("uncrop", "--run", digits_run, "--input", src / "a.png", "--right", 4, "--top", 2,
+                "--out", tmp_path / "wide.png", "--steps", 2, "--sampler", "ddpm") == 0
+    wide = np.asarray(Image.open(tmp_path / "wide.png"))
+    assert wide.shape == (10, 12) and np.array_equal(wide[2:, :8], img)
+    assert edit("panorama", "--run", digits_run, "--input", src / "a.png", "--width", 20,
+                "--out", tmp_path / "strip.png", "--steps", 2) == 0
+    assert np.asarray(Image.open(tmp_path / "strip.png")).shape == (8, 20)
+
+
+def test_cli_edit_refuses_bad_inputs_in_one_line(digits_run, tmp_path, capsys):
+    _png(tmp_path / "big.png", np.zeros((9, 8)))
+    _png(tmp_path / "img.png", np.zeros((8, 8)))
+    _png(tmp_path / "mask.png", np.zeros((8, 6)))
+    cases = [
+        (("inpaint", "--input", tmp_path / "img.png", "--mask", tmp_path / "mask.png"),
+         "mask.png is 8x6 but the image"),
+        (("inpaint", "--input", tmp_path / "big.png", "--mask", tmp_path / "mask.png"),
+         "big.png is 9x8 but the run"),
+        (("sdedit", "--input", tmp_path / "img.png", "--strength", 2), "--strength must lie in [0, 1]"),
+        (("panorama", "--input", tmp_path / "img.png", "--width", 4), "width must be a whole number"),
+        (("inpaint", "--input", tmp_path / "none.png", "--mask", tmp_path / "mask.png"), "no such file"),
+    ]
+    for (task, *rest), message in cases:
+        assert edit(task, "--run", digits_run, *rest, "--out", tmp_path / "o.png") == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

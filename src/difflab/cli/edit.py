@@ -1,0 +1,196 @@
+"""``difflab edit inpaint|sdedit|uncrop|panorama``: image-to-image tasks on a trained run (docs/tasks.md).
+
+Inputs are PNG/JPEG files or folders (a folder in, a folder out with the same file names).  Images keep their
+size: one whose height x width differs from the run's is refused (uncrop/panorama take the run's size as well);
+channels are converted to the run's (L for one channel, RGB for three).  Masks are PNG, white = keep,
+black = generate (RePaint's convention), thresholded at 128.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+SUFFIXES = (".png", ".jpg", ".jpeg")
+TASKS = ("inpaint", "sdedit", "uncrop", "panorama")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..samplers import names
+
+    p = sub.add_parser("edit", help="inpaint, SDEdit, uncrop or extend images with a trained run", description=(
+        "Image-to-image tasks on a trained run, training-free: inpaint (RePaint), sdedit, uncrop, panorama. "
+        "--input and --out are PNG/JPEG files, or folders (same file names out). Masks: white = keep, "
+        "black = generate."))
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    for task in TASKS:
+        q = tasks.add_parser(task, help={"inpaint": "fill the black part of --mask (RePaint)",
+                                         "sdedit": "noise the input to --strength and denoise it (SDEdit)",
+                                         "uncrop": "extend by --left/--right/--top/--bottom pixels",
+                                         "panorama": "grow a strip --width pixels wide"}[task])
+        q.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
+        q.add_argument("--input", required=True, type=Path, metavar="IMG_OR_DIR")
+        q.add_argument("--out", required=True, type=Path, metavar="OUT")
+        q.add_argument("--sampler", default="ddim", choices=names(), help="sampler (default ddim)")
+        q.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+        q.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+        q.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+        if task == "sdedit":
+            q.add_argument("--strength", type=float, default=0.5,
+                           help="t0 as a fraction of the schedule (0 = the input, 1 = ignore it; default 0.5)")
+            q.add_argument("--mask", type=Path, metavar="MASK", help="optional: keep the white part of this mask")
+        else:
+            q.add_argument("--jump", type=int, default=10, help="RePaint jump length j (default 10)")
+            q.add_argument("--resample", type=int, default=1,
+                           help="RePaint resamples r per block (default 1: plain replacement)")
+        if task == "inpaint":
+            q.add_argument("--mask", required=True, type=Path, metavar="MASK",
+                           help="PNG (white = keep, black = generate) or a folder of masks named as the inputs")
+        if task == "uncrop":
+            for side in ("left", "right", "top", "bottom"):
+                q.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
+        if task == "panorama":
+            q.add_argument("--width", type=int, required=True, help="width of the strip in pixels")
+        q.set_defaults(handler=run)
+
+
+def _files(path: Path) -> list[Path]:
+    """The image files of --input: the file itself, or a folder's PNG/JPEG files sorted by name."""
+    if not path.exists():
+        raise UserError(f"--input {path}: no such file or directory")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+        if not files:
+            raise UserError(f"--input {path}: the folder holds no PNG/JPEG files")
+        return files
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(f"--input {path}: expected a .png, .jpg or .jpeg file or a folder")
+    return [path]
+
+
+def read_image(path: Path, channels: int) -> torch.Tensor:
+    """[1, C, H, W] in [-1, 1]; converted to L (C = 1) or RGB (C = 3), never resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable image ({e})") from None
+    a = a[:, :, None] if a.ndim == 2 else a
+    return torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
+def read_mask(path: Path, size: tuple[int, int], image: Path) -> torch.Tensor:
+    """[H, W] of 0/1 (white >= 128 = keep); its size must equal the image's."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"--mask {path}: not a readable image ({e})") from None
+    if a.shape != size:
+        raise UserError(f"--mask {path} is {a.shape[0]}x{a.shape[1]} but the image {image} is {size[0]}x{size[1]} "
+                        f"(height x width)")
+    return torch.from_numpy((a >= 128).astype(np.float32))
+
+
+def write_image(x: torch.Tensor, path: Path) -> None:
+    """Write [1, C, H, W] in [-1, 1] as an 8-bit image (format from the suffix)."""
+    from PIL import Image
+
+    from ..data import to_uint8
+    from ..training.checkpoint import atomic_write
+
+    a = to_uint8(x)[0]
+    img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    atomic_write(path, lambda p: img.save(p, format=fmt))
+
+
+def _outputs(args: argparse.Namespace, files: list[Path]) -> list[Path]:
+    if args.input.is_dir():
+        if args.out.exists() and not args.out.is_dir():
+            raise UserError(f"--out {args.out}: --input is a folder, so --out must be a folder")
+        if not args.out.parent.is_dir():
+            raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+        args.out.mkdir(exist_ok=True)
+        return [args.out / f.name for f in files]
+    if args.out.suffix.lower() not in SUFFIXES:
+        raise UserError(f"--out {args.out}: the file must end in .png, .jpg or .jpeg")
+    if not args.out.parent.is_dir():
+        raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    return [args.out]
+
+
+def _mask_for(args: argparse.Namespace, image_file: Path, size: tuple[int, int]) -> torch.Tensor | None:
+    mask = getattr(args, "mask", None)
+    if mask is None:
+        return None
+    if mask.is_dir():
+        mask = mask / image_file.name
+        if not mask.is_file():
+            raise UserError(f"--mask {args.mask}: no mask named {image_file.name} for input {image_file}")
+    elif not mask.is_file():
+        raise UserError(f"--mask {mask}: no such file")
+    return read_mask(mask, size, image_file)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import tasks
+    from ..models.denoiser import Clamped
+    from ..training import load_run
+
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    for name in ("jump", "resample"):
+        if getattr(args, name, 1) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.task == "sdedit" and not 0.0 <= args.strength <= 1.0:
+        raise UserError(f"--strength must lie in [0, 1], got {args.strength}")
+    files = _files(args.input)
+    outs = _outputs(args, files)
+    from ..training.families import is_family_run
+
+    if is_family_run(args.run):
+        raise UserError(f"--run {args.run}: edit needs a diffusion run (this one is a GAN/VAE-family run)")
+    loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
+    shape = loaded.shape
+    if len(shape) != 3:
+        raise UserError(f"--run {args.run} models points of shape {list(shape)}, not images")
+    if getattr(loaded.conditioning, "kind", "none") not in ("none", None):
+        raise UserError(f"--run {args.run} is conditional ({loaded.conditioning.kind}); edit needs an unconditional run")
+    c, h, w = shape
+    model = Clamped(loaded.model)
+    device = next(loaded.model.parameters()).device
+    g = torch.Generator().manual_seed(args.seed)
+    common = {"sampler": args.sampler, "steps": args.steps, "generator": g}
+    for f, out in zip(files, outs):
+        x = read_image(f, c)
+        if tuple(x.shape[-2:]) != (h, w):
+            raise UserError(f"{f} is {x.shape[-2]}x{x.shape[-1]} but the run {args.run} makes {h}x{w} images "
+                            f"(height x width); resize it first")
+        x = x.to(device)
+        mask = _mask_for(args, f, (h, w))
+        try:
+            if args.task == "inpaint":
+                y = tasks.inpaint(model, x, mask.to(device), jump=args.jump, resample=args.resample, **common)
+            elif args.task == "sdedit":
+                y = tasks.sdedit(model, x, args.strength, mask=None if mask is None else mask.to(device), **common)
+            elif args.task == "uncrop":
+                y = tasks.uncrop(model, x, left=args.left, right=args.right, top=args.top, bottom=args.bottom,
+                                 jump=args.jump, resample=args.resample, **common)
+            else:
+                y = tasks.panorama(model, x, args.width, jump=args.jump, resample=args.resample, **common)
+        except ValueError as e:
+            raise UserError(f"edit {args.task}: {e}") from None
+        write_image(y.cpu(), out)
+    print(f"wrote {len(outs)} image{'s' if len(outs) != 1 else ''} to {args.out}")
+    return 0
