@@ -203,3 +203,21 @@ def test_an_os_error_is_one_line(tmp_path, capsys, monkeypatch):
     assert run("train", "--data", "toy:moons", "--out", tmp_path / "r", "--steps", 2, "--quiet") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("difflab: error: No space left on device")
+
+
+def test_channels_option_forces_grayscale_for_a_colour_folder(tmp_path, tiny_config):
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+    for channels, expect in (("1", 1), (None, 3)):
+        out = tmp_path / f"run{channels}"
+        extra = ["--channels", channels] if channels else []
+        assert run("train", "--data", folder, "--image-size", 8, "--out", out, "--steps", 2,
+                   "--config", tiny_config("unet"), "--quiet", *extra) == 0
+        assert json.loads((out / "config.json").read_text())["shape"] == [expect, 8, 8]

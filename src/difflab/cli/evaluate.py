@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         from ..likelihood.variance import LearnedVarianceDenoiser
         from ..schedules import DiscreteSchedule
 
-        test = load(ref.spec, "test").x[: args.nll_num]
+        held_out = load(ref.spec, "test")
+        test = held_out.batch(torch.arange(min(args.nll_num, len(held_out))))
         options: dict[str, Any] = {}
         if args.nll_method == "elbo" and isinstance(loaded.model.schedule, DiscreteSchedule):
             options["num_t"] = args.nll_num_t or None

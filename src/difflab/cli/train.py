@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --conditional: condition on generated captions through this text encoder")
     p.add_argument("--sample-every", type=int, metavar="N", help="write a preview grid every N steps")
     p.add_argument("--image-size", type=int, default=32, help="side of images loaded from a folder (default 32)")
+    p.add_argument("--channels", type=int, choices=[1, 3],
+                   help="channels of images loaded from a folder (default: 3 if any file is in colour, else 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(overrides)
     if args.image_size < 4:
         raise ConfigError(f"--image-size must be at least 4, got {args.image_size}")
-    data = load(args.data, "train", image_size=args.image_size)
+    data = load(args.data, "train", image_size=args.image_size, channels=args.channels)
     world = distributed.init(args.device)
     try:
         res = train(cfg, data, args.out, resume=args.resume, progress=not args.quiet, world=world)
@@ -122,7 +124,7 @@ def run_family(args: argparse.Namespace) -> int:
     else:
         base, where = {}, ""
     cfg = cls.recipe.from_dict({**base, **overrides}, where=where)
-    data = load(args.data, "train", image_size=args.image_size)
+    data = load(args.data, "train", image_size=args.image_size, channels=args.channels)
     world = distributed.init(args.device)
     try:
         res = train_family(args.family, cfg, data, args.out, resume=args.resume, progress=not args.quiet, world=world)
