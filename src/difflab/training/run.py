@@ -56,7 +56,7 @@ DENOISERS: dict[str, type[Denoiser]] = {"plain": Denoiser, "learned_variance": L
 
 def run_config(cfg: TrainConfig, data: Dataset, model: Denoiser, processes: int = 1) -> dict[str, Any]:
     """The JSON written to RUN/config.json."""
-    return {"format": RUN_FORMAT, "data": data.spec, "data_kind": data.kind, "shape": list(data.shape),
+    return {"format": RUN_FORMAT, "family": "diffusion", "data": data.spec, "data_kind": data.kind, "shape": list(data.shape),
             "class_names": data.class_names, "train": cfg.to_dict(), "network": network_spec(model.net),
             "schedule": model.schedule.config(), "prediction": model.prediction,
             "denoiser": denoiser_kind(cfg.objective), "processes": processes}
