@@ -147,3 +147,28 @@ def test_cli_tune_steps_stores_a_grid_that_sample_uses(toy_run, tmp_path, capsys
     (toy_run / "grids.json").write_text("{broken")
     assert main(["sample", *args, "--steps", "4", "--num", "8", "--out", str(tmp_path / "c.npz")]) == 2
     assert "grids.json" in capsys.readouterr().err
+
+
+def test_cfg_limited_to_an_interval_guides_only_inside_it():
+    """Kynkaanniemi et al. 2024: guidance for sigma_lo < sigma <= sigma_hi, the conditional model elsewhere."""
+    from test_guidance import batch, tiny_model
+
+    from difflab.guidance import ClassifierFreeGuidance
+
+    model = tiny_model("eps")
+    x, t, cond = batch()  # t = 5, 30, 60, 90 on a 100-step table
+    sig = model.schedule.sigma_ve(t.double())
+    lo, hi = float(sig[0] + sig[1]) / 2, float(sig[2] + sig[3]) / 2  # rows 1 and 2 inside
+    full, limited = ClassifierFreeGuidance(model, 2.0), ClassifierFreeGuidance(model, 2.0, interval=(lo, hi))
+    calls = []
+    model.net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        out, plain, guided = limited(x, t, cond), model(x, t, cond), full(x, t, cond)
+        torch.testing.assert_close(out[[0, 3]], plain[[0, 3]])
+        torch.testing.assert_close(out[[1, 2]], guided[[1, 2]])
+        assert not torch.allclose(plain[[1, 2]], guided[[1, 2]])
+        calls.clear()
+        limited(x[:1], t[:1], {"y": cond["y"][:1]})  # outside: one pass, no null branch
+        assert calls == [1]
+    with pytest.raises(ValueError, match="interval"):
+        ClassifierFreeGuidance(model, 2.0, interval=(3.0, 1.0))
