@@ -1,7 +1,8 @@
-"""``difflab edit inpaint|sdedit|uncrop|panorama``: image-to-image tasks on a trained run (docs/tasks.md).
+"""``difflab edit inpaint|sdedit|uncrop|panorama|superres``: image-to-image tasks on a trained run (docs/tasks.md).
 
 Inputs are PNG/JPEG files or folders (a folder in, a folder out with the same file names).  Images keep their
-size: one whose height x width differs from the run's is refused (uncrop/panorama take the run's size as well);
+size: one whose height x width differs from the run's is refused (uncrop/panorama take the run's size as well;
+superres takes the run's size divided by its scale);
 channels are converted to the run's (L for one channel, RGB for three).  Masks are PNG, white = keep,
 black = generate (RePaint's convention), thresholded at 128.
 """
@@ -16,14 +17,15 @@ import torch
 from ..errors import UserError
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
-TASKS = ("inpaint", "sdedit", "uncrop", "panorama")
+TASKS = ("inpaint", "sdedit", "uncrop", "panorama", "superres")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..samplers import names
 
     p = sub.add_parser("edit", help="inpaint, SDEdit, uncrop or extend images with a trained run", description=(
-        "Image-to-image tasks on a trained run, training-free: inpaint (RePaint), sdedit, uncrop, panorama. "
+        "Image-to-image tasks on a trained run: inpaint (RePaint), sdedit, uncrop, panorama (training-free, on "
+        "any unconditional run) and superres (a --task superres run). "
         "--input and --out are PNG/JPEG files, or folders (same file names out). Masks: white = keep, "
         "black = generate."))
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -31,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q = tasks.add_parser(task, help={"inpaint": "fill the black part of --mask (RePaint)",
                                          "sdedit": "noise the input to --strength and denoise it (SDEdit)",
                                          "uncrop": "extend by --left/--right/--top/--bottom pixels",
-                                         "panorama": "grow a strip --width pixels wide"}[task])
+                                         "panorama": "grow a strip --width pixels wide",
+                                         "superres": "upsample with a --task superres run (SR3)"}[task])
         q.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
         q.add_argument("--input", required=True, type=Path, metavar="IMG_OR_DIR")
         q.add_argument("--out", required=True, type=Path, metavar="OUT")
@@ -45,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--strength", type=float, default=0.5,
                            help="t0 as a fraction of the schedule (0 = the input, 1 = ignore it; default 0.5)")
             q.add_argument("--mask", type=Path, metavar="MASK", help="optional: keep the white part of this mask")
-        else:
+        elif task != "superres":
             q.add_argument("--jump", type=int, default=10, help="RePaint jump length j (default 10)")
             q.add_argument("--resample", type=int, default=1,
                            help="RePaint resamples r per block (default 1: plain replacement)")
@@ -165,9 +168,14 @@ def run(args: argparse.Namespace) -> int:
     shape = loaded.shape
     if len(shape) != 3:
         raise UserError(f"--run {args.run} models points of shape {list(shape)}, not images")
-    if getattr(loaded.conditioning, "kind", "none") not in ("none", None):
-        raise UserError(f"--run {args.run} is conditional ({loaded.conditioning.kind}); edit needs an unconditional run")
+    kind = loaded.conditioning.kind
+    if args.task == "superres" and kind != "superres":
+        raise UserError(f"--run {args.run} is not a super-resolution run (train it with --task superres)")
+    if args.task != "superres" and kind != "none":
+        raise UserError(f"--run {args.run} is conditional ({kind}); edit {args.task} needs an unconditional run")
     c, h, w = shape
+    if args.task == "superres":
+        h, w = h // loaded.conditioning.scale, w // loaded.conditioning.scale
     model = Clamped(loaded.model)
     device = next(loaded.model.parameters()).device
     g = torch.Generator().manual_seed(args.seed)
@@ -175,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     for f, out in zip(files, outs):
         x = read_image(f, c)
         if tuple(x.shape[-2:]) != (h, w):
-            raise UserError(f"{f} is {x.shape[-2]}x{x.shape[-1]} but the run {args.run} makes {h}x{w} images "
+            raise UserError(f"{f} is {x.shape[-2]}x{x.shape[-1]} but the run {args.run} "
+                            f"{'takes' if args.task == 'superres' else 'makes'} {h}x{w} images "
                             f"(height x width); resize it first")
         x = x.to(device)
         mask = _mask_for(args, f, (h, w))
@@ -187,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
             elif args.task == "uncrop":
                 y = tasks.uncrop(model, x, left=args.left, right=args.right, top=args.top, bottom=args.bottom,
                                  jump=args.jump, resample=args.resample, **common)
+            elif args.task == "superres":
+                y = tasks.superres(model, x, loaded.conditioning, **common)
             else:
                 y = tasks.panorama(model, x, args.width, jump=args.jump, resample=args.resample, **common)
         except ValueError as e:

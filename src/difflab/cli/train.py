@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", choices=["small", "minilm"],
                    help="with --conditional: condition on generated captions through this text encoder")
     p.add_argument("--sample-every", type=int, metavar="N", help="write a preview grid every N steps")
+    p.add_argument("--task", choices=["generate", "superres"],
+                   help="superres: SR3, conditioned on the 1/--scale image upsampled (docs/tasks.md; default generate)")
+    p.add_argument("--scale", type=int, help="--task superres: integer down-sampling factor (default 2)")
     p.add_argument("--image-size", type=int, default=32, help="side of images loaded from a folder (default 32)")
     p.add_argument("--channels", type=int, choices=[1, 3],
                    help="channels of images loaded from a folder (default: 3 if any file is in colour, else 1)")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
                  "seed": args.seed, "conditional": args.conditional, "sample_every": args.sample_every,
                  "text_encoder": args.text_encoder, "accumulate": args.accumulate, "precision": args.precision,
-                 "compile": args.compile, "lr_schedule": args.lr_schedule}
+                 "compile": args.compile, "lr_schedule": args.lr_schedule, "task": args.task, "scale": args.scale}
     if args.steps is not None:
         overrides["minutes"] = 0.0
     if args.minutes is not None and args.steps is None:
@@ -103,6 +106,8 @@ def run_family(args: argparse.Namespace) -> int:
     from ..utils.config import read_config_file
 
     cls = family_class(args.family)
+    if args.task is not None or args.scale is not None:
+        raise UserError(f"--task and --scale are options of diffusion runs, not --family {args.family}")
     if args.text_encoder is not None or args.sample_every is not None:
         raise UserError(f"--text-encoder and --sample-every are options of diffusion runs, not --family {args.family}")
     if args.timesteps is not None and args.family != "ddgan":

@@ -1,4 +1,5 @@
-"""Image-to-image tasks as wrappers over the denoiser/sampler contract: inpainting (RePaint), SDEdit, uncropping, panoramas.
+"""Image-to-image tasks as wrappers over the denoiser/sampler contract: inpainting (RePaint), SDEdit, uncropping, panoramas;
+super-resolution samples an SR3 run (its conditioning lives in :mod:`difflab.training.conditioning`).
 
 Each takes any denoiser D(x_t, t, cond) -> x_0 with a ``.schedule`` and any registered sampler by name; none
 changes a sampler (docs/tasks.md).
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from .inpaint import Known, inpaint, repaint_plan
 from .sdedit import sdedit
+from .superres import superres
 from .uncrop import extend, panorama, uncrop
 
-__all__ = ["inpaint", "sdedit", "uncrop", "panorama", "extend", "repaint_plan", "Known"]
+__all__ = ["inpaint", "sdedit", "uncrop", "panorama", "superres", "extend", "repaint_plan", "Known"]

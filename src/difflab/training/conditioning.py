@@ -114,8 +114,56 @@ class CaptionConditioning(Conditioning):
         return {"context": ctx.to(device), "context_mask": mask.to(device)}
 
 
+def upsampled(low: Tensor, scale: int) -> Tensor:
+    """The SR3 condition: the low-res image [B, C, h, w] upsampled bicubically by ``scale`` (Saharia et al. 2021, sec. 2.3)."""
+    return torch.nn.functional.interpolate(low, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def downsampled(x: Tensor, scale: int) -> Tensor:
+    """The low-res image of x: the mean of each scale x scale block (what SR3 is trained to invert)."""
+    return torch.nn.functional.avg_pool2d(x, scale)
+
+
+class SuperResConditioning(Conditioning):
+    """SR3's condition {"image": upsampled low-res} concatenated to the network input (Saharia et al. 2021)."""
+
+    kind = "superres"
+
+    def __init__(self, scale: int, channels: int, data: Any = None):
+        self.scale, self.channels, self.data = int(scale), int(channels), data
+
+    def network_options(self) -> dict[str, Any]:
+        return {"cond_channels": self.channels}
+
+    def of_low(self, low: Tensor, device: torch.device | str) -> Cond:
+        """The condition asking for the high-res version of low-res images ``low`` [B, C, h, w]."""
+        if low.ndim != 4 or low.shape[1] != self.channels:
+            raise UserError(f"low-res images must be [B, {self.channels}, h, w], got {list(low.shape)}")
+        return {"image": upsampled(low.float(), self.scale).to(device)}
+
+    def draw(self, idx: Tensor, rng: BatchRandom, device: torch.device | str) -> Cond:
+        return self.of_low(downsampled(self.data.batch(idx), self.scale), device)
+
+    def null(self, n: int, device: torch.device | str) -> Cond:
+        raise UserError("a super-resolution run needs low-res images: use difflab edit superres")
+
+    def preview(self, n: int, device: torch.device | str) -> Cond:
+        """The low-res versions of the first n training images (at training time only)."""
+        if self.data is None:
+            raise UserError("a super-resolution run samples from low-res images: use difflab edit superres")
+        idx = torch.arange(n) % len(self.data)
+        return self.draw(idx, None, device)  # type: ignore[arg-type]
+
+
 def conditioning_for(cfg: Any, data: Any) -> Conditioning:
     """The conditioning a diffusion recipe trains with on this data (labels and captions are read from it)."""
+    if getattr(cfg, "task", "generate") == "superres":
+        if data.kind != "image":
+            raise UserError(f"--task superres needs images; {data.spec} holds points")
+        c, h, w = data.shape
+        if h % cfg.scale or w % cfg.scale:
+            raise UserError(f"--scale {cfg.scale} does not divide the {h}x{w} images of {data.spec}")
+        return SuperResConditioning(cfg.scale, c, data)
     if not cfg.conditional:
         return Conditioning()
     if cfg.text_encoder != "none":
@@ -135,6 +183,8 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     train = run_config.get("train", {})
     net = run_config.get("network", {}).get("config", {})
     p = float(train.get("p_uncond", 0.1))
+    if train.get("task", "generate") == "superres":
+        return SuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]))
     if int(net.get("context_dim", 0)) > 0 and train.get("text_encoder", "none") != "none":
         return CaptionConditioning(train["text_encoder"], p, len(run_config.get("class_names") or []))
     if int(net.get("num_classes", 0)) > 0:
@@ -142,4 +192,4 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     return Conditioning()
 
 
-__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "conditioning_for", "conditioning_of_run", "Cond"]
+__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "SuperResConditioning", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]

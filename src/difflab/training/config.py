@@ -160,6 +160,8 @@ class TrainConfig(FitConfig):
     sample_every: int = 0  # preview grid every N steps (0 = only at the end)
     sampler: str = "ddim"  # for previews and the final grid
     sample_steps: int = 50
+    task: Literal["generate", "superres"] = "generate"  # superres: SR3, conditioned on the upsampled 1/scale image
+    scale: int = 2  # task = superres: the integer down-sampling factor of the low-res condition
 
 
     def check(self) -> None:
@@ -171,6 +173,9 @@ class TrainConfig(FitConfig):
         require(0 <= self.p_uncond < 1, f"{n}.p_uncond must lie in [0, 1), got {self.p_uncond!r}")
         require(self.text_encoder == "none" or self.conditional,
                 f"{n}.text_encoder={self.text_encoder!r} needs conditional=true (captions of the labelled data)")
+        self.require_ints(("scale",), 2)
+        require(self.task == "generate" or not self.conditional,
+                f"{n}.task={self.task!r} is conditioned on an image; it cannot also be conditional=true")
         require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
         from ..samplers import SAMPLERS
 

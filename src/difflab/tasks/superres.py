@@ -1,0 +1,27 @@
+"""Super-resolution with an SR3 run: sample x given the bicubically upsampled low-res image (Saharia et al. 2021)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import samplers
+from .inpaint import check_image
+
+
+def superres(model: Any, low: Tensor, conditioning: Any, *, sampler: str = "ddim", steps: int = 50,
+             generator: torch.Generator | None = None, **options: Any) -> Tensor:
+    """High-res samples [B, C, scale h, scale w] of low-res images ``low`` [B, C, h, w] in [-1, 1] (SR3, sec. 2.3).
+
+    ``conditioning`` is the run's :class:`~difflab.training.conditioning.SuperResConditioning` (its scale and
+    channels); the sampler starts from the schedule's prior.
+    """
+    low = check_image(low)
+    if getattr(conditioning, "kind", None) != "superres":
+        raise ValueError("superres needs a super-resolution run's conditioning (trained with task = superres)")
+    device = low.device
+    cond = conditioning.of_low(low, device)
+    B, C, H, W = cond["image"].shape
+    x_T = model.schedule.sample_prior((B, C, H, W), generator=generator, device=device, dtype=low.dtype)
+    return samplers.sample(model, x_T, sampler=sampler, steps=steps, cond=cond, generator=generator, **options)
