@@ -305,18 +305,149 @@ def tune_grid(command: str, batch: int = 300) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fresh_mixture(seed: int) -> tuple[GaussianMixture, str]:
+    """A mixture never used to choose defaults: dimension 2-16, 4-25 components, means ~ N(0, spread^2 I) with
+    spread in [0.5, 2], full covariances with eigenvalues log-uniform in [0.003, 0.5] (condition number up to 170)."""
+    g = torch.Generator().manual_seed(seed)
+    d = int(torch.randint(2, 17, (1,), generator=g))
+    k = int(torch.randint(4, 26, (1,), generator=g))
+    spread = 0.5 + 1.5 * float(torch.rand(1, generator=g, dtype=torch.float64))
+    means = spread * torch.randn(k, d, generator=g, dtype=torch.float64)
+    covs = []
+    for _ in range(k):
+        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        lam = torch.exp(math.log(0.003) + (math.log(0.5) - math.log(0.003)) * torch.rand(d, generator=g, dtype=torch.float64))
+        covs.append(q @ torch.diag(lam) @ q.T)
+    w = 0.2 + torch.rand(k, generator=g, dtype=torch.float64)
+    return GaussianMixture(w, means, torch.stack(covs)), f"{d}-D, {k} components, spread {spread:.2f}"
+
+
+TUNED = ("dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "heun")
+
+
+def fresh(count: int, batch: int, calibration: int, command: str, seed: int | None = None) -> str:
+    """Error ratio, best difflab (default and tuned grids) over best diffusers, at 5 and 10 calls on fresh mixtures."""
+    seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    sched = difflab.schedules.get("linear", T=1000)
+    nfes = (5, 10)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# Fresh Gaussian mixtures: difflab (default and tuned grids) vs diffusers", "",
+             f"Command: `{command}`  ", f"Date: {now}  ", f"Load (`uptime`): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+             f"{os.getloadavg()[2]:.2f}  ", f"Seeds: drawn at run time from os.urandom; base seed {seed}, mixture i uses seed + i.", "",
+             "Model: exact eps-predictor of each mixture under the DDPM linear schedule (T = 1000), float64. Error: RMSE "
+             f"of {batch} held-out endpoints against dopri5 at rtol = 1e-10. Tuned grids: `difflab.samplers.tune_grid` "
+             f"on {calibration} calibration x_T drawn from another seed (GITS DP and coordinate search, 150 sampler runs).",
+             "", "| mixture | NFE | best difflab, default grid | best difflab, tuned grid | best diffusers | ratio default | ratio tuned |",
+             "|---|---|---|---|---|---|---|"]
+    ratios: dict[tuple[int, str], list[float]] = {}
+    for i in range(count):
+        gm, desc = fresh_mixture(seed + i)
+        net = eps_net(gm, sched)
+        model = difflab.from_eps(net, sched)
+        xT = torch.randn(batch, gm.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + i + 10**6))
+        xcal = torch.randn(calibration, gm.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + i + 2 * 10**6))
+        ref, _ = reference(net, sched, xT, 1e-10)
+        for k in nfes:
+            dflt = min((rmse(run_difflab(net, sched, xT, k, cfg)[0], ref), name) for name, cfg in difflab_configs().items())
+            tuned = []
+            for name in TUNED:
+                tg = difflab.samplers.tune_grid(model, name, k, xcal)
+                tuned.append((rmse(difflab.sample(model, xT, name, grid=tg.sigmas), ref), f"{name} (tuned)"))
+            tb = min(tuned + [dflt])
+            ob = min((rmse(run_diffusers(net, mk, xT, k)[0], ref), name) for name, mk in diffusers_configs().items())
+            ratios.setdefault((k, "default"), []).append(dflt[0] / ob[0])
+            ratios.setdefault((k, "tuned"), []).append(tb[0] / ob[0])
+            lines.append(f"| {desc} | {k} | {dflt[1]}: {dflt[0]:.2e} | {tb[1]}: {tb[0]:.2e} | {ob[1]}: {ob[0]:.2e} | "
+                         f"{dflt[0] / ob[0]:.2f} | {tb[0] / ob[0]:.2f} |")
+            print(lines[-1], flush=True)
+    lines += ["", "| NFE | grids | geometric mean ratio | worst ratio | target (<= 0.5) |", "|---|---|---|---|---|"]
+    for (k, kind), v in sorted(ratios.items()):
+        gmean = math.exp(sum(map(math.log, v)) / len(v))
+        lines.append(f"| {k} | {kind} | {gmean:.2f} | {max(v):.2f} | {'met' if max(v) <= 0.5 else '**missed**'} |")
+    return "\n".join(lines) + "\n"
+
+
+DIGITS_METHODS = ("ddpm:100,ddim:10,ddim:20,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:20,heun:10,heun:20,unipc:10,dpmpp_3m:10,"
+                  "ipndm:5,ipndm:10,ipndm:20,euler:10")
+
+
+def digits(run: str, methods: str, num: int, command: str) -> str:
+    """FD / precision / recall of samplers on a digits run, default grids and the run's tuned grids (grids.json)."""
+    from difflab.cli.tune_steps import tuned_sigmas
+    from difflab.data import load
+    from difflab.evaluation import evaluate_features, get_extractor
+    from difflab.models.denoiser import Clamped
+    from difflab.training import load_run
+
+    r = load_run(run, device="cpu")
+    model = Clamped(r.model)
+    ex = get_extractor("digits")
+    ref = ex(load("digits").x)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    la = os.getloadavg()
+    lines = ["# Few-call samplers on a digits run", "", f"Command: `{command}`  ", f"Date: {now}  ",
+             f"Load (`uptime`) at the start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}  ",
+             f"Run: {run} ({r.step} steps, schedule {r.config['schedule']}, prediction {r.config['prediction']}); "
+             f"{num} samples per row from the same x_T (seed 0), denoised predictions clipped to [-1, 1]; reference: "
+             "the 1497 training digits in the digits feature net; KID over 10 subsets.", "",
+             "| sampler | grid | calls | FD | KID | precision | recall | coverage |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for item in methods.split(","):
+        name, steps = item.split(":")
+        steps = int(steps)
+        grids_ = [("default", None)]
+        tuned = tuned_sigmas(Path(run), name, steps, "clip")
+        if tuned is not None:
+            grids_.append(("tuned", tuned))
+        for label, grid in grids_:
+            g = torch.Generator().manual_seed(0)
+            x_T = model.schedule.sample_prior((num, *r.shape), generator=g)
+            x, calls = difflab.sample(model, x_T, name, steps=steps, grid=grid, generator=g, return_nfe=True)
+            m = evaluate_features(ex(x.clamp(-1, 1)), ref, kid_subsets=10)
+            rows.append((name, label, calls, m))
+            lines.append(f"| {name} | {label} | {calls} | {m['fd']:.2f} | {m['kid']:.2f} | {m['precision']:.3f} | "
+                         f"{m['recall']:.3f} | {m['coverage']:.3f} |")
+            print(lines[-1], flush=True)
+    base = [m["fd"] for n, _, c, m in rows if n == "ddpm" and c >= 100]
+    if base:
+        best10 = min((m["fd"], f"{n} ({l})") for n, l, c, m in rows if c <= 10 and n != "ddpm")
+        lines += ["", f"Target: some solver at 10 calls within 1.2x of DDPM's {base[0]:.2f} at 100+ calls: best "
+                  f"{best10[1]} at {best10[0]:.2f} = {best10[0] / base[0]:.2f}x, "
+                  + ("met." if best10[0] <= 1.2 * base[0] else "**missed**.")]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small batches, no timing (smoke run)")
     ap.add_argument("--batch", type=int, default=1000, help="number of x_T per mixture for the error table")
     ap.add_argument("--tune-grid", action="store_true", help="only rerun the few_step grid selection")
+    ap.add_argument("--fresh", type=int, metavar="K", help="only the fresh-mixture comparison on K mixtures")
+    ap.add_argument("--seed", type=int, help="base seed of --fresh (default: drawn from os.urandom)")
+    ap.add_argument("--threads", type=int, help="torch threads")
+    ap.add_argument("--digits", metavar="RUN_DIR", help="only the digits FD table of this run (with its grids.json)")
+    ap.add_argument("--methods", default=DIGITS_METHODS, help="sampler:calls list for --digits")
+    ap.add_argument("--num", type=int, default=500, help="samples per row for --digits")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     command = "python benchmarks/samplers.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     if args.tune_grid:
         text = tune_grid(command)
         print(text)
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "samplers_grid.md").write_text(text)
+        return
+    if args.digits:
+        text = digits(args.digits, args.methods, args.num, command)
+        print(text)
+        (OUT / "samplers_digits.md").write_text(text)
+        return
+    if args.fresh:
+        text = fresh(args.fresh, 64 if args.quick else min(args.batch, 500), 32 if args.quick else 256, command, args.seed)
+        print(text)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "samplers_fresh.md").write_text(text)
         return
     batch = 64 if args.quick else args.batch
     acc = accuracy(batch, NFES)
