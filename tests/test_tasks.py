@@ -362,3 +362,44 @@ def test_superres_output_downsampled_matches_the_input(tmp_path):
         err = float((back - low).pow(2).mean().sqrt())
         other = float((back - low.roll(1, 0)).pow(2).mean().sqrt())
         assert err < 0.2 and 3 * err < other, (sampler, err, other)
+
+
+# ---- mask-conditioned inpainting (Palette): random box / strokes / half masks ----
+
+def test_training_masks_kinds_and_determinism():
+    from difflab.training.conditioning import training_masks
+    from difflab.utils.random import BatchRandom
+
+    full = training_masks(BatchRandom(torch.Generator().manual_seed(0), 0, 300, 300), 300, 8, 8)
+    assert full.shape == (300, 1, 8, 8) and set(full.unique().tolist()) <= {0.0, 1.0}
+    holes = (1 - full).flatten(1).sum(1)
+    assert bool((holes > 0).all()) and bool((holes < 64).all())  # something to fill and something kept
+    assert int((holes == 32).sum()) >= 50  # the halves (a third of the rows) remove exactly 32 pixels
+    part = training_masks(BatchRandom(torch.Generator().manual_seed(0), 100, 200, 300), 100, 8, 8)
+    assert torch.equal(part, full[100:200])  # a part of the batch draws its own rows of the whole batch's masks
+
+
+def test_mask_conditioned_run_from_the_command_line(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from difflab.cli.main import main
+    from difflab.training import load_run
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"network": SR_NET, "batch_size": 16, "sample_steps": 2,
+                               "schedule": {"kind": "linear", "T": 100}}))
+    assert main(["train", "--data", "digits", "--task", "inpaint", "--out", str(tmp_path / "pal"), "--steps", "2",
+                 "--config", str(cfg), "--quiet"]) == 0
+    loaded = load_run(tmp_path / "pal", device="cpu")
+    assert loaded.conditioning.kind == "inpaint" and loaded.model.net.config.cond_channels == 2
+    img = np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)
+    mask = np.full((8, 8), 255, np.uint8)
+    mask[2:6, 2:6] = 0
+    _png(tmp_path / "a.png", img)
+    _png(tmp_path / "m.png", mask)
+    assert edit("inpaint", "--run", tmp_path / "pal", "--input", tmp_path / "a.png", "--mask", tmp_path / "m.png",
+                "--out", tmp_path / "o.png", "--steps", 2) == 0
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert np.array_equal(out[mask == 255], img[mask == 255])

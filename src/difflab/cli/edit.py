@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("edit", help="inpaint, SDEdit, uncrop or extend images with a trained run", description=(
         "Image-to-image tasks on a trained run: inpaint (RePaint), sdedit, uncrop, panorama (training-free, on "
-        "any unconditional run) and superres (a --task superres run). "
+        "any unconditional run), superres (a --task superres run); inpaint on a --task inpaint run uses its "
+        "mask conditioning. "
         "--input and --out are PNG/JPEG files, or folders (same file names out). Masks: white = keep, "
         "black = generate."))
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     kind = loaded.conditioning.kind
     if args.task == "superres" and kind != "superres":
         raise UserError(f"--run {args.run} is not a super-resolution run (train it with --task superres)")
-    if args.task != "superres" and kind != "none":
+    if args.task != "superres" and kind != "none" and not (args.task == "inpaint" and kind == "inpaint"):
         raise UserError(f"--run {args.run} is conditional ({kind}); edit {args.task} needs an unconditional run")
     c, h, w = shape
     if args.task == "superres":
@@ -189,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
         x = x.to(device)
         mask = _mask_for(args, f, (h, w))
         try:
-            if args.task == "inpaint":
+            if args.task == "inpaint" and kind == "inpaint":  # a mask-conditioned run (Palette)
+                y = tasks.inpaint_conditioned(model, x, mask.to(device), loaded.conditioning, **common)
+            elif args.task == "inpaint":
                 y = tasks.inpaint(model, x, mask.to(device), jump=args.jump, resample=args.resample, **common)
             elif args.task == "sdedit":
                 y = tasks.sdedit(model, x, args.strength, mask=None if mask is None else mask.to(device), **common)

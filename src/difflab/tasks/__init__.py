@@ -6,9 +6,9 @@ changes a sampler (docs/tasks.md).
 """
 from __future__ import annotations
 
-from .inpaint import Known, inpaint, repaint_plan
+from .inpaint import Known, inpaint, inpaint_conditioned, repaint_plan
 from .sdedit import sdedit
 from .superres import superres
 from .uncrop import extend, panorama, uncrop
 
-__all__ = ["inpaint", "sdedit", "uncrop", "panorama", "superres", "extend", "repaint_plan", "Known"]
+__all__ = ["inpaint", "inpaint_conditioned", "sdedit", "uncrop", "panorama", "superres", "extend", "repaint_plan", "Known"]

@@ -174,3 +174,20 @@ def inpaint(model: Any, image: Tensor, mask: Tensor | Any, *, sampler: str = "dd
     x = start_state(model.schedule, image, mask, float(sigmas[0]), generator, prior=True)
     return fill(model, x, sigmas, image, mask, sampler=sampler, jump=jump, resample=resample, cond=cond,
                 generator=generator, options=options)
+
+
+def inpaint_conditioned(model: Any, image: Tensor, mask: Tensor | Any, conditioning: Any, *, sampler: str = "ddim",
+                        steps: int = 50, generator: torch.Generator | None = None, **options: Any) -> Tensor:
+    """Fill the holes (mask 0) with a mask-conditioned run (Palette, Saharia et al. 2022): one plain sampler call
+    conditioned on the masked image and the mask; the known pixels pasted. ``conditioning`` is the run's
+    :class:`~difflab.training.conditioning.InpaintConditioning`; ``mask`` broadcasts to [B, 1, H, W]."""
+    image = check_image(image)
+    if getattr(conditioning, "kind", None) != "inpaint":
+        raise ValueError("inpaint_conditioned needs a mask-conditioned run's conditioning (trained with task = inpaint)")
+    if image.ndim != 4:
+        raise ValueError(f"inpaint_conditioned needs images [B, C, H, W], got shape {tuple(image.shape)}")
+    m = check_mask(image[:, :1], mask)
+    x_T = model.schedule.sample_prior(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+    out = samplers.sample(model, x_T, sampler=sampler, steps=steps, cond=conditioning.of_masked(image, m, image.device),
+                          generator=generator, **options)
+    return m * image + (1 - m) * out

@@ -155,6 +155,73 @@ class SuperResConditioning(Conditioning):
         return self.draw(idx, None, device)  # type: ignore[arg-type]
 
 
+def training_masks(rng: BatchRandom, n: int, h: int, w: int) -> Tensor:
+    """Palette's training masks [n, 1, h, w] (1 = keep): a random box, two brush strokes or a half, one kind each
+    in turn at random (Saharia et al. 2022, sec. 4); a fixed number of draws per row whatever its kind."""
+    kind = rng.randint(3, n)
+    u = rng.rand((n, 8))
+    ys = torch.arange(h, dtype=torch.float32)[None, :, None] + 0.5
+    xs = torch.arange(w, dtype=torch.float32)[None, None, :] + 0.5
+    # box: side h/4..h/2, anywhere inside
+    bh, bw = (h / 4 + u[:, 0] * h / 4).ceil(), (w / 4 + u[:, 1] * w / 4).ceil()
+    y0, x0 = (u[:, 2] * (h - bh + 1)).floor(), (u[:, 3] * (w - bw + 1)).floor()
+    box = ((ys >= y0[:, None, None]) & (ys < (y0 + bh)[:, None, None])
+           & (xs >= x0[:, None, None]) & (xs < (x0 + bw)[:, None, None]))
+    # two strokes: segments between random points, width max(h, w) / 8
+    strokes = torch.zeros(n, h, w, dtype=torch.bool)
+    radius = max(h, w) / 8
+    for k in (4, 6):
+        p0 = torch.stack([u[:, k] * h, u[:, k + 1] * w], 1)
+        p1 = torch.stack([u[:, (k + 2) % 8] * h, u[:, (k + 3) % 8] * w], 1)
+        d = p1 - p0
+        along = ((ys - p0[:, 0, None, None]) * d[:, 0, None, None] + (xs - p0[:, 1, None, None]) * d[:, 1, None, None])
+        along = (along / (d.pow(2).sum(1)[:, None, None] + 1e-6)).clamp(0, 1)
+        dy = ys - (p0[:, 0, None, None] + along * d[:, 0, None, None])
+        dx = xs - (p0[:, 1, None, None] + along * d[:, 1, None, None])
+        strokes |= dy**2 + dx**2 <= radius**2
+    # half: left, right, top or bottom
+    side = (u[:, 4] * 4).floor()
+    half = torch.where(side[:, None, None] == 0, xs < w / 2, torch.where(side[:, None, None] == 1, xs >= w / 2,
+                       torch.where(side[:, None, None] == 2, ys < h / 2, ys >= h / 2)))
+    hole = torch.where(kind[:, None, None] == 0, box, torch.where(kind[:, None, None] == 1, strokes, half))
+    return (~hole).float()[:, None]
+
+
+class InpaintConditioning(Conditioning):
+    """Palette's inpainting condition {"image": [masked image, mask]} concatenated to the input (Saharia et al. 2022);
+    the masked image is 0 in the hole, the mask channel 1 = keep."""
+
+    kind = "inpaint"
+
+    def __init__(self, channels: int, data: Any = None):
+        self.channels, self.data = int(channels), data
+
+    def network_options(self) -> dict[str, Any]:
+        return {"cond_channels": self.channels + 1}
+
+    def of_masked(self, image: Tensor, mask: Tensor, device: torch.device | str) -> Cond:
+        """The condition asking to fill ``image`` [B, C, H, W] where ``mask`` (broadcastable to [B, 1, H, W]) is 0."""
+        m = torch.as_tensor(mask, dtype=image.dtype).to(image.device).expand(image.shape[0], 1, *image.shape[-2:])
+        return {"image": torch.cat([image * m, m], 1).to(device)}
+
+    def draw(self, idx: Tensor, rng: BatchRandom, device: torch.device | str) -> Cond:
+        x = self.data.batch(idx)
+        return self.of_masked(x, training_masks(rng, len(idx), *x.shape[-2:]), device)
+
+    def null(self, n: int, device: torch.device | str) -> Cond:
+        raise UserError("a mask-conditioned inpainting run needs images and masks: use difflab edit inpaint")
+
+    def preview(self, n: int, device: torch.device | str) -> Cond:
+        """The first n training images with their centre quarter removed (at training time only)."""
+        if self.data is None:
+            raise UserError("a mask-conditioned inpainting run needs images and masks: use difflab edit inpaint")
+        x = self.data.batch(torch.arange(n) % len(self.data))
+        h, w = x.shape[-2:]
+        m = torch.ones(1, 1, h, w)
+        m[..., h // 4: h // 4 + h // 2, w // 4: w // 4 + w // 2] = 0
+        return self.of_masked(x, m, device)
+
+
 def conditioning_for(cfg: Any, data: Any) -> Conditioning:
     """The conditioning a diffusion recipe trains with on this data (labels and captions are read from it)."""
     if getattr(cfg, "task", "generate") == "superres":
@@ -164,6 +231,10 @@ def conditioning_for(cfg: Any, data: Any) -> Conditioning:
         if h % cfg.scale or w % cfg.scale:
             raise UserError(f"--scale {cfg.scale} does not divide the {h}x{w} images of {data.spec}")
         return SuperResConditioning(cfg.scale, c, data)
+    if getattr(cfg, "task", "generate") == "inpaint":
+        if data.kind != "image":
+            raise UserError(f"--task inpaint needs images; {data.spec} holds points")
+        return InpaintConditioning(data.shape[0], data)
     if not cfg.conditional:
         return Conditioning()
     if cfg.text_encoder != "none":
@@ -185,6 +256,8 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     p = float(train.get("p_uncond", 0.1))
     if train.get("task", "generate") == "superres":
         return SuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]))
+    if train.get("task", "generate") == "inpaint":
+        return InpaintConditioning(int(run_config["shape"][0]))
     if int(net.get("context_dim", 0)) > 0 and train.get("text_encoder", "none") != "none":
         return CaptionConditioning(train["text_encoder"], p, len(run_config.get("class_names") or []))
     if int(net.get("num_classes", 0)) > 0:
@@ -192,4 +265,5 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     return Conditioning()
 
 
-__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "SuperResConditioning", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]
+__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "SuperResConditioning", "InpaintConditioning",
+           "training_masks", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]
