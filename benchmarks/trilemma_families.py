@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--jobs", type=int, default=2, help="trainings in parallel (each --threads 1)")
     ap.add_argument("--num", type=int, default=2500, help="samples per report row")
+    ap.add_argument("--methods", default=METHODS, help=f"samplers of the diffusion run (default {METHODS})")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "trilemma_families")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -109,7 +110,7 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         dirs = list(pool.map(lambda j: train(*j, args.data, kind, args.minutes, runs), jobs))
     out = ROOT / "docs" / "benchmarks" / "trilemma_families" / tag
-    cmd = [PY, "-m", "difflab", "report", "--run", *map(str, dirs), "--methods", METHODS, "--num", str(args.num),
+    cmd = [PY, "-m", "difflab", "report", "--run", *map(str, dirs), "--methods", args.methods, "--num", str(args.num),
            "--out", str(out), "--threads", "1"]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -123,7 +124,7 @@ def main() -> None:
     rel = out.relative_to(ROOT / "docs" / "benchmarks")
     section = [f"## {args.data}", "",
                f"Command: `.venv/bin/python benchmarks/trilemma_families.py --data {args.data} --minutes {args.minutes:g} "
-               f"--jobs {args.jobs} --num {args.num}`  ",
+               f"--jobs {args.jobs} --num {args.num} --methods {args.methods}`  ",
                f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {len(jobs)} trainings of {args.minutes:g} "
                f"min each, {args.jobs} at a time with --threads 1, {time.time() - t0:.0f} s in all.  ",
                f"Machine load (`uptime`, shared 2-core machine): before `{load_before}`; after `{load_after}`.", "",
