@@ -88,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
     world = distributed.init(args.device)
     try:
         res = train(cfg, data, args.out, resume=args.resume, progress=not args.quiet, world=world)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(clean=False)
+        raise
+    distributed.shutdown()
     if not world.main:
         return 143 if res.stopped == "terminated" else 0
     if res.stopped == "terminated":
@@ -134,8 +136,10 @@ def run_family(args: argparse.Namespace) -> int:
     world = distributed.init(args.device)
     try:
         res = train_family(args.family, cfg, data, args.out, resume=args.resume, progress=not args.quiet, world=world)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(clean=False)
+        raise
+    distributed.shutdown()
     if not world.main:
         return 143 if res.stopped == "terminated" else 0
     if res.stopped == "terminated":

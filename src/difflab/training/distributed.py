@@ -88,10 +88,16 @@ def init(device: torch.device | str | None = None) -> World:
     return World(rank, size, local, dev)
 
 
-def shutdown() -> None:
-    """Leave the process group (if one was joined)."""
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group (if one was joined).  After a clean finish all processes leave together (a
+    process that closes its connections while a peer still reads from them can make the peer's gloo transport
+    abort); after an error no collective is attempted, since the peers may be inside another one."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def default_device() -> torch.device:
