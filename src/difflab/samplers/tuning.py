@@ -3,9 +3,9 @@
 ``tune_grid`` follows GITS (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling",
 sec. 4): the teacher trajectory of a calibration batch is solved on a fine grid; dynamic programming over that
 grid picks the L levels that minimise the summed local error of one Euler (DDIM) step between teacher states
-(their eq. 9-10, cost in the RMSE norm). The DP grid and the sampler's default grid are then scored by the
-sampler's own endpoint error against the teacher, and the better one is refined by a coordinate search in
-log sigma on that objective (accepting only improvements), so the result is never worse than the default.
+(their eq. 9-10, cost in the RMSE norm). The DP grid, the sampler's default grid and the other named grids
+are scored by the sampler's own endpoint error against the teacher; the best is refined by a coordinate search
+in log sigma on that objective (accepting only improvements), so the result is never worse than the default.
 """
 from __future__ import annotations
 
@@ -146,7 +146,11 @@ def tune_grid(model: Any, sampler: str, nfe: int, x_T: Tensor | None = None, *, 
         default = grids.get(info.grid, sched, n)
         start = dp_grid(model, states, x0, f, n, cond)
         j_default, j_dp = objective(default), objective(start)
-        grid, j = (start, j_dp) if j_dp < j_default else (default, j_default)
+        tried = [(j_default, 0, default), (j_dp, 1, start)]
+        for k, name in enumerate(sorted(set(grids.GRIDS) - {info.grid})):  # the other named grids as starts too
+            g = grids.get(name, sched, n)
+            tried.append((objective(g), k + 2, g))
+        j, _, grid = min(tried, key=lambda c: c[:2])
         grid, j = _refine(grid, j, objective, smin, max_evals - evals)
     assert count(sampler, len(grid) - 1, **options) <= nfe
     return TunedGrid(grid, sampler, count(sampler, len(grid) - 1, **options), j, j_default, j_dp, evals)
