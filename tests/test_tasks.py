@@ -403,3 +403,42 @@ def test_mask_conditioned_run_from_the_command_line(tmp_path):
                 "--out", tmp_path / "o.png", "--steps", 2) == 0
     out = np.asarray(Image.open(tmp_path / "o.png"))
     assert np.array_equal(out[mask == 255], img[mask == 255])
+
+
+# ---- colorization: a seeded colour digits set and a grayscale-conditioned run ----
+
+def test_color_digits_and_colorize_run(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from difflab import data
+    from difflab.cli.main import main
+    from difflab.training import load_run
+    from difflab.training.conditioning import grayscale
+
+    gray, col = data.load("digits"), data.load("color:digits")
+    assert col.shape == (3, 8, 8) and torch.equal(col.y, gray.y)
+    assert torch.equal(col.stored, data.load("color:digits").stored)  # deterministic
+    levels = torch.tensor([0, 255, 128], dtype=torch.uint8).reshape(1, 1, 1, 3).expand(5, 1, 1, 3)
+    out = data.colored(levels.contiguous()).float()  # per image: [bg, fg, bg + (fg - bg) 128/255] in each channel
+    bg, fg = out[..., 0], out[..., 1]
+    assert bool((bg < 64).all() and (fg >= 96).all())
+    assert torch.equal(out[..., 2], (bg + (fg - bg) * 128 / 255).round())
+    assert torch.equal(col.stored, data.colored(gray.stored))  # the split coloured by colored()
+    rgb = torch.tensor([[[[1.0]], [[0.0]], [[-1.0]]]])
+    assert torch.allclose(grayscale(rgb), torch.tensor(0.299 - 0.114).reshape(1, 1, 1, 1))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"network": SR_NET, "batch_size": 16, "sample_steps": 2,
+                               "schedule": {"kind": "linear", "T": 100}}))
+    assert main(["train", "--data", "color:digits", "--task", "colorize", "--out", str(tmp_path / "col"),
+                 "--steps", "2", "--config", str(cfg), "--quiet"]) == 0
+    loaded = load_run(tmp_path / "col", device="cpu")
+    assert loaded.conditioning.kind == "colorize" and loaded.model.net.config.cond_channels == 1
+    _png(tmp_path / "g.png", np.full((8, 8), 128))
+    assert edit("colorize", "--run", tmp_path / "col", "--input", tmp_path / "g.png", "--out", tmp_path / "c.png",
+                "--steps", 2) == 0
+    assert np.asarray(Image.open(tmp_path / "c.png")).shape == (8, 8, 3)
+    assert main(["train", "--data", "digits", "--task", "colorize", "--out", str(tmp_path / "bad"), "--steps", "1",
+                 "--quiet"]) == 2
+    assert "needs colour images; digits has shape [1, 8, 8] (try color:digits)" in capsys.readouterr().err

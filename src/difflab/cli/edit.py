@@ -2,7 +2,7 @@
 
 Inputs are PNG/JPEG files or folders (a folder in, a folder out with the same file names).  Images keep their
 size: one whose height x width differs from the run's is refused (uncrop/panorama take the run's size as well;
-superres takes the run's size divided by its scale);
+superres takes the run's size divided by its scale; colorize reads its input as grayscale);
 channels are converted to the run's (L for one channel, RGB for three).  Masks are PNG, white = keep,
 black = generate (RePaint's convention), thresholded at 128.
 """
@@ -17,7 +17,7 @@ import torch
 from ..errors import UserError
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
-TASKS = ("inpaint", "sdedit", "uncrop", "panorama", "superres")
+TASKS = ("inpaint", "sdedit", "uncrop", "panorama", "superres", "colorize")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("edit", help="inpaint, SDEdit, uncrop or extend images with a trained run", description=(
         "Image-to-image tasks on a trained run: inpaint (RePaint), sdedit, uncrop, panorama (training-free, on "
-        "any unconditional run), superres (a --task superres run); inpaint on a --task inpaint run uses its "
+        "any unconditional run), superres and colorize (--task superres / colorize runs); inpaint on a --task inpaint run uses its "
         "mask conditioning. "
         "--input and --out are PNG/JPEG files, or folders (same file names out). Masks: white = keep, "
         "black = generate."))
@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                          "sdedit": "noise the input to --strength and denoise it (SDEdit)",
                                          "uncrop": "extend by --left/--right/--top/--bottom pixels",
                                          "panorama": "grow a strip --width pixels wide",
-                                         "superres": "upsample with a --task superres run (SR3)"}[task])
+                                         "superres": "upsample with a --task superres run (SR3)",
+                                         "colorize": "colour grayscale images with a --task colorize run"}[task])
         q.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
         q.add_argument("--input", required=True, type=Path, metavar="IMG_OR_DIR")
         q.add_argument("--out", required=True, type=Path, metavar="OUT")
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--strength", type=float, default=0.5,
                            help="t0 as a fraction of the schedule (0 = the input, 1 = ignore it; default 0.5)")
             q.add_argument("--mask", type=Path, metavar="MASK", help="optional: keep the white part of this mask")
-        elif task != "superres":
+        elif task not in ("superres", "colorize"):
             q.add_argument("--jump", type=int, default=10, help="RePaint jump length j (default 10)")
             q.add_argument("--resample", type=int, default=1,
                            help="RePaint resamples r per block (default 1: plain replacement)")
@@ -170,9 +171,9 @@ def run(args: argparse.Namespace) -> int:
     if len(shape) != 3:
         raise UserError(f"--run {args.run} models points of shape {list(shape)}, not images")
     kind = loaded.conditioning.kind
-    if args.task == "superres" and kind != "superres":
-        raise UserError(f"--run {args.run} is not a super-resolution run (train it with --task superres)")
-    if args.task != "superres" and kind != "none" and not (args.task == "inpaint" and kind == "inpaint"):
+    if args.task in ("superres", "colorize") and kind != args.task:
+        raise UserError(f"--run {args.run} is not a {args.task} run (train it with --task {args.task})")
+    if args.task not in ("superres", "colorize") and kind != "none" and not (args.task == "inpaint" and kind == "inpaint"):
         raise UserError(f"--run {args.run} is conditional ({kind}); edit {args.task} needs an unconditional run")
     c, h, w = shape
     if args.task == "superres":
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     common = {"sampler": args.sampler, "steps": args.steps, "generator": g}
     for f, out in zip(files, outs):
-        x = read_image(f, c)
+        x = read_image(f, 1 if args.task == "colorize" else c)
         if tuple(x.shape[-2:]) != (h, w):
             raise UserError(f"{f} is {x.shape[-2]}x{x.shape[-1]} but the run {args.run} "
                             f"{'takes' if args.task == 'superres' else 'makes'} {h}x{w} images "
@@ -199,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
             elif args.task == "uncrop":
                 y = tasks.uncrop(model, x, left=args.left, right=args.right, top=args.top, bottom=args.bottom,
                                  jump=args.jump, resample=args.resample, **common)
+            elif args.task == "colorize":
+                y = tasks.colorize(model, x, loaded.conditioning, **common)
             elif args.task == "superres":
                 y = tasks.superres(model, x, loaded.conditioning, **common)
             else:

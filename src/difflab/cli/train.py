@@ -35,9 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", choices=["small", "minilm"],
                    help="with --conditional: condition on generated captions through this text encoder")
     p.add_argument("--sample-every", type=int, metavar="N", help="write a preview grid every N steps")
-    p.add_argument("--task", choices=["generate", "superres", "inpaint"],
+    p.add_argument("--task", choices=["generate", "superres", "inpaint", "colorize"],
                    help="superres: SR3, conditioned on the 1/--scale image upsampled; inpaint: conditioned on a masked "
-                        "image and its random box/stroke/half mask (docs/tasks.md; default generate)")
+                        "image and its random box/stroke/half mask; colorize: conditioned on the grayscale image "
+                        "(docs/tasks.md; default generate)")
     p.add_argument("--scale", type=int, help="--task superres: integer down-sampling factor (default 2)")
     p.add_argument("--image-size", type=int, default=32, help="side of images loaded from a folder (default 32)")
     p.add_argument("--channels", type=int, choices=[1, 3],

@@ -1,4 +1,5 @@
-"""Datasets by spec: ``digits``, ``toy:NAME``, ``mnist:DIR`` or a path to a folder of images.
+"""Datasets by spec: ``digits``, ``toy:NAME``, ``mnist:DIR`` or a path to a folder of images; ``color:SPEC`` colours a
+grayscale image set with a seeded foreground/background pair per image (for colorization).
 
 Images are held as uint8 [N, C, H, W] and converted per batch to float32 in [-1, 1] (``Dataset.batch``), a
 quarter of the memory of float storage; 2-D toy data is float32 [N, 2].
@@ -109,11 +110,25 @@ def _split(n: int, split: Split, test_fraction: float, seed: int = 0) -> np.ndar
     return np.sort(perm[n_test:] if split == "train" else perm[:n_test])
 
 
+def colored(x: Tensor, seed: int = 0) -> Tensor:
+    """uint8 [N, 1, H, W] -> [N, 3, H, W]: v -> bg + (fg - bg) v / 255 with a seeded random bright foreground
+    (each channel 96..255) and dark background (0..63) colour per image, the same for a given N and seed."""
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 1:
+        raise DataError(f"color: needs grayscale uint8 images [N, 1, H, W], got {tuple(x.shape)} {x.dtype}")
+    rng = np.random.default_rng(10_007 + seed)
+    fg = torch.from_numpy(rng.integers(96, 256, (len(x), 3, 1, 1))).float()
+    bg = torch.from_numpy(rng.integers(0, 64, (len(x), 3, 1, 1))).float()
+    return (bg + (fg - bg) * x.float() / 255).round().clamp(0, 255).to(torch.uint8)
+
+
 def load(spec: str, split: Split = "train", image_size: int | None = None, channels: int | None = None,
          seed: int = 0) -> Dataset:
     """Load a dataset by spec (see module docstring).  ``image_size`` applies to image folders (default 32)."""
     if split not in ("train", "test", "all"):
         raise DataError(f"unknown split {split!r}; choose train, test or all")
+    if spec.startswith("color:"):  # a grayscale set coloured deterministically (colorization)
+        inner = load(spec[6:], split, image_size, 1, seed)
+        return Dataset(colored(inner.stored, seed), inner.y, spec, inner.class_names)
     if spec == "digits":
         x, y = _images.digits()
         idx = _split(len(x), split, test_fraction=1 / 6)

@@ -1,4 +1,4 @@
-"""Super-resolution with an SR3 run: sample x given the bicubically upsampled low-res image (Saharia et al. 2021)."""
+"""Conditioned-model tasks: super-resolution with an SR3 run (Saharia et al. 2021) and colorization (Saharia et al. 2022)."""
 from __future__ import annotations
 
 from typing import Any
@@ -24,4 +24,16 @@ def superres(model: Any, low: Tensor, conditioning: Any, *, sampler: str = "ddim
     cond = conditioning.of_low(low, device)
     B, C, H, W = cond["image"].shape
     x_T = model.schedule.sample_prior((B, C, H, W), generator=generator, device=device, dtype=low.dtype)
+    return samplers.sample(model, x_T, sampler=sampler, steps=steps, cond=cond, generator=generator, **options)
+
+
+def colorize(model: Any, gray: Tensor, conditioning: Any, *, sampler: str = "ddim", steps: int = 50,
+             generator: torch.Generator | None = None, **options: Any) -> Tensor:
+    """Colour samples [B, 3, H, W] of grayscale images ``gray`` [B, 1, H, W] in [-1, 1] with a colorization run (Palette)."""
+    gray = check_image(gray)
+    if getattr(conditioning, "kind", None) != "colorize":
+        raise ValueError("colorize needs a colorization run's conditioning (trained with task = colorize)")
+    cond = conditioning.of_gray(gray, gray.device)
+    B, _, H, W = gray.shape
+    x_T = model.schedule.sample_prior((B, 3, H, W), generator=generator, device=gray.device, dtype=gray.dtype)
     return samplers.sample(model, x_T, sampler=sampler, steps=steps, cond=cond, generator=generator, **options)

@@ -222,6 +222,42 @@ class InpaintConditioning(Conditioning):
         return self.of_masked(x, m, device)
 
 
+def grayscale(x: Tensor) -> Tensor:
+    """Luma [B, 1, H, W] of RGB images [B, 3, H, W]: 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601)."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+    return (x * w[None, :, None, None]).sum(1, keepdim=True)
+
+
+class ColorizeConditioning(Conditioning):
+    """Colorization's condition {"image": luma of the colour image} concatenated to the input (Saharia et al. 2022)."""
+
+    kind = "colorize"
+
+    def __init__(self, data: Any = None):
+        self.data = data
+
+    def network_options(self) -> dict[str, Any]:
+        return {"cond_channels": 1}
+
+    def of_gray(self, gray: Tensor, device: torch.device | str) -> Cond:
+        """The condition asking for colour versions of grayscale images ``gray`` [B, 1, H, W] in [-1, 1]."""
+        if gray.ndim != 4 or gray.shape[1] != 1:
+            raise UserError(f"grayscale images must be [B, 1, H, W], got {list(gray.shape)}")
+        return {"image": gray.float().to(device)}
+
+    def draw(self, idx: Tensor, rng: BatchRandom, device: torch.device | str) -> Cond:
+        return self.of_gray(grayscale(self.data.batch(idx)), device)
+
+    def null(self, n: int, device: torch.device | str) -> Cond:
+        raise UserError("a colorization run needs grayscale images: use difflab edit colorize")
+
+    def preview(self, n: int, device: torch.device | str) -> Cond:
+        """The grayscale versions of the first n training images (at training time only)."""
+        if self.data is None:
+            raise UserError("a colorization run needs grayscale images: use difflab edit colorize")
+        return self.draw(torch.arange(n) % len(self.data), None, device)  # type: ignore[arg-type]
+
+
 def conditioning_for(cfg: Any, data: Any) -> Conditioning:
     """The conditioning a diffusion recipe trains with on this data (labels and captions are read from it)."""
     if getattr(cfg, "task", "generate") == "superres":
@@ -231,6 +267,11 @@ def conditioning_for(cfg: Any, data: Any) -> Conditioning:
         if h % cfg.scale or w % cfg.scale:
             raise UserError(f"--scale {cfg.scale} does not divide the {h}x{w} images of {data.spec}")
         return SuperResConditioning(cfg.scale, c, data)
+    if getattr(cfg, "task", "generate") == "colorize":
+        if data.kind != "image" or data.shape[0] != 3:
+            raise UserError(f"--task colorize needs colour images; {data.spec} has shape {list(data.shape)} "
+                            f"(try color:{data.spec})")
+        return ColorizeConditioning(data)
     if getattr(cfg, "task", "generate") == "inpaint":
         if data.kind != "image":
             raise UserError(f"--task inpaint needs images; {data.spec} holds points")
@@ -256,6 +297,8 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     p = float(train.get("p_uncond", 0.1))
     if train.get("task", "generate") == "superres":
         return SuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]))
+    if train.get("task", "generate") == "colorize":
+        return ColorizeConditioning()
     if train.get("task", "generate") == "inpaint":
         return InpaintConditioning(int(run_config["shape"][0]))
     if int(net.get("context_dim", 0)) > 0 and train.get("text_encoder", "none") != "none":
@@ -265,5 +308,5 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     return Conditioning()
 
 
-__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "SuperResConditioning", "InpaintConditioning",
+__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "SuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
            "training_masks", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]

@@ -160,7 +160,7 @@ class TrainConfig(FitConfig):
     sample_every: int = 0  # preview grid every N steps (0 = only at the end)
     sampler: str = "ddim"  # for previews and the final grid
     sample_steps: int = 50
-    task: Literal["generate", "superres", "inpaint"] = "generate"  # superres: SR3 (upsampled 1/scale image); inpaint: Palette masks
+    task: Literal["generate", "superres", "inpaint", "colorize"] = "generate"  # superres: SR3; inpaint/colorize: Palette
     scale: int = 2  # task = superres: the integer down-sampling factor of the low-res condition
 
 
