@@ -144,6 +144,8 @@ def test_cli_tune_steps_stores_a_grid_that_sample_uses(toy_run, tmp_path, capsys
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         assert np.allclose(a["samples"], want.numpy(), atol=1e-5) and not np.allclose(a["samples"], b["samples"])
     assert main(["tune-steps", *args, "--nfe", "0"]) == 2
+    assert main(["sample", *args, "--threshold", "1.5", "--out", str(tmp_path / "d.npz")]) == 2
+    assert "--threshold" in capsys.readouterr().err
     (toy_run / "grids.json").write_text("{broken")
     assert main(["sample", *args, "--steps", "4", "--num", "8", "--out", str(tmp_path / "c.npz")]) == 2
     assert "grids.json" in capsys.readouterr().err
