@@ -442,3 +442,50 @@ def test_color_digits_and_colorize_run(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--task", "colorize", "--out", str(tmp_path / "bad"), "--steps", "1",
                  "--quiet"]) == 2
     assert "needs colour images; digits has shape [1, 8, 8] (try color:digits)" in capsys.readouterr().err
+
+
+def test_noise_conditioning_augmentation(tmp_path, capsys):
+    """Ho et al. 2022: the condition is [cos(pi s/2) up + sin(pi s/2) z, s]; s ~ U(0, 1) per training example,
+    drawn through the batch's BatchRandom (a batch part sees its rows of the whole batch); chosen at sampling."""
+    import json
+
+    from PIL import Image
+
+    from difflab import data
+    from difflab.cli.main import main
+    from difflab.training import load_run
+    from difflab.training.conditioning import SuperResConditioning, downsampled, upsampled
+    from difflab.utils.random import BatchRandom
+
+    digits = data.load("digits")
+    c = SuperResConditioning(2, 1, digits, augment=True)
+    assert c.network_options() == {"cond_channels": 2}
+    idx = torch.arange(40)
+    whole = c.draw(idx, BatchRandom(torch.Generator().manual_seed(0), 0, 40, 40), "cpu")["image"]
+    part = c.draw(idx[10:30], BatchRandom(torch.Generator().manual_seed(0), 10, 30, 40), "cpu")["image"]
+    assert whole.shape == (40, 2, 8, 8) and torch.equal(part, whole[10:30])
+    s = whole[:, 1, 0, 0]
+    assert bool(((s >= 0) & (s < 1)).all()) and bool((whole[:, 1] == s[:, None, None]).all())
+    up = upsampled(downsampled(digits.batch(idx), 2), 2)
+    z = (whole[:, :1] - torch.cos(0.5 * torch.pi * s)[:, None, None, None] * up) / torch.sin(0.5 * torch.pi * s)[:, None, None, None]
+    assert abs(float(z.mean())) < 0.1 and abs(float(z.std()) - 1) < 0.1  # the rest is standard normal noise
+    low = downsampled(digits.batch(idx[:3]), 2)
+    assert torch.equal(c.of_low(low, "cpu")["image"][:, :1], upsampled(low, 2))  # level 0: no noise
+    assert bool((c.of_low(low, "cpu", level=0.3, generator=torch.Generator())["image"][:, 1] == 0.3).all())
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"network": SR_NET, "batch_size": 16, "sample_steps": 2,
+                               "schedule": {"kind": "linear", "T": 100}}))
+    assert main(["train", "--data", "digits", "--task", "superres", "--noise-aug", "--out", str(tmp_path / "sr"),
+                 "--steps", "2", "--config", str(cfg), "--quiet"]) == 0
+    loaded = load_run(tmp_path / "sr", device="cpu")
+    assert loaded.conditioning.augment and loaded.model.net.config.cond_channels == 2
+    _png(tmp_path / "small.png", np.full((4, 4), 90))
+    assert edit("superres", "--run", tmp_path / "sr", "--input", tmp_path / "small.png", "--aug-level", 0.1,
+                "--out", tmp_path / "big.png", "--steps", 2) == 0
+    assert np.asarray(Image.open(tmp_path / "big.png")).shape == (8, 8)
+    assert edit("superres", "--run", tmp_path / "sr", "--input", tmp_path / "small.png", "--aug-level", 2,
+                "--out", tmp_path / "big.png") == 2
+    assert "augmentation level must lie in [0, 1]" in capsys.readouterr().err
+    assert main(["train", "--data", "digits", "--noise-aug", "--out", str(tmp_path / "x"), "--steps", "1",
+                 "--quiet"]) == 2
+    assert "noise_aug needs task='superres'" in capsys.readouterr().err

@@ -60,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if task == "uncrop":
             for side in ("left", "right", "top", "bottom"):
                 q.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
+        if task == "superres":
+            q.add_argument("--aug-level", type=float,
+                           help="noise-conditioning augmentation level of a --noise-aug run (default 0.2)")
         if task == "panorama":
             q.add_argument("--width", type=int, required=True, help="width of the strip in pixels")
         q.set_defaults(handler=run)
@@ -203,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             elif args.task == "colorize":
                 y = tasks.colorize(model, x, loaded.conditioning, **common)
             elif args.task == "superres":
-                y = tasks.superres(model, x, loaded.conditioning, **common)
+                y = tasks.superres(model, x, loaded.conditioning, level=args.aug_level, **common)
             else:
                 y = tasks.panorama(model, x, args.width, jump=args.jump, resample=args.resample, **common)
         except ValueError as e:

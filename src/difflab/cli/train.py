@@ -40,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "image and its random box/stroke/half mask; colorize: conditioned on the grayscale image "
                         "(docs/tasks.md; default generate)")
     p.add_argument("--scale", type=int, help="--task superres: integer down-sampling factor (default 2)")
+    p.add_argument("--noise-aug", action="store_true", default=None,
+                   help="--task superres: noise-conditioning augmentation of the low-res condition (Ho et al. 2022)")
     p.add_argument("--image-size", type=int, default=32, help="side of images loaded from a folder (default 32)")
     p.add_argument("--channels", type=int, choices=[1, 3],
                    help="channels of images loaded from a folder (default: 3 if any file is in colour, else 1)")
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
                  "seed": args.seed, "conditional": args.conditional, "sample_every": args.sample_every,
                  "text_encoder": args.text_encoder, "accumulate": args.accumulate, "precision": args.precision,
-                 "compile": args.compile, "lr_schedule": args.lr_schedule, "task": args.task, "scale": args.scale}
+                 "compile": args.compile, "lr_schedule": args.lr_schedule, "task": args.task, "scale": args.scale,
+                 "noise_aug": args.noise_aug}
     if args.steps is not None:
         overrides["minutes"] = 0.0
     if args.minutes is not None and args.steps is None:
@@ -110,7 +113,7 @@ def run_family(args: argparse.Namespace) -> int:
     from ..utils.config import read_config_file
 
     cls = family_class(args.family)
-    if args.task is not None or args.scale is not None:
+    if args.task is not None or args.scale is not None or args.noise_aug is not None:
         raise UserError(f"--task and --scale are options of diffusion runs, not --family {args.family}")
     if args.text_encoder is not None or args.sample_every is not None:
         raise UserError(f"--text-encoder and --sample-every are options of diffusion runs, not --family {args.family}")

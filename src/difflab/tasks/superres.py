@@ -11,18 +11,25 @@ from .inpaint import check_image
 
 
 def superres(model: Any, low: Tensor, conditioning: Any, *, sampler: str = "ddim", steps: int = 50,
-             generator: torch.Generator | None = None, **options: Any) -> Tensor:
+             generator: torch.Generator | None = None, level: float | None = None, **options: Any) -> Tensor:
     """High-res samples [B, C, scale h, scale w] of low-res images ``low`` [B, C, h, w] in [-1, 1] (SR3, sec. 2.3).
 
     ``conditioning`` is the run's :class:`~difflab.training.conditioning.SuperResConditioning` (its scale and
-    channels); the sampler starts from the schedule's prior.
+    channels); the sampler starts from the schedule's prior.  ``level`` is the noise-conditioning augmentation
+    level of a run trained with it (default 0.2, Ho et al. 2022's low fixed level; 0 for other runs).
     """
     low = check_image(low)
     if getattr(conditioning, "kind", None) != "superres":
         raise ValueError("superres needs a super-resolution run's conditioning (trained with task = superres)")
     device = low.device
-    cond = conditioning.of_low(low, device)
-    B, C, H, W = cond["image"].shape
+    if level is None:
+        level = 0.2 if getattr(conditioning, "augment", False) else 0.0
+    try:
+        cond = conditioning.of_low(low, device, level=level, generator=generator)
+    except Exception as e:  # a UserError from the conditioning: the same message as a ValueError here
+        raise ValueError(str(e)) from None
+    B, _, H, W = cond["image"].shape
+    C = low.shape[1]
     x_T = model.schedule.sample_prior((B, C, H, W), generator=generator, device=device, dtype=low.dtype)
     return samplers.sample(model, x_T, sampler=sampler, steps=steps, cond=cond, generator=generator, **options)
 

@@ -125,34 +125,57 @@ def downsampled(x: Tensor, scale: int) -> Tensor:
 
 
 class SuperResConditioning(Conditioning):
-    """SR3's condition {"image": upsampled low-res} concatenated to the network input (Saharia et al. 2021)."""
+    """SR3's condition {"image": upsampled low-res} concatenated to the network input (Saharia et al. 2021).
+
+    With ``augment`` (noise-conditioning augmentation, Ho et al. 2022, sec. 3.2) the upsampled image is noised
+    to a level s: cos(pi s / 2) up + sin(pi s / 2) z, s ~ U(0, 1) in training, and s is one more input channel;
+    at sampling s is chosen (``level``).
+    """
 
     kind = "superres"
 
-    def __init__(self, scale: int, channels: int, data: Any = None):
-        self.scale, self.channels, self.data = int(scale), int(channels), data
+    def __init__(self, scale: int, channels: int, data: Any = None, augment: bool = False):
+        self.scale, self.channels, self.data, self.augment = int(scale), int(channels), data, bool(augment)
 
     def network_options(self) -> dict[str, Any]:
-        return {"cond_channels": self.channels}
+        return {"cond_channels": self.channels + int(self.augment)}
 
-    def of_low(self, low: Tensor, device: torch.device | str) -> Cond:
-        """The condition asking for the high-res version of low-res images ``low`` [B, C, h, w]."""
+    def _augmented(self, up: Tensor, level: Tensor, z: Tensor) -> Tensor:
+        """[cos(pi s/2) up + sin(pi s/2) z, s] for per-example levels s [B]."""
+        a, b = (torch.cos(0.5 * torch.pi * level), torch.sin(0.5 * torch.pi * level))
+        noisy = a[:, None, None, None] * up + b[:, None, None, None] * z
+        return torch.cat([noisy, level[:, None, None, None].expand(-1, 1, *up.shape[-2:])], 1)
+
+    def of_low(self, low: Tensor, device: torch.device | str, level: float = 0.0,
+               generator: torch.Generator | None = None) -> Cond:
+        """The condition asking for the high-res version of low-res images ``low`` [B, C, h, w] (augmented to ``level``)."""
         if low.ndim != 4 or low.shape[1] != self.channels:
             raise UserError(f"low-res images must be [B, {self.channels}, h, w], got {list(low.shape)}")
-        return {"image": upsampled(low.float(), self.scale).to(device)}
+        if not 0.0 <= level <= 1.0:
+            raise UserError(f"the augmentation level must lie in [0, 1], got {level}")
+        if level and not self.augment:
+            raise UserError("this super-resolution run was trained without noise-conditioning augmentation")
+        up = upsampled(low.float().cpu(), self.scale)
+        if self.augment:
+            z = torch.randn(up.shape, generator=generator) if level else torch.zeros_like(up)
+            up = self._augmented(up, torch.full((len(up),), float(level)), z)
+        return {"image": up.to(device)}
 
     def draw(self, idx: Tensor, rng: BatchRandom, device: torch.device | str) -> Cond:
-        return self.of_low(downsampled(self.data.batch(idx), self.scale), device)
+        up = upsampled(downsampled(self.data.batch(idx), self.scale), self.scale)
+        if self.augment:
+            up = self._augmented(up, rng.rand(len(idx)), rng.randn(up.shape))
+        return {"image": up.to(device)}
 
     def null(self, n: int, device: torch.device | str) -> Cond:
         raise UserError("a super-resolution run needs low-res images: use difflab edit superres")
 
     def preview(self, n: int, device: torch.device | str) -> Cond:
-        """The low-res versions of the first n training images (at training time only)."""
+        """The low-res versions of the first n training images, not augmented (at training time only)."""
         if self.data is None:
             raise UserError("a super-resolution run samples from low-res images: use difflab edit superres")
-        idx = torch.arange(n) % len(self.data)
-        return self.draw(idx, None, device)  # type: ignore[arg-type]
+        x = self.data.batch(torch.arange(n) % len(self.data))
+        return self.of_low(downsampled(x, self.scale), device)
 
 
 def training_masks(rng: BatchRandom, n: int, h: int, w: int) -> Tensor:
@@ -266,7 +289,7 @@ def conditioning_for(cfg: Any, data: Any) -> Conditioning:
         c, h, w = data.shape
         if h % cfg.scale or w % cfg.scale:
             raise UserError(f"--scale {cfg.scale} does not divide the {h}x{w} images of {data.spec}")
-        return SuperResConditioning(cfg.scale, c, data)
+        return SuperResConditioning(cfg.scale, c, data, augment=cfg.noise_aug)
     if getattr(cfg, "task", "generate") == "colorize":
         if data.kind != "image" or data.shape[0] != 3:
             raise UserError(f"--task colorize needs colour images; {data.spec} has shape {list(data.shape)} "
@@ -296,7 +319,8 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     net = run_config.get("network", {}).get("config", {})
     p = float(train.get("p_uncond", 0.1))
     if train.get("task", "generate") == "superres":
-        return SuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]))
+        return SuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]),
+                                    augment=bool(train.get("noise_aug", False)))
     if train.get("task", "generate") == "colorize":
         return ColorizeConditioning()
     if train.get("task", "generate") == "inpaint":

@@ -162,6 +162,7 @@ class TrainConfig(FitConfig):
     sample_steps: int = 50
     task: Literal["generate", "superres", "inpaint", "colorize"] = "generate"  # superres: SR3; inpaint/colorize: Palette
     scale: int = 2  # task = superres: the integer down-sampling factor of the low-res condition
+    noise_aug: bool = False  # task = superres: noise-conditioning augmentation of the condition (Ho et al. 2022)
 
 
     def check(self) -> None:
@@ -174,6 +175,7 @@ class TrainConfig(FitConfig):
         require(self.text_encoder == "none" or self.conditional,
                 f"{n}.text_encoder={self.text_encoder!r} needs conditional=true (captions of the labelled data)")
         self.require_ints(("scale",), 2)
+        require(not self.noise_aug or self.task == "superres", f"{n}.noise_aug needs task='superres'")
         require(self.task == "generate" or not self.conditional,
                 f"{n}.task={self.task!r} is conditioned on an image; it cannot also be conditional=true")
         require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
