@@ -21,8 +21,9 @@ from . import train as train_cmd
 from . import train_classifier as train_classifier_cmd
 from . import train_clip as train_clip_cmd
 from . import tune_steps as tune_steps_cmd
+from . import distill as distill_cmd
 
-COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd]
+COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd, distill_cmd]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,76 @@
+"""``difflab distill``: progressive distillation of a run into a student run that samples with DDIM in a few steps."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="distil a run into a few-step student run", description=(
+        "Progressive distillation (Salimans & Ho 2022): starting from DDIM on START Karras levels, each round "
+        "trains a student whose one DDIM step matches two of its teacher's, halving the steps until --steps. "
+        "OUT is a normal run; its grid is stored in OUT/grids.json, so 'difflab sample --run OUT --sampler ddim "
+        "--steps N' uses it."))
+    p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR", help="teacher run")
+    p.add_argument("--method", choices=["progressive"], default="progressive")
+    p.add_argument("--steps", type=int, default=4, help="student's DDIM steps (default 4)")
+    p.add_argument("--start", type=int, default=64, help="teacher's DDIM steps in the first round (default 64)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="student run folder to create")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--round-steps", type=int, default=500, help="optimisation steps per round (default 500)")
+    budget.add_argument("--minutes", type=float, help="wall-clock budget of all rounds, split evenly")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data import load
+    from ..samplers import grids
+    from ..training import load_run
+    from ..training.checkpoint import CHECKPOINT, CONFIG, read_json, write_json
+    from ..training.config import FitConfig
+    from ..training.distill import distill_round
+    from .tune_steps import GRIDS_FILE, key
+
+    if args.steps < 1 or args.start <= args.steps:
+        raise UserError(f"--start ({args.start}) must exceed --steps ({args.steps}) >= 1")
+    rounds = math.log2(args.start / args.steps)
+    if rounds != int(rounds):
+        raise UserError(f"--start / --steps must be a power of 2, got {args.start} / {args.steps}")
+    if (args.out / CHECKPOINT).exists():
+        raise UserError(f"{args.out} already holds a run; choose another --out")
+    loaded = load_run(args.run, device=args.device)
+    if loaded.conditioning.num_classes:
+        raise UserError(f"{args.run} is conditional; distill supports unconditional runs")
+    data = load(loaded.config["data"])
+    rounds = int(rounds)
+    per_round = dict(minutes=args.minutes / rounds, steps=10**9) if args.minutes else dict(steps=args.round_steps)
+    cfg = FitConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, warmup_steps=0,
+                    checkpoint_every=10**9, **per_round)
+    torch.manual_seed(args.seed)
+    teacher, sigmas = loaded.model, grids.karras(loaded.model.schedule, args.start)
+    args.out.mkdir(parents=True, exist_ok=True)
+    config = {**read_json(args.run / CONFIG), "distillation": {
+        "method": "progressive", "teacher": str(args.run), "start": args.start, "steps": args.steps,
+        "round": cfg.to_dict()}}
+    for r in range(rounds):
+        last = r == rounds - 1
+        if last:
+            write_json(args.out / CONFIG, config)
+        teacher, sigmas = distill_round(teacher, data, sigmas, cfg, args.out if last else None,
+                                        progress=not args.quiet)
+        print(f"round {r + 1}/{rounds}: student samples with DDIM in {len(sigmas) - 1} steps")
+    entry = {"sampler": "ddim", "nfe": args.steps, "sigmas": [float(v) for v in sigmas], "distilled": True}
+    write_json(args.out / GRIDS_FILE, {key("ddim", args.steps, m): {**entry, "denoised": m} for m in ("clip", "none")})
+    print(f"wrote the student run {args.out}: difflab sample --run {args.out} --sampler ddim --steps {args.steps}")
+    return 0
