@@ -1,12 +1,14 @@
 import json
 
 from conftest import TINY_MLP
+from difflab.cli import report as report_cli
 from difflab.cli.main import main
+from difflab.data import Dataset, load
 
 TINY_GAN = {"width": 16, "depth": 2, "z_dim": 4, "emb_dim": 8}
 
 
-def test_report_over_runs_of_every_family(tmp_path):
+def test_report_over_runs_of_every_family(tmp_path, monkeypatch):
     runs = []
     for fam, extra in [("gan", []), ("ddgan", ["--timesteps", "2"]), ("vae", [])]:
         cfg = tmp_path / f"{fam}.json"
@@ -18,6 +20,8 @@ def test_report_over_runs_of_every_family(tmp_path):
     dcfg.write_text(json.dumps({"network": TINY_MLP, "batch_size": 32, "schedule": {"kind": "linear", "T": 50}}))
     assert main(["train", "--data", "toy:25gaussians", "--steps", "3", "--config", str(dcfg), "--out",
                  str(tmp_path / "diff"), "--quiet"]) == 0
+    full = load("toy:25gaussians")  # score against 1000 of its points: the 2-D metrics on 20000 take most of a minute
+    monkeypatch.setattr(report_cli, "load", lambda spec, *a, **k: Dataset(full.x[:1000], None, full.spec))
     out = tmp_path / "rep"
     assert main(["report", "--run", *runs, str(tmp_path / "diff"), "--methods", "ddim:2,ddim:3", "--num", "60",
                  "--out", str(out)]) == 0
