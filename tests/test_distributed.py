@@ -23,7 +23,7 @@ def _cfg_file(tmp_path, **fields):
     return str(path)
 
 
-def _run(cmd, timeout=240):
+def _run(cmd, timeout=900):
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout[-1500:]}\nstderr: {r.stderr[-4000:]}"
     return r

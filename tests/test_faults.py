@@ -23,9 +23,9 @@ from difflab.cli.main import main
 from difflab.training import checkpoint as checkpoint_module
 from difflab.training.checkpoint import CHECKPOINT, load_checkpoint
 
-STEPS = 40  # long enough that a kill sent when the first checkpoint appears lands mid-run
+STEPS = 600  # a kill sent when the first checkpoint appears lands mid-run even if this process is slow to react
 EVERY = 5  # checkpoint_every and log_every of the drills
-DEADLINE = 60.0  # seconds: generous for a loaded machine, and nothing can hang past it
+DEADLINE = 240.0  # seconds: generous for a heavily loaded machine, and nothing can hang past it
 
 
 def _config(path: Path, **fields) -> Path:
