@@ -2,7 +2,6 @@ import json
 import math
 
 import numpy as np
-import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
