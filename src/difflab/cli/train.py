@@ -5,6 +5,7 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from ..data import load
 from ..errors import UserError
@@ -62,17 +63,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return launch(args.nproc)
+    if args.image_size < 4:
+        raise ConfigError(f"--image-size must be at least 4, got {args.image_size}")
     if args.family != "diffusion":
         return run_family(args)
-    overrides = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
-                 "seed": args.seed, "conditional": args.conditional, "sample_every": args.sample_every,
-                 "text_encoder": args.text_encoder, "accumulate": args.accumulate, "precision": args.precision,
-                 "compile": args.compile, "lr_schedule": args.lr_schedule, "task": args.task, "scale": args.scale,
-                 "noise_aug": args.noise_aug}
-    if args.steps is not None:
-        overrides["minutes"] = 0.0
-    if args.minutes is not None and args.steps is None:
-        overrides["steps"] = TrainConfig.steps  # a wall-clock budget: the step count is only an upper bound
+    overrides = _engine_overrides(args) | {
+        "conditional": args.conditional, "sample_every": args.sample_every, "text_encoder": args.text_encoder,
+        "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume and (args.out / CONFIG).is_file():
         stored = read_json(args.out / CONFIG)
@@ -86,25 +83,12 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.load(args.config, **overrides)
     else:
         cfg = TrainConfig.from_dict(overrides)
-    if args.image_size < 4:
-        raise ConfigError(f"--image-size must be at least 4, got {args.image_size}")
-    data = load(args.data, "train", image_size=args.image_size, channels=args.channels)
-    world = distributed.init(args.device)
-    try:
-        res = train(cfg, data, args.out, resume=args.resume, progress=not args.quiet, world=world)
-    except BaseException:
-        distributed.shutdown(clean=False)
-        raise
-    distributed.shutdown()
-    if not world.main:
-        return 143 if res.stopped == "terminated" else 0
-    if res.stopped == "terminated":
-        print(f"difflab: terminated (SIGTERM) at step {res.step}; checkpoint written to {res.run_dir}; "
-              f"continue with --resume", file=sys.stderr)
-        return 143
-    print(f"trained {res.step} steps in {res.seconds:.0f} s (last loss {res.last_loss:.4f}); "
-          f"run folder {res.run_dir} (samples.png, loss.png, checkpoint.safetensors)")
-    return 0
+    res, main = _fit(args, lambda data, world: train(cfg, data, args.out, resume=args.resume,
+                                                     progress=not args.quiet, world=world))
+    if main and res.stopped != "terminated":
+        print(f"trained {res.step} steps in {res.seconds:.0f} s (last loss {res.last_loss:.4f}); "
+              f"run folder {res.run_dir} (samples.png, loss.png, checkpoint.safetensors)")
+    return 143 if res.stopped == "terminated" else 0
 
 
 def run_family(args: argparse.Namespace) -> int:
@@ -119,16 +103,10 @@ def run_family(args: argparse.Namespace) -> int:
         raise UserError(f"--text-encoder and --sample-every are options of diffusion runs, not --family {args.family}")
     if args.timesteps is not None and args.family != "ddgan":
         raise UserError(f"--timesteps is an option of --family ddgan, not {args.family}")
-    overrides = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
-                 "seed": args.seed, "accumulate": args.accumulate, "precision": args.precision, "compile": args.compile,
-                 "lr_schedule": args.lr_schedule, "conditional": args.conditional, "timesteps": args.timesteps}
-    if args.steps is not None:
-        overrides["minutes"] = 0.0
-    if args.minutes is not None and args.steps is None:
-        overrides["steps"] = TrainConfig.steps  # a wall-clock budget: the step count is only an upper bound
     if args.family == "vae" and args.conditional:
         raise UserError("--conditional: the vae family is unconditional")
-    overrides = {k: v for k, v in overrides.items() if v is not None and (k != "conditional" or args.family != "vae")}
+    overrides = _engine_overrides(args) | {"conditional": args.conditional, "timesteps": args.timesteps}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume and (args.out / CONFIG).is_file():
         base, where = dict(read_json(args.out / CONFIG).get("train", {})), str(args.out / CONFIG)
     elif args.config is not None:
@@ -136,23 +114,40 @@ def run_family(args: argparse.Namespace) -> int:
     else:
         base, where = {}, ""
     cfg = cls.recipe.from_dict({**base, **overrides}, where=where)
+    res, main = _fit(args, lambda data, world: train_family(args.family, cfg, data, args.out, resume=args.resume,
+                                                            progress=not args.quiet, world=world))
+    if main and res.stopped != "terminated":
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in res.losses.items())
+        print(f"trained {args.family} {res.step} steps in {res.seconds:.0f} s ({losses}); run folder {res.run_dir}")
+    return 143 if res.stopped == "terminated" else 0  # 128 + SIGTERM: stopped at a checkpoint
+
+
+def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's fields given on the command line; a --minutes budget makes the step count an upper bound."""
+    out = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
+           "seed": args.seed, "accumulate": args.accumulate, "precision": args.precision, "compile": args.compile,
+           "lr_schedule": args.lr_schedule}
+    if args.steps is not None:
+        out["minutes"] = 0.0
+    if args.minutes is not None and args.steps is None:
+        out["steps"] = TrainConfig.steps
+    return out
+
+
+def _fit(args: argparse.Namespace, fit: Callable[[Any, Any], Any]) -> tuple[Any, bool]:
+    """Load the data, join the processes, train: (the result, whether this is rank 0), after all have left."""
     data = load(args.data, "train", image_size=args.image_size, channels=args.channels)
     world = distributed.init(args.device)
     try:
-        res = train_family(args.family, cfg, data, args.out, resume=args.resume, progress=not args.quiet, world=world)
+        res = fit(data, world)
     except BaseException:
         distributed.shutdown(clean=False)
         raise
     distributed.shutdown()
-    if not world.main:
-        return 143 if res.stopped == "terminated" else 0
-    if res.stopped == "terminated":
+    if res.stopped == "terminated" and world.main:
         print(f"difflab: terminated (SIGTERM) at step {res.step}; checkpoint written to {res.run_dir}; "
               f"continue with --resume", file=sys.stderr)
-        return 143
-    losses = ", ".join(f"{k} {v:.4f}" for k, v in res.losses.items())
-    print(f"trained {args.family} {res.step} steps in {res.seconds:.0f} s ({losses}); run folder {res.run_dir}")
-    return 0
+    return res, world.main
 
 
 def launch(nproc: int) -> int:
