@@ -159,11 +159,16 @@ def load_folder(path: str | Path, fmt: str, what: str, build: Callable[[dict[str
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG}: cannot rebuild the {what} ({e})") from None
     ck = load_checkpoint(path)
+    load_weights(net, ck, name, ema, path)
+    return net.eval().requires_grad_(False), rc, ck.meta
+
+
+def load_weights(module: nn.Module, ck: Checkpoint, name: str, ema: bool, run_dir: Path) -> None:
+    """Load checkpoint module ``name`` (its EMA when ``ema`` and present) into ``module``; CheckpointError otherwise."""
     weights = ck.ema.get(name) if ema and ck.ema.get(name) else ck.modules.get(name)
     if weights is None:
-        raise CheckpointError(f"{path / CHECKPOINT} holds no module {name!r}")
+        raise CheckpointError(f"{Path(run_dir) / CHECKPOINT} holds no module {name!r}")
     try:
-        net.load_state_dict(weights)
+        module.load_state_dict(weights)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the config ({str(e).splitlines()[0]})") from None
-    return net.eval().requires_grad_(False), rc, ck.meta
+        raise CheckpointError(f"{run_dir}: weights do not match the config ({str(e).splitlines()[0]})") from None

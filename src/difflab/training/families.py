@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import CheckpointError, UserError
-from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, read_json, write_json
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_json, write_json
 from .config import FitConfig
 from .ddgan import DDGANFamily
 from .distributed import World, default_device, init
@@ -132,13 +132,7 @@ def load_generator(run_dir: str | Path, ema: bool = True, device: torch.device |
     ck = load_checkpoint(run_dir)
     dev = torch.device(device) if device is not None else default_device()
     for name, m in modules.items():
-        weights = ck.ema.get(name) if ema and ck.ema.get(name) else ck.modules.get(name)
-        if weights is None:
-            raise CheckpointError(f"{run_dir / CHECKPOINT} holds no module {name!r}")
-        try:
-            m.load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(f"{run_dir}: weights do not match the config ({str(e).splitlines()[0]})") from None
+        load_weights(m, ck, name, ema, run_dir)
         m.to(dev).eval().requires_grad_(False)
     return LoadedGenerator(cls.name, rc, recipe, modules, ck.step)
 
