@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import load
+    from ..models.denoiser import Clamped
     from ..samplers import grids
     from ..training import load_run
     from ..training.checkpoint import CHECKPOINT, CONFIG, read_json, write_json
@@ -67,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
         last = r == rounds - 1
         if last:
             write_json(args.out / CONFIG, config)
-        teacher, sigmas = distill_round(teacher, data, sigmas, cfg, args.out if last else None,
-                                        progress=not args.quiet)
+        targets = Clamped(teacher) if data.kind == "image" else teacher  # as sampling does: D at sigma_max is far off
+        teacher, sigmas = distill_round(targets, data, sigmas, cfg, args.out if last else None,
+                                        student=copy.deepcopy(teacher), progress=not args.quiet)
         print(f"round {r + 1}/{rounds}: student samples with DDIM in {len(sigmas) - 1} steps")
     entry = {"sampler": "ddim", "nfe": args.steps, "sigmas": [float(v) for v in sigmas], "distilled": True}
     write_json(args.out / GRIDS_FILE, {key("ddim", args.steps, m): {**entry, "denoised": m} for m in ("clip", "none")})
