@@ -1,10 +1,12 @@
 """Training throughput of difflab's engine against a diffusers training loop: fp32, bf16 autocast and torch.compile,
 one process against two (gloo), and the loss curve of bf16 against fp32.
 
-Run from the repository root:  python benchmarks/throughput.py          (about 15 minutes on 2 idle cores)
+Run from the repository root:  python benchmarks/throughput.py          (about 23 minutes on 2 shared cores; four cold
+                                                                          compiles take 7 of them)
                                 python benchmarks/throughput.py --quick  (a smoke test of every part, digits only)
-Writes docs/benchmarks/throughput.md, throughput.png and throughput_precision.png (``--quick``: into a temporary
-folder unless ``--out`` is given).  diffusers is a benchmark-only dependency (``pip install -e .[bench]``).
+Writes docs/benchmarks/throughput.md, throughput.png, throughput_precision.png and the raw throughput.json
+(``--quick``: into a temporary folder unless ``--out`` is given; ``--render throughput.json`` rewrites the page and
+figures from the JSON alone).  diffusers is a benchmark-only dependency (``pip install -e .[bench]``).
 
 Both sides train the same U-Net architecture (widths, ResNet blocks per level, attention levels and heads,
 GroupNorm groups, scale-shift time injection, dropout; see ``diffusers_kwargs``) on the same data batches with
@@ -216,6 +218,9 @@ def measure_throughput(case: str, data: Dataset, variants: tuple[str, ...], reps
     """Per contender: compile time, steps/s of every repetition; repetitions interleaved in a rotating order.
     Under "ops": the self CPU time per op of a difflab fp32 and a bf16 step."""
     batch = CASES[case][1]
+    # Dynamo caches compiled code per code object: the previous case's U-Net of the same class would make this
+    # case's compile a recompile with dynamic shapes (which inductor failed on); one model per process, as in a run.
+    torch._dynamo.reset()
     contenders: list[Contender] = [OldStep(data, batch)]
     for v in variants:
         contenders += [DifflabEngine(data, batch, v), DiffusersLoop(data, batch, v)]
@@ -350,6 +355,37 @@ def final_window(curves: dict[str, Any], window: int) -> dict[str, float]:
             "rows": len(keep), "from": steps[keep[0]] - 10 + 1, "to": steps[-1]}
 
 
+# ---------------------------------------------------------------------------------------------- threads and cores
+
+THREAD_SETTINGS = ((1, 1), (2, 1))  # (torch threads, cores the process may run on)
+
+
+def child_threads(case: str, precision: str, steps: int) -> None:
+    """Wall and CPU seconds per difflab training step in this (affinity-restricted) process."""
+    data = load(CASES[case][0], "train")
+    c = DifflabEngine(data, CASES[case][1], precision)
+    c.run(1)
+    cpu = time.process_time()
+    n, seconds = c.run(steps)
+    print(json.dumps({"wall_s": seconds / n, "cpu_s": (time.process_time() - cpu) / n, "steps": n}))
+
+
+def thread_check(cases: list[str], steps: int) -> dict[str, Any]:
+    """fp32 and bf16 steps with 1 thread on 1 core and with 2 threads sharing 1 core (what another busy process
+    leaves a 2-thread job), each in a fresh process pinned with sched_setaffinity."""
+    out: dict[str, Any] = {"rows": []}
+    for case in cases:
+        for threads, cores in THREAD_SETTINGS:
+            for precision in ("fp32", "bf16"):
+                cmd = [sys.executable, __file__, "--child-threads", case, precision, "--threads", str(threads),
+                       "--cores", str(cores), "--mem-steps", str(steps)]
+                r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
+                               .stdout.strip().splitlines()[-1])
+                out["rows"].append({"case": case, "threads": threads, "cores": cores, "precision": precision, **r})
+                print(f"{case}: {threads} thread(s) on {cores} core(s), {precision}: {r['wall_s']:.2f} s/step", flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- memory
 
 
@@ -397,10 +433,11 @@ def plot(tp: dict, procs: dict, path: Path) -> None:
             ax.text(j, top * 1.02, f"{q:.2f}x", ha="center", fontsize=8)
         ax.set_xticks(range(len(variants)))
         ax.set_xticklabels(variants)
+        ax.set_ylim(0, 1.3 * max(max(r["rates"]) for r in tp[case].values()))
         ax.set_ylabel("training steps/s")
         ax.set_title(f"{case}, batch {CASES[case][1]}, 2 threads\n(median, min-max; label: difflab / diffusers)",
                      fontsize=9)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper center", ncol=2)
     ax = axes[-1]
     pcases = sorted({c for c, _ in procs}, key=cases.index)
     for i, n in enumerate((1, 2)):
@@ -411,8 +448,9 @@ def plot(tp: dict, procs: dict, path: Path) -> None:
     ax.set_xticks(range(len(pcases)))
     ax.set_xticklabels(pcases)
     ax.set_ylabel("training samples/s")
-    ax.set_title("difflab train, same global batch", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("difflab train, same global batch (median over runs)", fontsize=9)
+    ax.set_ylim(0, 1.3 * max(r["rate"] * CASES[c][1] for (c, _), rs in procs.items() for r in rs))
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -453,9 +491,9 @@ def verdict(q: tuple[float, float, float]) -> str:
     if lo >= 1.0:
         return "met"
     if med >= 1.0:
-        return "met (median)"
+        return "met by the median, not in every repetition"
     if hi >= 1.0:
-        return "not met (median; within the spread)"
+        return "not met by the median, met in some repetitions"
     return "not met"
 
 
@@ -467,7 +505,11 @@ def summary(res: dict) -> list[str]:
         for case, r in tp.items():
             if ("difflab", v) in r:
                 q = paired(r["difflab", v]["rates"], r["diffusers", v]["rates"])
-                parts.append(f"{case} {q[0]:.2f}x ({verdict(q)})")
+                collapsed = v != "fp32" and all(paired(r[lib, v]["rates"], r[lib, "fp32"]["rates"])[0] < 0.5
+                                                for lib in LIBS)
+                parts.append(f"{case} {q[0]:.2f}x, {verdict(q)}" + (
+                    " (both libraries' steps collapsed to a few percent of fp32 here, see *bf16 and threads*: this "
+                    "ratio is scheduling noise)" if collapsed else ""))
         if parts:
             out.append(f"- difflab / diffusers steps/s, {v}: " + "; ".join(parts) + ".")
     for v in ("bf16", "compile"):
@@ -489,6 +531,12 @@ def summary(res: dict) -> list[str]:
         out.append("- 2 gloo processes x 1 thread against 1 process x 2 threads, same global batch (samples/s): " + ", ".join(
             f"{c} {statistics.median(r['rate'] for r in procs[c, 2]) / statistics.median(r['rate'] for r in procs[c, 1]):.2f}x"
             for c in cases) + ".")
+    rows = res.get("threads", {}).get("rows", [])
+    if rows:
+        ratio = {(r["case"], r["threads"], r["precision"]): r["wall_s"] for r in rows}
+        out.append("- bf16 / fp32 step time with 1 thread on 1 core against 2 threads sharing 1 core: " + ", ".join(
+            f"{c} {ratio[c, 1, 'bf16'] / ratio[c, 1, 'fp32']:.2f}x against {ratio[c, 2, 'bf16'] / ratio[c, 2, 'fp32']:.1f}x"
+            for c in dict.fromkeys(r["case"] for r in rows)) + ".")
     if res["fw"]:
         fw = res["fw"]
         out.append(f"- bf16 against fp32, final-window mean loss: {fw['bf16']:.4f} against {fw['fp32']:.4f} "
@@ -497,19 +545,72 @@ def summary(res: dict) -> list[str]:
 
 
 def bf16_note(res: dict) -> str:
-    """What bf16 did on this CPU, from the 2-thread throughput runs and the 1-thread loss-curve runs."""
-    tp, curves = res["tp"], res["curves"]
-    two = [f"{paired(r['difflab', 'bf16']['rates'], r['difflab', 'fp32']['rates'])[0]:.2f}x ({case}, CPU time per step "
-           f"{r['difflab', 'bf16']['cpu_s'] / r['difflab', 'fp32']['cpu_s']:.1f}x fp32's)"
+    """What bf16 did on this CPU: the 2-thread throughput runs, the 1-thread loss-curve runs, the pinned check."""
+    tp, curves, rows = res["tp"], res["curves"], res.get("threads", {}).get("rows", [])
+    two = [f"{paired(r['difflab', 'bf16']['rates'], r['difflab', 'fp32']['rates'])[0]:.2f}x on {case}"
            for case, r in tp.items() if ("difflab", "bf16") in r]
-    note = "Here, with 2 threads, a bf16 step ran at " + ", ".join(two) + " the fp32 speed" if two else ""
+    note = ("Here a bf16 step with 2 threads ran at " + ", ".join(two) + " the fp32 speed") if two else ""
     if curves:
-        note += (f"; with 1 thread (the two loss-curve runs, side by side) at "
-                 f"{curves['bf16']['rate'] / curves['fp32']['rate']:.2f}x")
-    return note + (". The weight-gradient convolutions of oneDNN's AMX kernels synchronise their threads by "
-                   "spinning, so when another process holds one of the cores a 2-thread bf16 step burns CPU time "
-                   "waiting (the CPU column above; a oneDNN verbose log of such a step shows one and the same convolution "
-                   "taking from under a millisecond to over a second); a single thread does not wait. Measure on the machine before switching.")
+        note += (f"; with 1 thread (the two loss-curve runs) at {curves['bf16']['rate'] / curves['fp32']['rate']:.2f}x")
+    if rows:
+        note += (". Two threads sharing one core, which is what a busy neighbour leaves a 2-thread job, make bf16 "
+                 "collapse and not fp32 (the pinned check above; its CPU time equals its wall time while the step "
+                 "takes tens of times longer): oneDNN's AMX bf16 kernels wait for each other by spinning, and a "
+                 "spinning thread holds the core its partner needs. On a shared CPU, run bf16 with one thread per "
+                 "free core (`--threads`)")
+    return note + ". Measure on the machine before switching."
+
+
+def compile_note(res: dict) -> str:
+    """What torch.compile did on this CPU."""
+    qs = [paired(r[lib, "compile"]["rates"], r[lib, "fp32"]["rates"])[0] for r in res["tp"].values() for lib in LIBS
+          if (lib, "compile") in r]
+    first = [r[lib, "compile"]["first_step_s"] for r in res["tp"].values() for lib in LIBS if (lib, "compile") in r]
+    if not qs:
+        return ""
+    verdict_ = ": not worth it for these CPU runs." if max(qs) < 1.1 else "."
+    return (f"Here it changed the steps/s by {min(qs):.2f}-{max(qs):.2f}x (both libraries, both cases) for "
+            f"{min(first):.0f}-{max(first):.0f} s of compiling{verdict_}")
+
+
+def procs_note(res: dict) -> str:
+    """What a second process did on this CPU."""
+    p = res["procs"]
+    cases = [c for c in res["tp"] if (c, 1) in p and (c, 2) in p]
+    if not cases:
+        return ""
+    med = lambda c, n: statistics.median(r["rate"] for r in p[c, n])  # noqa: E731
+    return ("On these 2 cores, 2 processes x 1 thread against 1 process x 2 threads gave " + ", ".join(
+        f"{med(c, 2) / med(c, 1):.2f}x the samples/s on {c}" for c in cases) + " (table above): compare on the "
+        "machine before choosing.")
+
+
+def thread_table(res: dict) -> list[str]:
+    """The pinned threads-and-cores check, with the in-process 2-thread figures for reference."""
+    t = res.get("threads", {})
+    if not t.get("rows"):
+        return []
+    when = (f"measured {t['date']} with `{t['command']}`, load before / after: `{t['uptime'][0]}` / "
+            f"`{t['uptime'][1]}`" if "command" in t else "measured in the run above")
+    L = ["", "## bf16 and threads: 1 thread against 2 threads on one core", "",
+         "Each row is a fresh process restricted to the given number of cores (`os.sched_setaffinity`) running the "
+         "difflab engine with `torch.set_num_threads` threads (one warm-up step, then "
+         f"{t['rows'][0].get('steps', 'the')} timed steps; {when}). The third row of a case holds the 2-thread, "
+         "2-core figures of the interleaved table above (the second core shared with whatever else ran).", "",
+         "| case | threads x cores | fp32 s/step | bf16 s/step | bf16 / fp32 time | CPU s/step fp32, bf16 |",
+         "|---|---|---|---|---|---|"]
+    for case in dict.fromkeys(r["case"] for r in t["rows"]):
+        for threads, cores in THREAD_SETTINGS:
+            a, b = ({x["precision"]: x for x in t["rows"] if x["case"] == case and x["threads"] == threads
+                     and x["cores"] == cores}[p] for p in ("fp32", "bf16"))
+            L.append(f"| {case} | {threads} x {cores} | {a['wall_s']:.2f} | {b['wall_s']:.2f} | "
+                     f"**{b['wall_s'] / a['wall_s']:.2f}x** | {a['cpu_s']:.2f}, {b['cpu_s']:.2f} |")
+        r = res["tp"].get(case, {})
+        if ("difflab", "bf16") in r:
+            a, b = r["difflab", "fp32"], r["difflab", "bf16"]
+            L.append(f"| {case} | 2 x 2 (table above) | {1 / a['median']:.2f} | {1 / b['median']:.2f} | "
+                     f"{a['median'] / b['median']:.2f}x | {a['cpu_s']:.2f}, {b['cpu_s']:.2f} |")
+    return L
 
 
 def write_report(res: dict, args: argparse.Namespace, path: Path) -> None:
@@ -561,7 +662,7 @@ def write_report(res: dict, args: argparse.Namespace, path: Path) -> None:
         f"Throughput: {args.reps} interleaved repetitions of "
         f"{' / '.join(f'{n} ({c.split()[0]})' for c, n in zip(CASES, args.steps) if c in tp)} steps per contender, "
         f"or fewer once a repetition has taken {args.budget:g} s (at least one step; the steps actually timed are "
-        f"in the table), after {args.warmup} warm-up steps. Compile time is the wall time of the first compiled training step (dynamo "
+        f"in the table), after {args.warmup} warm-up step(s). Compile time is the wall time of the first compiled training step (dynamo "
         "tracing, AOT autograd of forward and backward, inductor's C++ code generation and build) with an empty "
         "inductor cache; it is excluded from steps/s.",
         "",
@@ -598,8 +699,10 @@ def write_report(res: dict, args: argparse.Namespace, path: Path) -> None:
             if (lib, "compile") in r:
                 c = r[lib, "compile"]
                 first = f"{c['first_step_s']:.0f}"
-                saved = 1 / base["median"] - 1 / c["median"]
-                pay = f"{c['first_step_s'] / saved:,.0f} steps" if saved > 0 else "never (not faster)"
+                q = paired(c["rates"], base["rates"])
+                saved = (1 - 1 / q[0]) / base["median"]  # seconds saved per step at the fp32 median
+                pay = (f"{c['first_step_s'] / saved:,.0f} steps" if q[1] > 1 else
+                       f"no measurable gain (per-repetition ratios {q[1]:.2f}-{q[2]:.2f})")
             L.append(f"| {case} | {lib} | {base['params']:,} | {cells[0]} | {cells[1]} | {first} | {pay} |")
     for case, ops in res.get("ops", {}).items():
         top = sorted(ops["bf16"], key=ops["bf16"].get, reverse=True)[:6]
@@ -620,7 +723,8 @@ def write_report(res: dict, args: argparse.Namespace, path: Path) -> None:
         L += ["", "## One process against two (gloo)", "",
               f"`difflab train` itself, alternating runs ({args.proc_reps} per setting and case): one process with "
               "`--threads 2`, or `--nproc 2 --threads 1` (torchrun, gloo, DistributedDataParallel; each process takes "
-              f"half of the global batch), each with `--minutes {args.proc_seconds / 60:g}`. Steps/s from the run's "
+              f"half of the global batch), each with a {args.proc_seconds:g} s training budget (`--minutes`). Steps/s "
+              "from the run's "
               "`log.csv` between its first and last row (the first 5 steps, start-up and the final sample grid "
               "excluded); samples/s = steps/s x global batch; the range is over the 5-step logging intervals.", "",
               "| case | global batch | steps timed | processes x threads | steps/s (range) | samples/s | 2 processes / 1 |",
@@ -649,6 +753,7 @@ def write_report(res: dict, args: argparse.Namespace, path: Path) -> None:
               f"bf16 - fp32 over the final window: {fw['diff']:+.2e} +- {fw['se']:.1e} (standard error of the paired "
               f"10-step means), {100 * fw['diff'] / fw['fp32']:+.3f}% of the fp32 loss.",
               "", "![loss curves](throughput_precision.png)"]
+    L += thread_table(res)
     if mem:
         L += ["", "## Memory", "",
               f"Each library's fp32 loop runs {args.mem_steps} steps in a fresh subprocess that imports torch, difflab "
@@ -668,13 +773,46 @@ def write_report(res: dict, args: argparse.Namespace, path: Path) -> None:
           "- `difflab train --compile` (`TrainConfig(compile=True)`): `torch.compile` of the network in place "
           "(checkpoints keep their keys). Compiling costs the time in the table above on every start (less with a "
           "warm inductor cache); it fuses element-wise work, which matters most on a GPU, where each unfused kernel "
-          "costs a launch and a trip through memory. Worth it for long runs whose step time it lowers; not for "
-          "minutes-long CPU runs.",
+          "costs a launch and a trip through memory. Worth it for long runs whose step time it lowers. "
+          + compile_note(res),
           "- `difflab train --nproc N` (or `python -m torch.distributed.run --standalone --nproc_per_node N -m "
           "difflab train ...`): N processes, gloo on CPU, NCCL on CUDA, `--batch-size` the global batch; one "
-          "process per GPU is the setting it is for. On a CPU, compare it with one process using all the cores "
-          "(the table above) before choosing.", ""]
+          "process per GPU is the setting it is for. " + procs_note(res), ""]
     path.write_text("\n".join(L))
+
+
+# ---------------------------------------------------------------------------------------------- raw results
+
+
+def save_results(res: dict, args: argparse.Namespace, path: Path) -> None:
+    """Every measurement and the run's settings as JSON (``--render`` rewrites the page and figures from it)."""
+    join = lambda k: "|".join(map(str, k))  # noqa: E731
+    d = {"date": res["date"].isoformat(), "uptime": res["uptime"], "seconds": res["seconds"],
+         "args": {k: v for k, v in vars(args).items() if k not in ("out", "child", "render")},
+         "mem": {join(k): v for k, v in res["mem"].items()},
+         "tp": {c: {join(k): v for k, v in r.items()} for c, r in res["tp"].items()},
+         "ops": res["ops"], "procs": {join(k): v for k, v in res["procs"].items()},
+         "curves": res["curves"], "fw": res["fw"], "threads": res.get("threads", {})}
+    path.write_text(json.dumps(d, indent=1, default=str))
+
+
+def load_results(path: Path) -> tuple[dict, argparse.Namespace]:
+    d = json.loads(path.read_text())
+    split = lambda k: tuple(k.split("|"))  # noqa: E731
+    res = {"date": dt.datetime.fromisoformat(d["date"]), "uptime": d["uptime"], "seconds": d["seconds"],
+           "mem": {split(k): v for k, v in d["mem"].items()},
+           "tp": {c: {split(k): v for k, v in r.items()} for c, r in d["tp"].items()},
+           "ops": d["ops"], "procs": {(k.split("|")[0], int(k.split("|")[1])): v for k, v in d["procs"].items()},
+           "curves": d["curves"], "fw": d["fw"], "threads": d.get("threads", {})}
+    return res, argparse.Namespace(**d["args"])
+
+
+def write_outputs(res: dict, args: argparse.Namespace, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(res, args, out / "throughput.md")
+    plot(res["tp"], res["procs"], out / "throughput.png")
+    if res["curves"]:
+        plot_curves(res["curves"], res["fw"], args.curve_case, out / "throughput_precision.png")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -689,7 +827,7 @@ def main() -> None:
                    help="training steps per repetition and contender")
     p.add_argument("--budget", type=float, default=5.0,
                    help="seconds after which a contender's repetition stops early (at least one step)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per contender before the repetitions")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders")
     p.add_argument("--proc-reps", type=int, default=1, help="runs per setting in the 1-vs-2-process comparison")
@@ -700,15 +838,32 @@ def main() -> None:
     p.add_argument("--curve-window", type=int, default=100, help="final window of the loss comparison (steps)")
     p.add_argument("--mem-steps", type=int, default=3, help="training steps in each memory subprocess (0 skips it)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default docs/benchmarks)")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="only rewrite the page and figures from a saved throughput.json (into --out or its folder)")
+    p.add_argument("--thread-steps", type=int, default=2,
+                   help="timed steps of each pinned process in the threads-and-cores check (0 skips it)")
+    p.add_argument("--thread-check-only", action="store_true",
+                   help="run only the threads-and-cores check and add it to the saved throughput.json in --out")
     p.add_argument("--child", nargs=2, metavar=("LIB", "CASE"), help=argparse.SUPPRESS)
+    p.add_argument("--child-threads", nargs=2, metavar=("CASE", "PRECISION"), help=argparse.SUPPRESS)
+    p.add_argument("--cores", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.render:
+        res, saved = load_results(args.render)
+        write_outputs(res, saved, args.out or args.render.parent)
+        return
     torch.set_num_threads(args.threads)
+    if args.child_threads:
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
+        child_threads(args.child_threads[0], args.child_threads[1], args.mem_steps)
+        return
     if args.child:
         child_memory(args.child[0], args.child[1], args.mem_steps)
         return
     if args.quick:
         args.cases, args.reps, args.steps, args.warmup = ["digits 8x8"], 2, [2, 1], 1
         args.proc_seconds, args.curve_steps, args.curve_window, args.mem_steps = 15.0, 40, 20, 1
+        args.thread_steps = 1
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="throughput-quick-")) if args.quick else ROOT / "docs" / "benchmarks"
     if not MNIST_DIR.is_dir() and "MNIST 28x28" in args.cases:
@@ -716,6 +871,15 @@ def main() -> None:
         args.cases = [c for c in args.cases if c != "MNIST 28x28"]
     args.command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
     uptime = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    if args.thread_check_only:  # add the check to a saved run and rewrite its page
+        res, saved = load_results(args.out / "throughput.json")
+        when, before, t0 = dt.datetime.now(dt.timezone.utc), uptime(), time.time()
+        res["threads"] = {**thread_check(saved.cases, args.thread_steps), "command": args.command,
+                          "date": f"{when:%Y-%m-%d %H:%M} UTC", "uptime": [before, uptime()],
+                          "seconds": time.time() - t0}
+        save_results(res, saved, args.out / "throughput.json")
+        write_outputs(res, saved, args.out)
+        return
     res: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc), "uptime": [uptime()]}
     print("before:", res["uptime"][0], flush=True)
     t0 = time.time()
@@ -737,16 +901,15 @@ def main() -> None:
             spec, batch = CASES[args.curve_case]
             res["curves"] = loss_curves(spec, batch, args.curve_steps, work)
             res["fw"] = final_window(res["curves"], args.curve_window)
+        res["threads"] = thread_check(args.cases, args.thread_steps) if args.thread_steps else {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["seconds"] = time.time() - t0
     res["uptime"].append(uptime())
     print("after:", res["uptime"][1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_report(res, args, args.out / "throughput.md")
-    plot(res["tp"], res["procs"], args.out / "throughput.png")
-    if res["curves"]:
-        plot_curves(res["curves"], res["fw"], args.curve_case, args.out / "throughput_precision.png")
+    save_results(res, args, args.out / "throughput.json")
+    write_outputs(res, args, args.out)
     print(f"wrote {args.out / 'throughput.md'} ({res['seconds'] / 60:.1f} min)")
 
 
