@@ -85,8 +85,12 @@ def diffusers_kwargs(cfg: UNetConfig, size: int) -> dict[str, Any]:
 
 
 def fresh_inductor_cache() -> None:
-    """Point inductor at an empty cache folder, so that each compile time below is a cold one."""
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+    """Point inductor at an empty cache folder, so that each compile time below is a cold one (removed at exit)."""
+    import atexit
+
+    path = tempfile.mkdtemp(prefix="inductor-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
 
 
 class Contender:
