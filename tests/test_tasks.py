@@ -314,7 +314,6 @@ def test_superres_conditioning_and_cli(tmp_path, capsys):
     from difflab import data
     from difflab.training import load_run
     from difflab.training.conditioning import downsampled, upsampled
-    from difflab.utils.random import BatchRandom
 
     run_dir = _train_sr(tmp_path, 3)
     loaded = load_run(run_dir, device="cpu")

@@ -3,13 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
-from ..data import to_uint8
 from ..errors import UserError
-from ..training.checkpoint import atomic_write
-from ..utils.images import save_image_grid, save_scatter
 
 
 def sample_family(args: argparse.Namespace) -> int:
@@ -32,11 +28,9 @@ def sample_family(args: argparse.Namespace) -> int:
     image = len(loaded.shape) == 3
     if image:
         x = x.clamp(-1, 1)
-    if args.out.suffix.lower() == ".png":
-        atomic_write(args.out, (lambda p: save_image_grid(x, p)) if image else (lambda p: save_scatter(x, p)))
-    else:
-        arrays = {"images": to_uint8(x)} if image else {"samples": x.numpy().astype(np.float32)}
-        atomic_write(args.out, lambda p: np.savez(p, **arrays))
+    from .sample import write_samples
+
+    write_samples(x, args.out, image)
     print(f"wrote {args.num} samples of the {loaded.family} run ({loaded.nfe} network call(s) each) to {args.out}")
     return 0
 

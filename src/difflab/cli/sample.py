@@ -93,11 +93,15 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, grid=tuned, cond=cond,
                                  generator=g).cpu())
-    x = torch.cat(chunks)
-    if suffix == ".png":
-        atomic_write(args.out, (lambda p: save_image_grid(x, p)) if image else (lambda p: save_scatter(x, p)))
-    else:
-        arrays = {"images": to_uint8(x)} if image else {"samples": x.numpy().astype(np.float32)}
-        atomic_write(args.out, lambda p: np.savez(p, **arrays))
+    write_samples(torch.cat(chunks), args.out, image)
     print(f"wrote {args.num} samples to {args.out}")
     return 0
+
+
+def write_samples(x: torch.Tensor, out: Path, image: bool) -> None:
+    """A PNG grid (images) or scatter plot (points), or an .npz of uint8 images / float32 points, written atomically."""
+    if out.suffix.lower() == ".png":
+        atomic_write(out, (lambda p: save_image_grid(x, p)) if image else (lambda p: save_scatter(x, p)))
+    else:
+        arrays = {"images": to_uint8(x)} if image else {"samples": x.numpy().astype(np.float32)}
+        atomic_write(out, lambda p: np.savez(p, **arrays))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..utils.config import read_json_object
 from ..training.checkpoint import write_json
 
 GRIDS_FILE = "grids.json"
@@ -43,15 +43,7 @@ def wrap(model: Any, mode: str) -> Any:
 def read_grids(run: Path) -> dict[str, Any]:
     """The tuned grids of a run folder ({} if it has none; a broken file is a UserError naming it)."""
     path = run / GRIDS_FILE
-    if not path.exists():
-        return {}
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a grids file ({e})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: not a grids file (expected a JSON object)")
-    return obj
+    return read_json_object(path, UserError, "grids file") if path.exists() else {}
 
 
 def tuned_sigmas(run: Path, sampler: str, nfe: int, mode: str) -> torch.Tensor | None:
