@@ -148,5 +148,5 @@ def test_cli_train_and_sample_a_gan(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / CONFIG).write_text(json.dumps({"format": "difflab-run-1"}))
-    with pytest.raises(CheckpointError, match="not a gan / vae / ddgan run"):
+    with pytest.raises(CheckpointError, match="not a difflab gan / vae / ddgan run"):
         load_generator(tmp_path / "d")

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import CheckpointError, UserError
-from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_json, write_json
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_folder_config, read_json, write_json
 from .config import FitConfig
 from .ddgan import DDGANFamily
 from .distributed import World, default_device, init
@@ -118,11 +118,7 @@ class LoadedGenerator:
 def load_generator(run_dir: str | Path, ema: bool = True, device: torch.device | str | None = None) -> LoadedGenerator:
     """Rebuild a gan / vae / ddgan run folder (EMA weights by default) from its JSON and safetensors."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist")
-    rc = read_json(run_dir / CONFIG)
-    if rc.get("format") != FAMILY_RUN_FORMAT:
-        raise CheckpointError(f"{run_dir / CONFIG} is not a gan / vae / ddgan run (a diffusion run? use load_run)")
+    rc = read_folder_config(run_dir, FAMILY_RUN_FORMAT, "gan / vae / ddgan run", " (a diffusion run? use load_run)")
     cls = family_class(rc.get("family", ""))
     try:
         recipe = cls.recipe.from_dict(rc["train"], where=str(run_dir / CONFIG))
