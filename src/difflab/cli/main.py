@@ -22,8 +22,11 @@ from . import train_classifier as train_classifier_cmd
 from . import train_clip as train_clip_cmd
 from . import tune_steps as tune_steps_cmd
 from . import distill as distill_cmd
+from . import train_autoencoder as train_autoencoder_cmd
+from . import cascade as cascade_cmd
 
-COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd, distill_cmd]
+COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd, distill_cmd, cascade_cmd,
+            train_autoencoder_cmd]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -56,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    from ..tasks.cascade import is_cascade
+
+    if is_cascade(args.run):  # a cascade folder: the base run, then its super-resolution stages
+        from .cascade import sample_cascade
+
+        return sample_cascade(args)
     from ..training.families import is_family_run
 
     if is_family_run(args.run):  # gan / vae / ddgan: the family's own sampler
@@ -73,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")
-    if image and args.threshold is not None:
+    pixels = image and not loaded.latent  # a latent run clamps the decoded image, never the latents
+    if pixels and args.threshold is not None:
         model = Thresholded(model, args.threshold)
-    elif image and not args.no_clip:
+    elif pixels and not args.no_clip:
         model = Clamped(model)
     from .tune_steps import GRIDS_FILE, denoised_mode, tuned_sigmas
 
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, grid=tuned, cond=cond,
                                  generator=g).cpu())
-    write_samples(torch.cat(chunks), args.out, image)
+    write_samples(loaded.to_data(torch.cat(chunks)), args.out, image)
     print(f"wrote {args.num} samples to {args.out}")
     return 0
 

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="digits | toy:NAME (swiss_roll, moons, 8gaussians, 25gaussians, checkerboard, pinwheel, rings) | "
                         "mnist:DIR | path to a folder of PNG/JPEG images")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder to create (or resume)")
-    p.add_argument("--family", choices=["diffusion", "gan", "vae", "ddgan"], default="diffusion",
+    p.add_argument("--family", choices=["diffusion", "gan", "vae", "ddgan", "lsgm"], default="diffusion",
                    help="model family (default diffusion; see docs/families.md)")
     p.add_argument("--timesteps", type=int, metavar="T", help="--family ddgan: denoising steps (default 4)")
     budget = p.add_mutually_exclusive_group()
@@ -42,7 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(docs/tasks.md; default generate)")
     p.add_argument("--scale", type=int, help="--task superres: integer down-sampling factor (default 2)")
     p.add_argument("--noise-aug", action="store_true", default=None,
-                   help="--task superres: noise-conditioning augmentation of the low-res condition (Ho et al. 2022)")
+                   help="--task superres: noise-conditioning augmentation (Gaussian noise and blur) of the low-res "
+                        "condition, its level a second condition (Ho et al. 2022)")
+    p.add_argument("--aug-blur", type=float, metavar="STD",
+                   help="--noise-aug: blur std of the low-res image at level 1, in low-res pixels (default 0.5; 0: noise only)")
+    p.add_argument("--autoencoder", metavar="DIR",
+                   help="latent diffusion: train on the scaled latents of this difflab train-autoencoder folder "
+                        "(docs/latent.md)")
     p.add_argument("--image-size", type=int, default=32, help="side of images loaded from a folder (default 32)")
     p.add_argument("--channels", type=int, choices=[1, 3],
                    help="channels of images loaded from a folder (default: 3 if any file is in colour, else 1)")
@@ -69,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         return run_family(args)
     overrides = _engine_overrides(args) | {
         "conditional": args.conditional, "sample_every": args.sample_every, "text_encoder": args.text_encoder,
-        "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug}
+        "autoencoder": args.autoencoder, "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug,
+        "aug_blur": args.aug_blur}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume and (args.out / CONFIG).is_file():
         stored = read_json(args.out / CONFIG)
@@ -97,14 +104,16 @@ def run_family(args: argparse.Namespace) -> int:
     from ..utils.config import read_config_file
 
     cls = family_class(args.family)
-    if args.task is not None or args.scale is not None or args.noise_aug is not None:
+    if args.task is not None or args.scale is not None or args.noise_aug is not None or args.aug_blur is not None:
         raise UserError(f"--task and --scale are options of diffusion runs, not --family {args.family}")
+    if args.autoencoder is not None:
+        raise UserError(f"--autoencoder is an option of diffusion runs, not --family {args.family}")
     if args.text_encoder is not None or args.sample_every is not None:
         raise UserError(f"--text-encoder and --sample-every are options of diffusion runs, not --family {args.family}")
     if args.timesteps is not None and args.family != "ddgan":
         raise UserError(f"--timesteps is an option of --family ddgan, not {args.family}")
-    if args.family == "vae" and args.conditional:
-        raise UserError("--conditional: the vae family is unconditional")
+    if args.family in ("vae", "lsgm") and args.conditional:
+        raise UserError(f"--conditional: the {args.family} family is unconditional")
     overrides = _engine_overrides(args) | {"conditional": args.conditional, "timesteps": args.timesteps}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume and (args.out / CONFIG).is_file():

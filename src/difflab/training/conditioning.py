@@ -124,18 +124,38 @@ def downsampled(x: Tensor, scale: int) -> Tensor:
     return torch.nn.functional.avg_pool2d(x, scale)
 
 
+def gaussian_blur(x: Tensor, std: Tensor) -> Tensor:
+    """x [B, C, h, w] blurred by a separable Gaussian of per-example standard deviation std [B] (pixels); std 0 is
+    the identity exactly.  Taps out to 3 max(std); edges replicated (the blur of cascaded diffusion's
+    conditioning augmentation, Ho et al. 2022, sec. 4.3)."""
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(-1)
+    r = int(torch.ceil(3 * std.max()).item()) if len(std) and float(std.max()) > 0 else 0
+    if r == 0:
+        return x
+    k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    w = torch.exp(-0.5 * k[None] ** 2 / std.clamp_min(1e-6)[:, None] ** 2)  # std 0: exactly 1 at k = 0, 0 elsewhere
+    w = (w / w.sum(1, keepdim=True))[:, :, None, None, None]  # [B, K, 1, 1, 1]
+    h, wd = x.shape[-2:]
+    xp = torch.nn.functional.pad(x, (r, r, 0, 0), mode="replicate")
+    x = sum(w[:, i] * xp[..., i:i + wd] for i in range(2 * r + 1))
+    xp = torch.nn.functional.pad(x, (0, 0, r, r), mode="replicate")
+    return sum(w[:, i] * xp[..., i:i + h, :] for i in range(2 * r + 1))
+
+
 class SuperResConditioning(Conditioning):
     """SR3's condition {"image": upsampled low-res} concatenated to the network input (Saharia et al. 2021).
 
-    With ``augment`` (noise-conditioning augmentation, Ho et al. 2022, sec. 3.2) the upsampled image is noised
-    to a level s: cos(pi s / 2) up + sin(pi s / 2) z, s ~ U(0, 1) in training, and s is one more input channel;
-    at sampling s is chosen (``level``).
+    With ``augment`` (noise-conditioning augmentation, Ho et al. 2022, sec. 3.2 and 4.3) the low-res image is
+    blurred by a Gaussian of std ``blur`` s (low-res pixels), upsampled and noised to cos(pi s / 2) up +
+    sin(pi s / 2) z, at a level s ~ U(0, 1) in training; s is one more input channel; at sampling s is chosen
+    (``level``).  Level 0 is the plain SR3 condition (plus the level channel).
     """
 
     kind = "superres"
 
-    def __init__(self, scale: int, channels: int, data: Any = None, augment: bool = False):
+    def __init__(self, scale: int, channels: int, data: Any = None, augment: bool = False, blur: float = 0.0):
         self.scale, self.channels, self.data, self.augment = int(scale), int(channels), data, bool(augment)
+        self.blur = float(blur) if augment else 0.0
 
     def network_options(self) -> dict[str, Any]:
         return {"cond_channels": self.channels + int(self.augment)}
@@ -146,6 +166,12 @@ class SuperResConditioning(Conditioning):
         noisy = a[:, None, None, None] * up + b[:, None, None, None] * z
         return torch.cat([noisy, level[:, None, None, None].expand(-1, 1, *up.shape[-2:])], 1)
 
+    def augment_low(self, low: Tensor, level: Tensor, z: Tensor) -> Tensor:
+        """The augmented condition of low-res images [B, C, h, w] at levels [B] with noise z like the upsampled image:
+        blur(low, blur s), upsampled, noised to s, and the level channel (:meth:`_augmented`)."""
+        blurred = gaussian_blur(low, self.blur * level.to(low.dtype)) if self.blur else low
+        return self._augmented(upsampled(blurred, self.scale), level.to(low.dtype), z)
+
     def of_low(self, low: Tensor, device: torch.device | str, level: float = 0.0,
                generator: torch.Generator | None = None) -> Cond:
         """The condition asking for the high-res version of low-res images ``low`` [B, C, h, w] (augmented to ``level``)."""
@@ -155,17 +181,20 @@ class SuperResConditioning(Conditioning):
             raise UserError(f"the augmentation level must lie in [0, 1], got {level}")
         if level and not self.augment:
             raise UserError("this super-resolution run was trained without noise-conditioning augmentation")
-        up = upsampled(low.float().cpu(), self.scale)
-        if self.augment:
-            z = torch.randn(up.shape, generator=generator) if level else torch.zeros_like(up)
-            up = self._augmented(up, torch.full((len(up),), float(level)), z)
-        return {"image": up.to(device)}
+        low = low.float().cpu()
+        if not self.augment:
+            return {"image": upsampled(low, self.scale).to(device)}
+        shape = (low.shape[0], low.shape[1], low.shape[2] * self.scale, low.shape[3] * self.scale)
+        z = torch.randn(shape, generator=generator) if level else torch.zeros(shape)
+        return {"image": self.augment_low(low, torch.full((len(low),), float(level)), z).to(device)}
 
     def draw(self, idx: Tensor, rng: BatchRandom, device: torch.device | str) -> Cond:
-        up = upsampled(downsampled(self.data.batch(idx), self.scale), self.scale)
-        if self.augment:
-            up = self._augmented(up, rng.rand(len(idx)), rng.randn(up.shape))
-        return {"image": up.to(device)}
+        low = downsampled(self.data.batch(idx), self.scale)
+        if not self.augment:
+            return {"image": upsampled(low, self.scale).to(device)}
+        level = rng.rand(len(idx))
+        h, w = low.shape[-2] * self.scale, low.shape[-1] * self.scale
+        return {"image": self.augment_low(low, level, rng.randn((len(idx), low.shape[1], h, w))).to(device)}
 
     def null(self, n: int, device: torch.device | str) -> Cond:
         raise UserError("a super-resolution run needs low-res images: use difflab edit superres")
@@ -289,7 +318,7 @@ def conditioning_for(cfg: Any, data: Any) -> Conditioning:
         c, h, w = data.shape
         if h % cfg.scale or w % cfg.scale:
             raise UserError(f"--scale {cfg.scale} does not divide the {h}x{w} images of {data.spec}")
-        return SuperResConditioning(cfg.scale, c, data, augment=cfg.noise_aug)
+        return SuperResConditioning(cfg.scale, c, data, augment=cfg.noise_aug, blur=cfg.aug_blur)
     if getattr(cfg, "task", "generate") == "colorize":
         if data.kind != "image" or data.shape[0] != 3:
             raise UserError(f"--task colorize needs colour images; {data.spec} has shape {list(data.shape)} "
@@ -320,7 +349,8 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     p = float(train.get("p_uncond", 0.1))
     if train.get("task", "generate") == "superres":
         return SuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]),
-                                    augment=bool(train.get("noise_aug", False)))
+                                    augment=bool(train.get("noise_aug", False)),
+                                    blur=float(train.get("aug_blur", 0.0)))  # runs saved before the blur: none
     if train.get("task", "generate") == "colorize":
         return ColorizeConditioning()
     if train.get("task", "generate") == "inpaint":
@@ -333,4 +363,4 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
 
 
 __all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "SuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
-           "training_masks", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]
+           "training_masks", "gaussian_blur", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]

@@ -160,9 +160,11 @@ class TrainConfig(FitConfig):
     sample_every: int = 0  # preview grid every N steps (0 = only at the end)
     sampler: str = "ddim"  # for previews and the final grid
     sample_steps: int = 50
+    autoencoder: str = ""  # a difflab train-autoencoder folder: latent diffusion on its scaled latents ("" = pixels)
     task: Literal["generate", "superres", "inpaint", "colorize"] = "generate"  # superres: SR3; inpaint/colorize: Palette
     scale: int = 2  # task = superres: the integer down-sampling factor of the low-res condition
     noise_aug: bool = False  # task = superres: noise-conditioning augmentation of the condition (Ho et al. 2022)
+    aug_blur: float = 0.5  # noise_aug: Gaussian blur std of the low-res condition at level 1 (low-res pixels)
 
 
     def check(self) -> None:
@@ -176,8 +178,11 @@ class TrainConfig(FitConfig):
                 f"{n}.text_encoder={self.text_encoder!r} needs conditional=true (captions of the labelled data)")
         self.require_ints(("scale",), 2)
         require(not self.noise_aug or self.task == "superres", f"{n}.noise_aug needs task='superres'")
+        require(self.aug_blur >= 0, f"{n}.aug_blur must be >= 0, got {self.aug_blur!r}")
         require(self.task == "generate" or not self.conditional,
                 f"{n}.task={self.task!r} is conditioned on an image; it cannot also be conditional=true")
+        require(not self.autoencoder or self.task == "generate",
+                f"{n}.autoencoder: latent diffusion supports task='generate' only, not {self.task!r}")
         require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
         from ..samplers import SAMPLERS
 
