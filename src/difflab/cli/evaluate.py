@@ -87,14 +87,18 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.run is not None:
         loaded = load_run(args.run, device=args.device)
+        if args.nll and loaded.latent:
+            raise UserError(f"--nll: {args.run} is a latent diffusion run; its likelihood is of latents, not of "
+                            "images (docs/latent.md)")
         spec = args.data or loaded.config["data"]
         ref = load(spec, args.split)
-        model = Clamped(loaded.model) if ref.kind == "image" else loaded.model
+        model = Clamped(loaded.model) if ref.kind == "image" and not loaded.latent else loaded.model
         from ..evaluation.report import draw
 
         dev, c = next(loaded.model.parameters()).device, loaded.conditioning
         x, nfe, secs = draw(model, loaded.shape, args.num, args.sampler, args.steps, args.seed,
                             cond=lambda n: c.preview(n, dev))  # a conditional run: the classes in turn
+        x = loaded.to_data(x)  # a latent run: the decoded images
         result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs)
         out_json = args.json or args.run / "evaluation.json"
     else:

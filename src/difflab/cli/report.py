@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from ..data import load
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             for r in args.run]
     ref = load(args.data or runs[0].config["data"])
     for r, path in zip(runs, args.run):
-        if r.shape != ref.shape:
+        if getattr(r, "data_shape", r.shape) != ref.shape:  # a latent run: the decoded images
             raise UserError(f"{path} makes samples of shape {r.shape}, but {ref.spec} has {ref.shape}")
     if ref.kind == "image":
         name = args.features or FEATURE_NETS.get(ref.shape)
@@ -67,10 +68,14 @@ def run(args: argparse.Namespace) -> int:
             rows.append(family_row(path, r, args.num, args.seed, score, len(runs) > 1))
     jobs = [(path, r, s, k) for path, r in zip(args.run, runs) if isinstance(r, LoadedRun) for s, k in methods]
     for path, r, sampler, steps in tqdm(jobs, desc="report", unit="method"):
-        model = Clamped(r.model) if ref.kind == "image" else r.model
+        model = Clamped(r.model) if ref.kind == "image" and not r.latent else r.model  # latents are not clamped
         dev = next(r.model.parameters()).device
         x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed,  # classes in turn if conditional
                             cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev))
+        if r.latent:  # decoding is part of a latent run's sampling time
+            t0 = time.perf_counter()
+            x = r.to_data(x)
+            secs += time.perf_counter() - t0
         m = score(x)
         label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
         rows.append({"method": label, "run": str(path), "family": "diffusion", "sampler": sampler, "steps": steps,

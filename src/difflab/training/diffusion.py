@@ -4,6 +4,8 @@ its relatives), its EMA, previews sampled from the schedule's prior, and ``train
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -23,8 +25,8 @@ from .run import build_denoiser, run_config
 class DiffusionFamily(Family):
     """A denoiser D(x_t, t, cond) -> x0 with an EMA; one phase minimising the configured objective."""
 
-    def __init__(self, cfg: TrainConfig, data: Dataset):
-        self.cfg, self.data = cfg, data
+    def __init__(self, cfg: TrainConfig, data: Dataset, decode: Callable[[Tensor], Tensor] | None = None):
+        self.cfg, self.data, self.decode = cfg, data, decode  # decode: latents -> images (latent diffusion)
         self.conditioning: Conditioning = conditioning_for(cfg, data)
         self.model: Denoiser = build_denoiser(cfg, data, self.conditioning)
         self.modules = {"model": self.model}
@@ -43,15 +45,16 @@ class DiffusionFamily(Family):
             net.compile()
 
     def preview(self, ema: dict[str, nn.Module], path: Path) -> None:
-        preview(ema["model"], self.data, self.cfg, path, self.conditioning)
+        preview(ema["model"], self.data, self.cfg, path, self.conditioning, decode=self.decode)
 
     def finish(self, run_dir: Path, ema: dict[str, nn.Module]) -> None:
         self.preview(ema, run_dir / "samples.png")
 
 
 def preview(model: Denoiser, data: Dataset, cfg: TrainConfig, path: Path, conditioning: Conditioning,
-            num: int = 64) -> None:
-    """A grid (images) or scatter plot (points) sampled from the schedule's prior with the configured sampler."""
+            num: int = 64, decode: Callable[[Tensor], Tensor] | None = None) -> None:
+    """A grid (images) or scatter plot (points) sampled from the schedule's prior with the configured sampler;
+    with ``decode`` (a latent run) the latents are sampled unclamped and decoded to the grid's images."""
     from ..samplers import sample
 
     g = torch.Generator().manual_seed(cfg.seed)
@@ -59,13 +62,15 @@ def preview(model: Denoiser, data: Dataset, cfg: TrainConfig, path: Path, condit
     device = next(model.parameters()).device
     cond = conditioning.preview(n, device)
     x_T = model.schedule.sample_prior((n, *data.shape), generator=g, device=device)
-    if data.kind == "image":
-        model = Clamped(model)  # images live in [-1, 1]
+    if data.kind == "image" and decode is None:
+        model = Clamped(model)  # images live in [-1, 1]; latents are not clamped
     was_training = model.training
     model.eval()
     with torch.no_grad():
         x = sample(model, x_T, sampler=cfg.sampler, steps=cfg.sample_steps, cond=cond, generator=g)
     model.train(was_training)
+    if decode is not None:
+        x = decode(x)
     if data.kind == "image":
         save_image_grid(x, path, nrow=conditioning.num_classes if conditioning.num_classes and n % 10 == 0 else None)
     else:
@@ -97,11 +102,25 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
     run_dir = Path(run_dir)
     world = world or init(device)
     prepare_run(run_dir, data, resume, cfg)
+    ae = None
+    if cfg.autoencoder:  # latent diffusion: the data become the autoencoder's scaled latents, encoded once
+        from .autoencoder import load_autoencoder
+        from .latent import autoencoder_record, encode_dataset
+
+        ae = load_autoencoder(cfg.autoencoder, device=world.device)
+        data = encode_dataset(ae, data)
+    if resume:
+        from .latent import check_resume
+
+        check_resume(read_json(run_dir / CONFIG), ae, run_dir)
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
-    family = DiffusionFamily(cfg, data)
+    family = DiffusionFamily(cfg, data, decode=ae.decode if ae is not None else None)
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG, run_config(cfg, data, family.model, world.size))
+        rc = run_config(cfg, data, family.model, world.size)
+        if ae is not None:
+            rc["autoencoder"] = autoencoder_record(ae)
+        write_json(run_dir / CONFIG, rc)
     world.barrier()
     return fit(family, len(data), cfg, run_dir, world=world, resume=resume, progress=progress,
                sample_every=cfg.sample_every)

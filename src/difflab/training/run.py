@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -69,6 +69,21 @@ class LoadedRun:
     model: Denoiser  # EMA weights by default
     config: dict[str, Any]
     step: int
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # a latent run: latents -> images in [-1, 1]
+
+    @property
+    def latent(self) -> bool:
+        """True for latent diffusion: ``shape`` is the latent's; clamp nothing while sampling, then ``to_data``."""
+        return self.decode is not None
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples of the model -> data space (decoded images for a latent run, unchanged otherwise)."""
+        return self.decode(x) if self.decode is not None else x
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one example of the data (the decoded image for a latent run)."""
+        return tuple(self.config["autoencoder"]["shape"]) if self.latent else self.shape
 
     @property
     def conditioning(self) -> Conditioning:
@@ -88,4 +103,9 @@ def load_run(run_dir: str | Path, ema: bool = True, device: torch.device | str |
         return DENOISERS[rc.get("denoiser", "plain")](net, schedules.from_config(rc["schedule"]), rc["prediction"])
 
     model, rc, meta = load_folder(run_dir, RUN_FORMAT, "run", build, ema=ema)
-    return LoadedRun(model.to(device or default_device()), rc, int(meta.get("step", 0)))
+    decode = None
+    if "autoencoder" in rc:  # latent diffusion: decode through the recorded (and checked) autoencoder
+        from .latent import latent_decoder
+
+        decode = latent_decoder(rc["autoencoder"], run_dir, device or default_device())
+    return LoadedRun(model.to(device or default_device()), rc, int(meta.get("step", 0)), decode)

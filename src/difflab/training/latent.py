@@ -1,0 +1,87 @@
+"""Latent diffusion (Rombach et al. 2022): the diffusion family trained on scaled autoencoder latents.
+
+The training images are encoded once each (lazily, when a batch first needs them) to their posterior means times the autoencoder's scale factor
+(a deterministic code: with the small KL weight the posterior std is far below the latents' spread, so a sample
+would only add noise).  The run's config.json records the autoencoder (its path, checkpoint sha256 and step, scale
+factor); loading the run refuses a missing folder or a changed checkpoint.  Samplers work on latents unclamped;
+``decode`` maps them to images and clamps those to [-1, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..data import Dataset
+from ..errors import CheckpointError, UserError
+from .autoencoder import LoadedAutoencoder, checkpoint_sha256, load_autoencoder
+
+
+def autoencoder_record(ae: LoadedAutoencoder) -> dict[str, Any]:
+    """What a latent run's config.json stores about its autoencoder."""
+    return {"path": str(ae.path.resolve()), "sha256": ae.sha256, "step": ae.step, "scale_factor": ae.scale_factor,
+            "latent": list(ae.config["latent"]), "shape": list(ae.config["shape"]), "data": ae.config["data"]}
+
+
+class LatentDataset(Dataset):
+    """The scaled latents of an image dataset, encoded lazily: each example once, when a batch first needs it
+    (a short run never pays for encoding examples it does not reach), then cached; labels and spec are the data's."""
+
+    def __init__(self, ae: LoadedAutoencoder, data: Dataset):
+        super().__init__(torch.zeros(len(data), *ae.config["latent"]), data.y, data.spec, data.class_names)
+        self.ae, self.images = ae, data
+        self.encoded = torch.zeros(len(data), dtype=torch.bool)
+
+    def batch(self, idx: Tensor) -> Tensor:
+        idx = torch.as_tensor(idx).cpu()
+        todo = idx[~self.encoded[idx]].unique()
+        if len(todo):
+            self.stored[todo] = self.ae.encode(self.images.batch(todo)).cpu()
+            self.encoded[todo] = True
+        return self.stored[idx]
+
+    @property
+    def x(self) -> Tensor:
+        return self.batch(torch.arange(len(self)))
+
+
+def encode_dataset(ae: LoadedAutoencoder, data: Dataset) -> LatentDataset:
+    """The data as scaled latents (posterior mean times the scale factor), encoded lazily."""
+    if data.kind != "image" or tuple(data.shape) != tuple(ae.config["shape"]):
+        raise UserError(f"--autoencoder {ae.path} encodes images of shape {tuple(ae.config['shape'])}, "
+                        f"but {data.spec} holds examples of shape {tuple(data.shape)}")
+    return LatentDataset(ae, data)
+
+
+def open_autoencoder(record: dict[str, Any], run_dir: str | Path | None = None,
+                     device: torch.device | str | None = None) -> LoadedAutoencoder:
+    """The autoencoder a latent run recorded; a CheckpointError if its folder is missing or its checkpoint changed."""
+    where = f"latent run {run_dir}: " if run_dir is not None else ""
+    path = Path(record.get("path", ""))
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{where}autoencoder folder {path} does not exist (or holds no config.json)")
+    sha = checkpoint_sha256(path)
+    if sha != record.get("sha256"):
+        raise CheckpointError(f"{where}autoencoder {path} does not match the one it was trained with "
+                              f"(checkpoint sha256 {sha}, recorded {record.get('sha256')}, step {record.get('step')})")
+    return load_autoencoder(path, device=device)
+
+
+def latent_decoder(record: dict[str, Any], run_dir: str | Path | None = None,
+                   device: torch.device | str | None = None) -> Callable[[Tensor], Tensor]:
+    """latents [B, c, h, w] -> images in [-1, 1] on the CPU, through the recorded autoencoder (checked first)."""
+    return open_autoencoder(record, run_dir, device).decode
+
+
+def check_resume(stored: dict[str, Any], ae: LoadedAutoencoder | None, run_dir: Path) -> None:
+    """--resume: the run must continue with the autoencoder (or pixels) it started with."""
+    before = stored.get("autoencoder")
+    if (before is None) != (ae is None) or (before is not None and before.get("sha256") != ae.sha256):
+        was = f"autoencoder {before['path']} (sha256 {before['sha256']})" if before else "pixels"
+        now = f"autoencoder {ae.path} (sha256 {ae.sha256})" if ae is not None else "pixels"
+        raise UserError(f"--resume: {run_dir} was trained on {was}, not {now}")
+
+
+__all__ = ["LatentDataset", "autoencoder_record", "encode_dataset", "open_autoencoder", "latent_decoder", "check_resume"]

@@ -1,0 +1,143 @@
+"""The KL autoencoder and latent diffusion: training, the KL's closed form, the scale factor, decoding, and errors."""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difflab.cli.main import main
+from difflab.data import load
+from difflab.models.autoencoder import AutoencoderConfig, KLAutoencoder, gaussian_kl
+from difflab.training import load_run
+from difflab.training.autoencoder import (AutoencoderFamily, AutoencoderTrainConfig, LoadedAutoencoder,
+                                          latent_statistics, load_autoencoder, parse_latent)
+from difflab.training.checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
+from difflab.training.engine import fit
+from difflab.training.latent import encode_dataset
+
+TINY_AE = {"channels": 8, "channel_mult": [1, 2], "groups": 4}
+TINY_UNET = {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1], "num_heads": 2,
+             "groups": 4, "dropout": 0.0}
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def _rec_mse(ae: KLAutoencoder, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((ae.decode(ae.encode(x)[0]) - x).pow(2).mean())
+
+
+def test_round_trip_error_decreases_with_training():
+    data = load("digits", "train")
+    cfg = AutoencoderTrainConfig(network=TINY_AE, steps=10, batch_size=16, lr=3e-3, warmup_steps=2, ema_decay=0.0)
+    torch.manual_seed(0)
+    family = AutoencoderFamily(cfg, data)
+    x = data.batch(torch.arange(200))
+    before = _rec_mse(family.ae, x)
+    fit(family, len(data), cfg, None, progress=False)
+    after = _rec_mse(family.ae, x)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_kl_matches_closed_form_and_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(3, 2, 2, 2, generator=g, dtype=torch.float64)
+    logvar = torch.randn(3, 2, 2, 2, generator=g, dtype=torch.float64)
+    kl = gaussian_kl(mean, logvar)
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    assert torch.allclose(kl, torch.distributions.kl_divergence(q, p).flatten(1).sum(1), rtol=1e-12, atol=1e-12)
+    assert float(gaussian_kl(torch.ones(1, 1), torch.zeros(1, 1))) == 0.5  # KL(N(1, 1) || N(0, 1)) = 1/2 by hand
+    z = q.sample((40_000,))  # Monte Carlo: E_q[log q(z) - log p(z)], within 5 standard errors
+    terms = (q.log_prob(z) - p.log_prob(z)).flatten(2).sum(2)
+    err = terms.std(0) / math.sqrt(len(z))
+    assert torch.all((terms.mean(0) - kl).abs() < 5 * err), (terms.mean(0), kl, err)
+
+
+def test_latent_scaling_gives_unit_variance():
+    data = load("digits", "train")
+    torch.manual_seed(0)
+    ae = KLAutoencoder(AutoencoderConfig.from_dict({"shape": [1, 8, 8], "latent": [2, 4, 4], **TINY_AE})).eval()
+    stats = latent_statistics(ae, data)
+    assert stats["scale_examples"] == len(data)  # a set smaller than the cap: every example
+    loaded = LoadedAutoencoder(ae, {"shape": [1, 8, 8], "latent": [2, 4, 4], **stats}, 0, "", Path("."))
+    z = encode_dataset(loaded, data).x.double()
+    assert z.shape == (len(data), 2, 4, 4)
+    assert abs(float(z.std()) - 1.0) < 1e-5  # float32 latents scaled by a float64 1/std
+    # lazily encoded batches equal the up-front encoding
+    lazy = encode_dataset(loaded, data)
+    idx = torch.tensor([5, 3, 5, 1000])
+    assert torch.allclose(lazy.batch(idx).double(), z[idx], atol=1e-6)
+
+
+def test_parse_latent():
+    assert parse_latent("4x7x7") == (4, 7, 7)
+    with pytest.raises(Exception, match="--latent"):
+        parse_latent("4x7")
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("latent")
+    (d / "ae.json").write_text(json.dumps({"network": TINY_AE, "batch_size": 16, "warmup_steps": 2}))
+    (d / "ldm.json").write_text(json.dumps({"network": TINY_UNET, "batch_size": 16, "sample_steps": 2,
+                                            "schedule": {"kind": "linear", "T": 100}}))
+    assert run("train-autoencoder", "--data", "digits", "--out", d / "ae", "--steps", 3, "--config", d / "ae.json",
+               "--quiet") == 0
+    assert run("train", "--data", "digits", "--autoencoder", d / "ae", "--out", d / "ldm", "--steps", 2,
+               "--conditional", "--config", d / "ldm.json", "--quiet") == 0
+    return d
+
+
+def test_autoencoder_folder_records_scale_and_run_records_autoencoder(latent_run):
+    ae_cfg = json.loads((latent_run / "ae" / CONFIG).read_text())
+    assert ae_cfg["latent"] == [2, 4, 4] and ae_cfg["scale_factor"] > 0
+    rc = json.loads((latent_run / "ldm" / CONFIG).read_text())
+    ae = load_autoencoder(latent_run / "ae")
+    assert rc["shape"] == [2, 4, 4] and rc["autoencoder"]["sha256"] == ae.sha256
+    assert rc["autoencoder"]["scale_factor"] == ae_cfg["scale_factor"] and rc["autoencoder"]["step"] == 3
+    assert (latent_run / "ldm" / "samples.png").is_file()
+
+
+def test_latent_sampling_decodes_to_data_shape(latent_run, tmp_path):
+    loaded = load_run(latent_run / "ldm")
+    assert loaded.latent and loaded.shape == (2, 4, 4) and loaded.data_shape == (1, 8, 8)
+    x = loaded.to_data(3 * torch.randn(5, 2, 4, 4))  # latents far outside [-1, 1] decode to clamped images
+    assert x.shape == (5, 1, 8, 8) and float(x.abs().max()) <= 1.0
+    for sampler in ("ddim", "dpmpp_2m"):
+        assert run("sample", "--run", latent_run / "ldm", "--num", 6, "--steps", 2, "--sampler", sampler,
+                   "--label", 3, "--guidance-scale", 1.5, "--out", tmp_path / f"{sampler}.npz") == 0
+        with np.load(tmp_path / f"{sampler}.npz") as f:
+            assert f["images"].shape == (6, 8, 8, 1) and f["images"].dtype == np.uint8
+
+
+def test_missing_or_changed_autoencoder_is_one_line_error(latent_run, tmp_path, capsys):
+    d = tmp_path / "copy"
+    shutil.copytree(latent_run, d)
+    (d / "ldm" / CONFIG).write_text((d / "ldm" / CONFIG).read_text().replace(str((latent_run / "ae").resolve()),
+                                                                             str((d / "ae").resolve())))
+    assert run("sample", "--run", d / "ldm", "--num", 2, "--steps", 2, "--out", tmp_path / "a.npz") == 0
+    ck = load_checkpoint(d / "ae")  # the autoencoder retrained (here: one weight changed) after the run was made
+    ae = KLAutoencoder(AutoencoderConfig.from_dict(json.loads((d / "ae" / CONFIG).read_text())["network"]))
+    ae.load_state_dict(ck.modules["model"])
+    with torch.no_grad():
+        next(ae.parameters()).add_(1.0)
+    save_checkpoint(d / "ae", {"model": ae}, {"model": ae}, step=ck.step)
+    capsys.readouterr()
+    assert run("sample", "--run", d / "ldm", "--num", 2, "--steps", 2, "--out", tmp_path / "b.npz") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("difflab: error:") and "does not match" in err and "\n" not in err
+    shutil.rmtree(d / "ae")
+    assert run("evaluate", "--run", d / "ldm", "--num", 10) == 2
+    err = capsys.readouterr().err.strip()
+    assert "autoencoder folder" in err and "does not exist" in err and "\n" not in err
+    assert run("train", "--data", "digits", "--autoencoder", d / "ae", "--out", tmp_path / "x", "--steps", 1,
+               "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert "autoencoder" in err and "\n" not in err
+    assert not (d / "ae" / CHECKPOINT).exists() and (d / "ldm" / CHECKPOINT).is_file()
