@@ -24,9 +24,11 @@ from . import tune_steps as tune_steps_cmd
 from . import distill as distill_cmd
 from . import train_autoencoder as train_autoencoder_cmd
 from . import cascade as cascade_cmd
+from . import export_diffusers as export_diffusers_cmd
+from . import import_diffusers as import_diffusers_cmd
 
 COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd, distill_cmd, cascade_cmd,
-            train_autoencoder_cmd]
+            train_autoencoder_cmd, import_diffusers_cmd, export_diffusers_cmd]
 
 
 def parser() -> argparse.ArgumentParser:

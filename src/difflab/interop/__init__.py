@@ -1,0 +1,1 @@
+"""Bridges to other toolkits (optional extras): diffusers pipeline folders in and out (:mod:`difflab.interop.diffusers`)."""

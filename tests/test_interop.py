@@ -1,0 +1,190 @@
+"""diffusers interop: tiny random UNet2DModels saved in tmp_path (no downloads) round-trip through difflab runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from difflab import schedules  # noqa: E402
+from difflab.cli.main import main  # noqa: E402
+from difflab.errors import UserError  # noqa: E402
+from difflab.interop.diffusers import export_run, import_pipeline, schedule_from_scheduler  # noqa: E402
+from difflab.models.denoiser import Denoiser  # noqa: E402
+from difflab.models.mlp import MLP, MLPConfig  # noqa: E402
+from difflab.models.networks import network_spec  # noqa: E402
+from difflab.models.unet import UNet, UNetConfig  # noqa: E402
+from difflab.samplers import grids, sample  # noqa: E402
+from difflab.training import load_run  # noqa: E402
+from difflab.training.checkpoint import save_checkpoint, write_json  # noqa: E402
+from difflab.training.run import RUN_FORMAT  # noqa: E402
+
+T = 100
+TINY = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=8, norm_num_groups=4)
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> None:
+    """Perturb every parameter (zero-initialised output layers would hide mapping errors)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def tiny_unet(seed: int = 0, **changes) -> "diffusers.UNet2DModel":
+    torch.manual_seed(seed)
+    u = diffusers.UNet2DModel(**{**TINY, **changes})
+    _randomise(u, seed)
+    return u.eval()
+
+
+def save_pipeline(path, unet, prediction="epsilon", pipeline="ddim", **sched):
+    kw = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-3, beta_end=0.2, clip_sample=False,
+              prediction_type=prediction, **sched)
+    if pipeline == "ddim":
+        diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(**kw)).save_pretrained(str(path))
+    else:
+        diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(**kw)).save_pretrained(str(path))
+    return path
+
+
+def write_run(path, net, schedule, prediction="eps", shape=(1, 8, 8)):
+    """A difflab run folder holding ``net`` untrained (config.json + checkpoint.safetensors)."""
+    model = Denoiser(net, schedule, prediction)
+    save_checkpoint(path, {"model": model})
+    write_json(path / "config.json", {"format": RUN_FORMAT, "family": "diffusion", "data": None,
+                                      "data_kind": "image" if len(shape) == 3 else "points", "shape": list(shape),
+                                      "class_names": None, "train": {}, "network": network_spec(net),
+                                      "schedule": schedule.config(), "prediction": prediction, "denoiser": "plain"})
+    return path
+
+
+X = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+TS = torch.tensor([0, 37, T - 1])
+
+
+@pytest.mark.parametrize("flip,shift,injection", [(True, 0, "default"), (False, 0, "scale_shift"), (False, 1, "default"),
+                                                  (True, 1, "scale_shift")])
+def test_imported_prediction_equals_diffusers_forward(tmp_path, flip, shift, injection):
+    extra = {"attn_norm_num_groups": 4} if injection == "scale_shift" else {}
+    u = tiny_unet(flip_sin_to_cos=flip, freq_shift=shift, resnet_time_scale_shift=injection, **extra)
+    import_pipeline(save_pipeline(tmp_path / "pipe", u), tmp_path / "run")
+    m = load_run(tmp_path / "run", device="cpu").model.double()
+    with torch.no_grad():
+        ref = u.double()(X, TS).sample
+        got = m.raw(X, TS.double())
+    # Both compute the time features in float32. With freq_shift 0 they are the same numbers, so float64 networks
+    # agree to rounding; otherwise difflab's Fourier frequencies f = w 1000 / (2 pi) are w rounded to float32,
+    # which moves the features by about t w 2^-23 <= 1.2e-5 at t = 99.
+    tol = 1e-9 if shift == 0 else 1e-4
+    assert (got - ref).abs().max() <= tol * ref.abs().max()
+
+
+def test_ddim_sample_equals_diffusers_ddim(tmp_path):
+    u = tiny_unet(1)
+    import_pipeline(save_pipeline(tmp_path / "pipe", u), tmp_path / "run")
+    m = load_run(tmp_path / "run", device="cpu").model.double()
+    s = diffusers.DDIMScheduler.from_pretrained(str(tmp_path / "pipe"), subfolder="scheduler")
+    s.set_timesteps(10)
+    u = u.double()
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = x_T.clone()
+    with torch.no_grad():
+        for t in s.timesteps:
+            x = s.step(u(x, t).sample, t, x).prev_sample
+        y = sample(m, x_T, "ddim", grid=grids.timesteps(m.schedule, s.timesteps.tolist()))
+    assert s.timesteps.tolist() == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    # diffusers keeps alpha-bar in float32 (error <= 1e-7 against difflab's float64 table): relative 1e-5 covers it
+    assert (x - y).abs().max() <= 1e-5 * x.abs().max()
+
+
+@pytest.mark.parametrize("prediction,ours", [("epsilon", "eps"), ("sample", "x0"), ("v_prediction", "v")])
+def test_every_prediction_type_gives_diffusers_x0(tmp_path, prediction, ours):
+    u = tiny_unet(2)
+    import_pipeline(save_pipeline(tmp_path / "pipe", u, prediction), tmp_path / "run")
+    m = load_run(tmp_path / "run", device="cpu").model.double()
+    assert m.prediction == ours
+    s = diffusers.DDIMScheduler.from_pretrained(str(tmp_path / "pipe"), subfolder="scheduler")
+    s.set_timesteps(10)
+    u = u.double()
+    t = 50
+    with torch.no_grad():
+        ref = s.step(u(X, t).sample, t, X).pred_original_sample
+        got = m(X, torch.tensor(float(t)))
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("sched", [dict(beta_schedule="linear"), dict(beta_schedule="scaled_linear", beta_start=1e-4,
+                                                                      beta_end=0.05),
+                                   dict(beta_schedule="squaredcos_cap_v2"), dict(trained_betas=[0.01 * (i + 1) for i in range(20)])])
+def test_schedule_tables_match(sched):
+    kw = dict(num_train_timesteps=20 if "trained_betas" in sched else T, beta_start=1e-3, beta_end=0.2)
+    s = diffusers.DDPMScheduler(**{**kw, **sched})
+    ours = schedule_from_scheduler(dict(s.config))
+    # diffusers builds its betas in float32 and multiplies them out in float32
+    assert torch.allclose(ours.alphas_cumprod, s.alphas_cumprod.double(), rtol=1e-5, atol=1e-7)
+
+
+def test_exported_run_loads_in_diffusers_and_predicts_the_same(tmp_path):
+    # difflab's default time_scale 1000 / (T - 1) has no positional counterpart: the embedding becomes a table
+    for name, scale, kind in (("table", 1000 / (T - 1), "learned"), ("plain", 1.0, "positional")):
+        net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2,
+                              groups=4, dropout=0.0, time_scale=scale))
+        _randomise(net, 4)
+        sched = schedules.get("cosine", T=T)
+        run = write_run(tmp_path / name, net, sched, "v")
+        export_run(run, tmp_path / f"{name}_pipe")
+        pipe = diffusers.DDPMPipeline.from_pretrained(str(tmp_path / f"{name}_pipe"))
+        assert pipe.unet.config.time_embedding_type == kind
+        assert pipe.scheduler.config.prediction_type == "v_prediction"
+        assert torch.allclose(pipe.scheduler.alphas_cumprod.double(), sched.alphas_cumprod, rtol=1e-5, atol=1e-7)
+        with torch.no_grad():
+            ref = net.double()(X, TS.double())
+            got = pipe.unet.double()(X, TS).sample
+        assert (got - ref).abs().max() <= 1e-9 * ref.abs().max()
+        image = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
+        assert image.shape == (1, 8, 8, 1)
+    # the positional export imports back to the same weights
+    import_pipeline(tmp_path / "plain_pipe", tmp_path / "back")
+    a = load_run(tmp_path / "plain", device="cpu").model.net.state_dict()
+    b = load_run(tmp_path / "back", device="cpu").model.net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refusals_name_what_does_not_map(tmp_path):
+    mlp = MLP(MLPConfig(dim=2, hidden=16, depth=2))
+    write_run(tmp_path / "mlp", mlp, schedules.get("linear", T=T), shape=(2,))
+    with pytest.raises(UserError, match="network kind 'mlp'"):
+        export_run(tmp_path / "mlp", tmp_path / "out1")
+    net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2,
+                          groups=4, cond_channels=1))
+    write_run(tmp_path / "sr", net, schedules.get("vp"), "score")
+    with pytest.raises(UserError) as e:
+        export_run(tmp_path / "sr", tmp_path / "out2")
+    assert "cond_channels=1" in str(e.value) and "continuous-time" in str(e.value) and "'score'" in str(e.value)
+    assert not (tmp_path / "out2").exists()
+    u = tiny_unet(time_embedding_type="fourier")
+    with pytest.raises(UserError, match="time_embedding_type='fourier'"):
+        import_pipeline(save_pipeline(tmp_path / "pipe", u), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_import_then_sample_and_one_line_errors(tmp_path, capsys, monkeypatch):
+    save_pipeline(tmp_path / "pipe", tiny_unet(5), pipeline="ddpm")
+    assert main(["import-diffusers", str(tmp_path / "pipe"), "--out", str(tmp_path / "run"), "--data", "digits"]) == 0
+    rc = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert rc["imported"]["pipeline"] == "DDPMPipeline" and rc["data"] == "digits"
+    assert main(["sample", "--run", str(tmp_path / "run"), "--num", "2", "--steps", "2",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    assert main(["import-diffusers", str(tmp_path / "pipe"), "--out", str(tmp_path / "run")]) == 2  # never overwrites
+    assert main(["import-diffusers", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")]) == 2
+    monkeypatch.setitem(__import__("sys").modules, "diffusers", None)  # the extra missing
+    assert main(["export-diffusers", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "exp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "difflab: error: reading or writing diffusers folders needs the optional diffusers extra: " \
+                      "pip install 'difflab[diffusers]'"
+    assert "already holds a run" in err[-3] and "is not a folder" in err[-2]
