@@ -1,0 +1,346 @@
+"""Sampling and editing jobs of ``difflab serve``: validated requests run on a small worker pool, with step previews."""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import itertools
+import math
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+#: Request limits (a page on localhost, a CPU): beyond these a request is refused with HTTP 400.
+MAX_STEPS = 1000
+MAX_NUM = 64
+MAX_SEED = 2**63 - 1
+MAX_GUIDANCE = 100.0
+MAX_PROMPT = 200
+MAX_PREVIEWS = 100  # x0 previews kept per job (evenly spaced when a job has more steps)
+EDIT_TASKS = ("inpaint", "sdedit", "superres", "colorize")
+
+
+class Busy(Exception):
+    """The job queue is full (HTTP 503)."""
+
+
+class Cancelled(Exception):
+    """A job stopped by the server (shutdown)."""
+
+
+def png_bytes(x: Tensor) -> bytes:
+    """[N, C, H, W] in [-1, 1] -> PNG of the grid (small images upscaled as in ``difflab sample``)."""
+    from PIL import Image
+
+    from ..utils.images import image_grid
+
+    h = x.shape[-1]
+    g = image_grid(x.detach().float().cpu(), scale=max(1, 32 // h))
+    buf = io.BytesIO()
+    Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def decode_image(value: Any, name: str, size: tuple[int, int], mode: str, max_bytes: int = 1 << 20) -> Tensor:
+    """A PNG/JPEG sent as a data URL or base64 string -> [1, C, H, W] in [-1, 1]; UserError unless it is an image of ``size`` (H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{name}: expected an image (a PNG or JPEG data URL)")
+    raw = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (ValueError, TypeError):
+        raise UserError(f"{name}: not base64 image data") from None
+    if len(data) > max_bytes:
+        raise UserError(f"{name}: {len(data)} bytes is larger than the {max_bytes} allowed")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in ("PNG", "JPEG"):
+                raise UserError(f"{name}: a {im.format} file; send a PNG or JPEG image")
+            if im.width * im.height > 4096 * 4096:
+                raise UserError(f"{name}: {im.width}x{im.height} is too large")
+            a = np.asarray(im.convert(mode), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise UserError(f"{name}: not a PNG or JPEG image") from None
+    if a.shape[:2] != tuple(size):
+        raise UserError(f"{name} is {a.shape[0]}x{a.shape[1]} but this run takes {size[0]}x{size[1]} images "
+                        "(height x width)")
+    a = a[:, :, None] if a.ndim == 2 else a
+    return torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
+def _int(req: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    v = req.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise UserError(f"{key} must be an integer, got {v!r}")
+    try:
+        f = float(v)
+    except ValueError:
+        raise UserError(f"{key} must be an integer, got {v!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise UserError(f"{key} must be an integer, got {v!r}")
+    if not lo <= int(f) <= hi:
+        raise UserError(f"{key} must lie in {lo}..{hi}, got {int(f)}")
+    return int(f)
+
+
+def _float(req: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    v = req.get(key, default)
+    try:
+        f = float(v) if not isinstance(v, bool) else math.nan
+    except (TypeError, ValueError):
+        f = math.nan
+    if not math.isfinite(f) or not lo <= f <= hi:
+        raise UserError(f"{key} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+    return f
+
+
+@dataclass
+class Job:
+    """One request's state, read by the polling endpoint."""
+
+    id: str
+    kind: str
+    total: int
+    state: str = "queued"  # queued, running, done, error
+    step: int = 0
+    previews: list[tuple[int, str]] = field(default_factory=list)
+    error: str | None = None
+    png: bytes | None = None
+    npz: bytes | None = None
+    started: float = 0.0
+    finished: float = 0.0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def progress(self, i: int, denoised: Tensor) -> None:
+        """Record step i's x0 estimate (the sampler callback / model hook); stop if the job is cancelled."""
+        if self.cancel.is_set():
+            raise Cancelled()
+        self.step = i + 1
+        every = max(1, math.ceil(self.total / MAX_PREVIEWS))
+        if i % every == 0 or i + 1 >= self.total:
+            self.previews.append((i + 1, data_url(png_bytes(denoised.clamp(-1, 1)))))
+
+    def view(self, since: int = 0) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "state": self.state, "step": self.step,
+                               "total": self.total, "previews": [{"step": s, "image": u} for s, u in self.previews[since:]],
+                               "n_previews": len(self.previews)}
+        if self.error:
+            out["error"] = self.error
+        if self.state == "done":
+            out.update(image=data_url(self.png or b""), png=f"/api/jobs/{self.id}/image.png",
+                       npz=f"/api/jobs/{self.id}/samples.npz", seconds=round(self.finished - self.started, 3))
+        return out
+
+
+class _Watched(torch.nn.Module):
+    """A denoiser that reports each call's x0 estimate to a job (edits: the tasks run the sampler themselves)."""
+
+    def __init__(self, model: Any, job: Job):
+        super().__init__()
+        self.model, self.job, self.schedule, self.calls = model, job, model.schedule, 0
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        d = self.model(x, t, cond)
+        self.job.progress(min(self.calls, self.job.total - 1), d)
+        self.calls += 1
+        return d
+
+
+class Service:
+    """A loaded run, its request validation and a bounded pool of sampling workers (shared by the HTTP threads)."""
+
+    def __init__(self, run: str | Path, workers: int = 2, max_queued: int = 8, device: str | None = "cpu"):
+        from ..training import load_run
+        from ..training.families import is_family_run
+
+        run = Path(run)
+        if is_family_run(run):
+            raise UserError(f"--run {run}: serve needs a diffusion run (this one is a GAN/VAE-family run)")
+        self.run = run
+        self.loaded = load_run(run, device=device)
+        if len(self.loaded.shape) != 3:
+            raise UserError(f"--run {run} models points of shape {list(self.loaded.shape)}; serve shows images")
+        if workers < 1 or max_queued < 1:
+            raise UserError("--workers and --max-queued must be at least 1")
+        self.conditioning = self.loaded.conditioning
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="difflab-job")
+        self.max_active = workers + max_queued
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    # ---- what the page needs to know ------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        from ..samplers import names
+
+        c, h, w = self.loaded.shape
+        kind = self.conditioning.kind
+        tasks = [t for t in EDIT_TASKS if (t in ("superres", "colorize") and kind == t)
+                 or (t in ("inpaint", "sdedit") and kind == "none") or (t == "inpaint" and kind == "inpaint")]
+        scale = int(getattr(self.conditioning, "scale", 1))
+        return {"run": str(self.run), "shape": [c, h, w], "conditioning": kind,
+                "num_classes": int(getattr(self.loaded.model.net.config, "num_classes", 0)),
+                "class_names": self.loaded.config.get("class_names"), "samplers": names(), "default_sampler": "ddim",
+                "tasks": tasks, "generate": kind in ("none", "labels", "captions"),
+                "input_size": [h // scale, w // scale] if kind == "superres" else [h, w],
+                "limits": {"steps": MAX_STEPS, "num": MAX_NUM, "guidance_scale": MAX_GUIDANCE}}
+
+    # ---- validation (the CLI's rules) -------------------------------------------------------------------
+    def _common(self, req: Mapping[str, Any]) -> tuple[str, int, int]:
+        from ..samplers import names
+
+        sampler = req.get("sampler", "ddim")
+        if sampler not in names():
+            raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(names())}")
+        return sampler, _int(req, "steps", 50, 1, MAX_STEPS), _int(req, "seed", 0, 0, MAX_SEED)
+
+    def _guided(self, req: Mapping[str, Any]) -> tuple[Any, Callable[[int, torch.device], Any]]:
+        from ..cli import guide
+        from ..models.denoiser import Clamped
+
+        label = req.get("label")
+        label = None if label in (None, "") else _int(req, "label", 0, 0, 10**6)
+        prompt = req.get("prompt") or None
+        if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT):
+            raise UserError(f"prompt must be text of at most {MAX_PROMPT} characters")
+        num_classes = int(getattr(self.loaded.model.net.config, "num_classes", 0))
+        if label is not None and self.conditioning.kind == "labels" and not 0 <= label < num_classes:
+            raise UserError(f"label {label}: this run has classes 0..{num_classes - 1}")
+        if label is not None and self.conditioning.kind != "labels":
+            raise UserError("label: this run is not class-conditional")
+        args = argparse.Namespace(label=label, prompt=prompt, run=self.run,
+                                  guidance_scale=_float(req, "guidance_scale", 0.0, 0.0, MAX_GUIDANCE),
+                                  classifier=None, classifier_scale=1.0, clip=None, clip_scale=30.0)
+        model, make_cond = guide.guided(args, self.loaded)
+        return Clamped(model), make_cond
+
+    # ---- jobs ----------------------------------------------------------------------------------------------
+    def _submit(self, kind: str, total: int, work: Callable[[Job], Tensor]) -> Job:
+        with self.lock:
+            active = sum(j.state in ("queued", "running") for j in self.jobs.values())
+            if active >= self.max_active:
+                raise Busy(f"{active} jobs are queued or running; try again when one has finished")
+            job = Job(f"{next(self._ids)}", kind, total)
+            self.jobs[job.id] = job
+            while len(self.jobs) > 64:  # forget the oldest finished jobs
+                old = next((k for k, j in self.jobs.items() if j.state in ("done", "error")), None)
+                if old is None:
+                    break
+                del self.jobs[old]
+        self.pool.submit(self._run, job, work)
+        return job
+
+    def _run(self, job: Job, work: Callable[[Job], Tensor]) -> None:
+        from ..data import to_uint8
+
+        job.state, job.started = "running", time.time()
+        try:
+            with torch.no_grad():
+                x = work(job).float().cpu()
+            buf = io.BytesIO()
+            np.savez(buf, images=to_uint8(x))
+            job.png, job.npz = png_bytes(x), buf.getvalue()
+            job.state = "done"
+        except Cancelled:
+            job.state, job.error = "error", "cancelled: the server is shutting down"
+        except (UserError, ValueError) as e:
+            job.state, job.error = "error", str(e)
+        except Exception as e:  # noqa: BLE001  (a worker must never die silently; the page shows one line)
+            job.state, job.error = "error", f"internal error: {type(e).__name__}: {e}"
+        finally:
+            job.finished = time.time()
+
+    def generate(self, req: Mapping[str, Any]) -> Job:
+        """Validate a sampling request and queue it; UserError (HTTP 400) for a bad one."""
+        from ..samplers import sample
+
+        if not self.info()["generate"]:
+            raise UserError(f"this run is a {self.conditioning.kind} run: use the editing panel with an input image")
+        sampler, steps, seed = self._common(req)
+        num = _int(req, "num", 16, 1, MAX_NUM)
+        model, make_cond = self._guided(req)
+        shape = self.loaded.shape
+
+        def work(job: Job) -> Tensor:
+            g = torch.Generator().manual_seed(seed)
+            x_T = model.schedule.sample_prior((num, *shape), generator=g, device="cpu")
+            cb = lambda d: job.progress(d["i"], d["denoised"])  # noqa: E731
+            return sample(model, x_T, sampler=sampler, steps=steps, cond=make_cond(num, torch.device("cpu")),
+                          generator=g, callback=cb)
+
+        from ..samplers import n_levels
+
+        return self._submit("generate", n_levels(sampler, steps), work)
+
+    def edit(self, req: Mapping[str, Any]) -> Job:
+        """Validate an editing request (inpaint, sdedit, superres, colorize) and queue it."""
+        from .. import tasks
+        from ..models.denoiser import Clamped
+
+        task = req.get("task")
+        info = self.info()
+        if task not in EDIT_TASKS:
+            raise UserError(f"unknown task {task!r}; choose one of {', '.join(EDIT_TASKS)}")
+        if task not in info["tasks"]:
+            raise UserError(f"task {task}: this run ({self.conditioning.kind} conditioning) supports "
+                            + (", ".join(info["tasks"]) or "no editing task"))
+        sampler, steps, seed = self._common(req)
+        c, h, w = self.loaded.shape
+        size = tuple(info["input_size"])
+        image = decode_image(req.get("image"), "image", size, "L" if (task == "colorize" or c == 1) else "RGB")
+        mask = None
+        if task == "inpaint" or (task == "sdedit" and req.get("mask")):
+            mask = (decode_image(req.get("mask"), "mask", size, "L")[0, 0] > 0).float()  # white (>= 128) = keep
+            if task == "inpaint" and bool(mask.all()):
+                raise UserError("mask: nothing to fill (paint the part to generate)")
+        strength = _float(req, "strength", 0.5, 0.0, 1.0)
+        jump, resample = _int(req, "jump", 10, 1, 100), _int(req, "resample", 1, 1, 10)
+        model = Clamped(self.loaded.model)
+        cond = self.conditioning
+        total = max(1, int(steps * strength)) if task == "sdedit" else steps * resample
+
+        def work(job: Job) -> Tensor:
+            g = torch.Generator().manual_seed(seed)
+            m = _Watched(model, job)
+            common = {"sampler": sampler, "steps": steps, "generator": g}
+            if task == "inpaint" and cond.kind == "inpaint":
+                return tasks.inpaint_conditioned(m, image, mask, cond, **common)
+            if task == "inpaint":
+                return tasks.inpaint(m, image, mask, jump=jump, resample=resample, **common)
+            if task == "sdedit":
+                return tasks.sdedit(m, image, strength, mask=mask, **common)
+            if task == "superres":
+                return tasks.superres(m, image, cond, **common)
+            return tasks.colorize(m, image, cond, **common)
+
+        return self._submit(task, total, work)
+
+    def job(self, job_id: str) -> Job | None:
+        with self.lock:
+            return self.jobs.get(job_id)
+
+    def close(self) -> None:
+        """Cancel every job and stop the workers."""
+        with self.lock:
+            for j in self.jobs.values():
+                j.cancel.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = ["Service", "Job", "Busy", "Cancelled", "decode_image", "png_bytes", "MAX_STEPS", "MAX_NUM", "EDIT_TASKS"]
