@@ -198,3 +198,25 @@ def test_bad_cascades_are_one_line_errors(runs, tmp_path, capsys):
     assert main(["sample", "--run", str(tmp_path / "c"), "--num", "2", "--label", "3", "--out",
                  str(tmp_path / "s.png")]) == 2
     _one_line_error(capsys, "not class-conditional")
+
+
+def test_edit_superres_runs_the_cascade_stages_on_a_folder(runs, tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["cascade", "--base", str(runs / "base"), "--stage", str(runs / "sr1"), "--stage", str(runs / "sr2"),
+                 "--out", str(tmp_path / "c")]) == 0
+    (tmp_path / "in").mkdir()
+    for name, v in (("a.png", 30), ("b.png", 220)):
+        Image.fromarray(np.full((4, 4), v, np.uint8)).save(tmp_path / "in" / name)
+    for sampler in ("ddim", "ddpm", "dpmpp_2m"):
+        assert main(["edit", "superres", "--run", str(tmp_path / "c"), "--input", str(tmp_path / "in"), "--out",
+                     str(tmp_path / sampler), "--steps", "2", "--sampler", sampler]) == 0
+        assert sorted(p.name for p in (tmp_path / sampler).iterdir()) == ["a.png", "b.png"]
+        assert np.asarray(Image.open(tmp_path / sampler / "a.png")).shape == (16, 16)
+    capsys.readouterr()
+    assert main(["edit", "superres", "--run", str(tmp_path / "c"), "--input", str(tmp_path / "ddim" / "a.png"),
+                 "--out", str(tmp_path / "o.png")]) == 2
+    _one_line_error(capsys, "is 16x16 but the cascade", "takes 4x4")
+    assert main(["edit", "sdedit", "--run", str(tmp_path / "c"), "--input", str(tmp_path / "in" / "a.png"),
+                 "--out", str(tmp_path / "o.png")]) == 2
+    _one_line_error(capsys, "is a cascade")
