@@ -90,6 +90,34 @@ class Denoiser(nn.Module):
         return -self.eps(x, t, cond) / s
 
 
+class ConsistencyDenoiser(Denoiser):
+    """Consistency function f(x_t, t) -> the PF-ODE endpoint x_0, in the Denoiser contract, with the boundary
+    parametrisation f = c_skip(s) y + c_out(s) F (Song et al. 2023, eq. 7 and app. C), y = x / alpha, s = sigma / alpha.
+
+    c_skip = sigma_data^2 / ((s - s_min)^2 + sigma_data^2), c_out = sigma_data (s - s_min) / sqrt(s^2 + sigma_data^2),
+    s_min = the schedule's smallest level, so f = y exactly there. F is EDM's preconditioned output (Karras et al. 2022,
+    eq. 7) of the network read as ``prediction``: F = (D - c_skip^EDM y) / c_out^EDM (for sigma_data = 1 on a VP
+    schedule, F = -v), so a student started from a denoiser's weights begins as that denoiser away from s_min.
+    ``sigma_data`` is a buffer, saved with the weights.
+    """
+
+    def __init__(self, net: Callable[..., Tensor], schedule: Schedule, prediction: Prediction = "v",
+                 sigma_data: float = 0.5):
+        super().__init__(net, schedule, prediction)
+        self.register_buffer("sigma_data", torch.tensor(float(sigma_data), dtype=torch.float64))
+        t_min = torch.tensor(float(schedule.t_min), dtype=torch.float64)
+        self.sigma_min = float(schedule.sigma_ve(t_min))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        a, sg = self.coefficients(t, x)
+        d = x0_from(self.prediction, self.raw(x, t, cond), x, a, sg)
+        s, y, sd = sg / a, x / a, self.sigma_data.to(x.dtype)
+        skip_edm, out_edm = sd**2 / (s**2 + sd**2), s * sd / torch.sqrt(s**2 + sd**2)
+        e = (s - self.sigma_min).clamp(min=0)
+        skip, out = sd**2 / (e**2 + sd**2), sd * e / torch.sqrt(s**2 + sd**2)
+        return skip * y + (out / out_edm) * (d - skip_edm * y)
+
+
 class Clamped(nn.Module):
     """D(x_t, t, cond) clamped to the data range [lo, hi] ("clip_denoised", Ho et al. 2020; every sampler accepts it)."""
 
@@ -148,5 +176,5 @@ def from_score(net: Callable[..., Tensor], schedule: Schedule) -> Denoiser:
     return Denoiser(net, schedule, "score")
 
 
-__all__ = ["Denoiser", "Clamped", "Thresholded", "Prediction", "PREDICTIONS", "from_eps", "from_x0", "from_v", "from_score", "x0_from",
+__all__ = ["Denoiser", "ConsistencyDenoiser", "Clamped", "Thresholded", "Prediction", "PREDICTIONS", "from_eps", "from_x0", "from_v", "from_score", "x0_from",
            "target_for", "eps_from_x0"]

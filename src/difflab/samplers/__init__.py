@@ -15,6 +15,7 @@ from torch import Tensor
 from . import grids
 from ._common import Callback
 from .ancestral import sample_ddim, sample_ddpm
+from .consistency import sample_consistency
 from .ode import (sample_dopri5, sample_dpm_solver_2, sample_dpm_solver_3, sample_dpmpp_2m, sample_dpmpp_3m,
                   sample_euler, sample_heun, sample_ipndm, sample_unipc)
 from .sde import sample_euler_maruyama, sample_pc
@@ -48,6 +49,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "ipndm": SamplerInfo(sample_ipndm, "ode", "few_step"),
     "euler_maruyama": SamplerInfo(sample_euler_maruyama, "sde", "uniform_t"),
     "pc": SamplerInfo(sample_pc, "sde", "uniform_t", per_step=2, last=2),
+    "consistency": SamplerInfo(sample_consistency, "sde", "consistency"),  # for ConsistencyDenoiser students
 }
 
 

@@ -108,8 +108,20 @@ def few_step(schedule: Schedule, n: int, rho: float = 5.0, knee: float = 1.2, si
     return _close(torch.cat([torch.tensor([smax], dtype=torch.float64), inner[:-1]]))
 
 
+def consistency(schedule: Schedule, n: int, rho: float = 7.0, sigma_top: float = 80.0) -> Tensor:
+    """n levels for multistep consistency sampling: s_max, then the n - 1 interior points of a Karras rho-ramp of
+    n + 1 points from min(sigma_top, s_max) to s_min (the ends dropped: f at s_min is the identity; Song et al. 2023, Alg. 1)."""
+    _check_n(n)
+    smin, smax = _ends(schedule)
+    hi = min(sigma_top, smax)
+    r = torch.linspace(0, 1, n + 1, dtype=torch.float64)[1:-1]
+    inner = (hi ** (1 / rho) + r * (smin ** (1 / rho) - hi ** (1 / rho))) ** rho
+    return _close(torch.cat([torch.tensor([smax], dtype=torch.float64), inner]))
+
+
 GRIDS: dict[str, Callable[..., Tensor]] = {
     "uniform_t": uniform_t, "log_snr": log_snr, "karras": karras, "few_step": few_step,
+    "consistency": consistency,
 }
 
 
@@ -120,4 +132,4 @@ def get(name: str, schedule: Schedule, n: int, **kwargs: float) -> Tensor:
     return GRIDS[name](schedule, n, **kwargs)
 
 
-__all__ = ["timesteps", "uniform_t", "log_snr", "karras", "few_step", "get", "GRIDS"]
+__all__ = ["timesteps", "uniform_t", "log_snr", "karras", "few_step", "consistency", "get", "GRIDS"]

@@ -7,14 +7,15 @@ DDIM step from s to s' with x_0 estimate D is y' = (s'/s) y + (1 - s'/s) D (Song
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from ..data import Dataset
-from ..models.denoiser import Denoiser
+from ..models.denoiser import ConsistencyDenoiser, Denoiser
 from ..schedules import append_dims
 from .config import FitConfig
 from .engine import Batch, Family, OptimizerSpec, Phase, fit
@@ -53,9 +54,24 @@ class Round:
         return torch.cat([self.teacher_sigmas[:-1:2], self.teacher_sigmas.new_zeros(1)])
 
 
+def as_student(teacher: Any, prediction: str | None = "v") -> Denoiser:
+    """A copy of the teacher's network read as ``prediction`` (v by default: Salimans & Ho 2022, sec. 4; None keeps the teacher's)."""
+    base = teacher
+    while not isinstance(base, Denoiser) and hasattr(base, "model"):  # Clamped, Thresholded
+        base = base.model
+    if not isinstance(base, Denoiser):
+        raise TypeError(f"the teacher must be a Denoiser to copy its network, got {type(teacher).__name__}")
+    return Denoiser(copy.deepcopy(base.net), base.schedule, prediction or base.prediction)
+
+
 class ProgressiveDistillation(Family):
-    """Student initialised from the teacher, trained on the truncated-SNR-weighted x_0 error
-    max(1/s^2, 1) |D_student - x~_0|^2 at the student's own levels (Salimans & Ho 2022, sec. 4 and eq. 9)."""
+    """Student (by default the teacher's network read as v prediction) trained on the truncated-SNR-weighted x_0
+    error max(SNR, 1) |D_student - x~_0|^2, SNR = 1/s^2, at the student's own levels (Salimans & Ho 2022, eq. 9).
+
+    With v prediction the x_0 error is sigma times the v error, so the weight on the network output,
+    max(SNR, 1) sigma^2 = max(alpha^2, sigma^2), stays within [1/2, 1] on a VP schedule; an eps student's x_0
+    error is sigma/alpha times its eps error, which reaches 2e4 at the top of a cosine table.
+    """
 
     def __init__(self, teacher: Any, data: Dataset, rnd: Round, student: Denoiser | None = None,
                  cond_fn: Any = None):
@@ -64,7 +80,7 @@ class ProgressiveDistillation(Family):
         self.teacher, self.data, self.round = teacher, data, rnd
         if isinstance(teacher, torch.nn.Module):
             teacher.eval().requires_grad_(False)
-        self.student = (student if student is not None else copy.deepcopy(teacher)).train().requires_grad_(True)
+        self.student = (student if student is not None else as_student(teacher)).train().requires_grad_(True)
         self.cond_fn = cond_fn
         self.modules = {"model": self.student}
         self.optimizers = {"model": OptimizerSpec(("model",))}
@@ -89,11 +105,100 @@ class ProgressiveDistillation(Family):
 
 def distill_round(teacher: Any, data: Dataset, teacher_sigmas: Tensor, cfg: FitConfig, run_dir: Any = None,
                   student: Denoiser | None = None, progress: bool = False) -> tuple[Denoiser, Tensor]:
-    """One round: a student (the teacher's copy unless given; its last weights) that samples with DDIM on every other level of ``teacher_sigmas``; returns (student, its grid)."""
+    """One round: a student (``as_student(teacher)`` unless given; its last weights) that samples with DDIM on every other level of ``teacher_sigmas``; returns (student, its grid)."""
     rnd = Round(torch.as_tensor(teacher_sigmas, dtype=torch.float64))
     family = ProgressiveDistillation(teacher, data, rnd, student)
     fit(family, len(data), cfg, run_dir, progress=progress)
     return family.student.eval().requires_grad_(False), rnd.student_sigmas
 
 
-__all__ = ["ProgressiveDistillation", "Round", "halving_target", "distill_round"]
+Solver = Literal["heun", "euler"]
+Metric = Literal["l2", "pseudo_huber"]
+
+
+def ode_step(teacher: Any, y: Tensor, s: Tensor, s_next: Tensor, solver: Solver = "heun", cond: Any = None) -> Tensor:
+    """One step of the PF-ODE dy/ds = (y - D(y, s)) / s from s to s_next (> 0) in y: Euler or Heun (Karras et al. 2022, Alg. 1)."""
+    S, N = append_dims(s.to(y.dtype), y.ndim), append_dims(s_next.to(y.dtype), y.ndim)
+    d0 = (y - _call(teacher, y, s, cond)) / S
+    y1 = y + (N - S) * d0
+    if solver == "euler":
+        return y1
+    d1 = (y1 - _call(teacher, y1, s_next, cond)) / N
+    return y + (N - S) * (d0 + d1) / 2
+
+
+def consistency_metric(a: Tensor, b: Tensor, metric: Metric = "pseudo_huber") -> Tensor:
+    """Per-example distance: mean squared error, or sqrt(|a - b|^2 + c^2) - c with c = 0.00054 sqrt(dim) (Song & Dhariwal 2023, sec. 3.3)."""
+    d2 = (a - b).flatten(1).pow(2)
+    if metric == "l2":
+        return d2.mean(1)
+    c = 0.00054 * d2.shape[1] ** 0.5
+    return torch.sqrt(d2.sum(1) + c * c) - c
+
+
+class ConsistencyDistillation(Family):
+    """Consistency distillation (Song et al. 2023, Alg. 2): at adjacent levels s_{n+1} > s_n of a Karras grid,
+    d(f_theta(y_{n+1}, s_{n+1}), f_target(y^_n, s_n)), y_{n+1} = x_0 + s_{n+1} z and y^_n one teacher ODE step;
+    the target network is an EMA of the student, target <- mu target + (1 - mu) theta before every step.
+
+    ``sigmas``: the grid (decreasing, ends in 0; its last nonzero level must be the student's s_min). The step
+    from the top level is Euler when ``solver`` is heun, as in difflab's Heun (the teacher's D is worst there).
+    """
+
+    def __init__(self, teacher: Any, data: Dataset, sigmas: Tensor, student: ConsistencyDenoiser,
+                 mu: float = 0.95, solver: Solver = "heun", metric: Metric = "pseudo_huber", cond_fn: Any = None):
+        sig = torch.as_tensor(sigmas, dtype=torch.float64)
+        if len(sig) < 3 or float(sig[-1]) != 0.0:
+            raise ValueError("consistency distillation needs a grid of at least 2 nonzero levels ending in 0")
+        if not math.isclose(float(sig[-2]), student.sigma_min, rel_tol=1e-6):
+            raise ValueError(f"the grid's last level {float(sig[-2]):.4g} is not the student's s_min {student.sigma_min:.4g}")
+        if not 0.0 <= mu < 1.0 or solver not in get_args(Solver) or metric not in get_args(Metric):
+            raise ValueError(f"mu must lie in [0, 1) (got {mu}), solver in {get_args(Solver)}, metric in {get_args(Metric)}")
+        self.teacher, self.data, self.sigmas = teacher, data, sig[:-1]
+        if isinstance(teacher, torch.nn.Module):
+            teacher.eval().requires_grad_(False)
+        self.student = student.train().requires_grad_(True)
+        self.target = copy.deepcopy(student).requires_grad_(False)
+        self.mu, self.solver, self.metric, self.cond_fn = mu, solver, metric, cond_fn
+        self.modules = {"model": self.student, "target": self.target}  # the target is saved and resumed, not optimised
+        self.optimizers = {"model": OptimizerSpec(("model",))}
+        self.ema = ()
+        self.phases = [Phase("model", self.loss)]
+
+    @torch.no_grad()
+    def _update_target(self) -> None:
+        for pt, p in zip(self.target.parameters(), self.student.parameters()):
+            pt.lerp_(p.detach(), 1.0 - self.mu)
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        self._update_target()
+        self.target.eval()
+        x0 = self.data.batch(batch.idx).to(batch.device)
+        sig = self.sigmas.to(batch.device)
+        i = batch.rng.randint(len(sig) - 1, batch.n).to(batch.device)
+        s, s_next = sig[i], sig[i + 1]
+        z = batch.rng.randn(x0.shape).to(batch.device, x0.dtype)
+        y = x0 + append_dims(s.to(x0.dtype), x0.ndim) * z
+        cond = self.cond_fn(batch) if self.cond_fn is not None else None
+        with torch.no_grad():
+            y_hat = ode_step(self.teacher, y, s, s_next, self.solver, cond)
+            if self.solver == "heun":  # Euler from the top level
+                top = i == 0
+                if bool(top.any()):
+                    y_hat[top] = ode_step(self.teacher, y[top], s[top], s_next[top], "euler",
+                                          None if cond is None else cond[top])
+            target = _call(self.target, y_hat, s_next, cond)
+        pred = _call(self.student, y, s, cond)
+        return {"loss": consistency_metric(pred, target, self.metric).mean()}
+
+
+def distill_consistency(teacher: Any, data: Dataset, sigmas: Tensor, student: ConsistencyDenoiser, cfg: FitConfig,
+                        run_dir: Any = None, progress: bool = False, **options: Any) -> ConsistencyDenoiser:
+    """Train a consistency student on the engine (options: mu, solver, metric); returns it in eval mode."""
+    family = ConsistencyDistillation(teacher, data, sigmas, student, **options)
+    fit(family, len(data), cfg, run_dir, progress=progress)
+    return family.student.eval().requires_grad_(False)
+
+
+__all__ = ["ProgressiveDistillation", "as_student", "ConsistencyDistillation", "distill_consistency", "ode_step",
+           "consistency_metric", "Round", "halving_target", "distill_round"]

@@ -11,7 +11,7 @@ from .. import schedules
 from ..data import Dataset
 from ..errors import UserError
 from ..likelihood.variance import LearnedVarianceDenoiser
-from ..models.denoiser import Denoiser
+from ..models.denoiser import ConsistencyDenoiser, Denoiser
 from ..models.mlp import mlp_toy
 from ..models.networks import build_network, network_spec, time_scale_for
 from ..models.unet import unet_for_image
@@ -51,7 +51,8 @@ def build_denoiser(cfg: TrainConfig, data: Dataset, conditioning: Conditioning |
 
 
 #: How a run's network output is read: the plain prediction, or prediction + variance (Nichol & Dhariwal 2021).
-DENOISERS: dict[str, type[Denoiser]] = {"plain": Denoiser, "learned_variance": LearnedVarianceDenoiser}
+DENOISERS: dict[str, type[Denoiser]] = {"plain": Denoiser, "learned_variance": LearnedVarianceDenoiser,
+                                        "consistency": ConsistencyDenoiser}  # distilled students (training/distill.py)
 
 
 def run_config(cfg: TrainConfig, data: Dataset, model: Denoiser, processes: int = 1) -> dict[str, Any]:
