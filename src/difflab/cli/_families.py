@@ -1,4 +1,5 @@
-"""The gan / vae / ddgan branch of ``difflab sample``: the run's own sampler (its NFE is fixed by the family)."""
+"""The gan / vae / ddgan / lsgm branch of ``difflab sample``, ``evaluate`` and ``report``: the run's own sampler (its NFE
+is fixed by the family, or measured for lsgm's adaptive ODE solver)."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,9 @@ def sample_family(args: argparse.Namespace) -> int:
     from ..training.families import load_generator
 
     loaded = load_generator(args.run, ema=not args.no_ema, device=args.device)
+    lsgm_sampler(loaded, args)
     for opt, default in (("sampler", "ddim"), ("steps", 50)):
-        if getattr(args, opt, default) != default:
+        if loaded.family != "lsgm" and getattr(args, opt, default) != default:
             raise UserError(f"--{opt}: a {loaded.family} run has its own sampler ({loaded.nfe} network call(s) "
                             f"per sample); drop --{opt}")
     labels = None
@@ -59,4 +61,68 @@ def family_row(path, loaded, num: int, seed: int, score, prefix: bool) -> dict:
         from ..training.vae import vae_nll
 
         row["nll"] = vae_nll(loaded.modules["model"], load(loaded.config["data"], "test").x[:2000], seed)
+    if loaded.family == "lsgm":  # the LSGM bound (DSM cross entropy) on 500 test images
+        from ..training.lsgm import lsgm_nll
+
+        row["nll"] = lsgm_nll(loaded.modules, loaded.recipe, load(loaded.config["data"], "test").x[:500], seed=seed)["nll"]
     return row
+
+
+LSGM_SAMPLERS = ("dopri5", "heun", "euler")
+
+
+def lsgm_sampler(loaded, args: argparse.Namespace) -> None:
+    """An lsgm run's latent ODE solver from --sampler dopri5|heun|euler and --steps (defaults: the run's recipe)."""
+    import dataclasses
+
+    if loaded.family != "lsgm":
+        return
+    sampler, steps = getattr(args, "sampler", "ddim"), getattr(args, "steps", 50)
+    changes = {}
+    if sampler != "ddim":
+        if sampler not in LSGM_SAMPLERS:
+            raise UserError(f"--sampler {sampler}: an lsgm run integrates its latent ODE with one of "
+                            f"{', '.join(LSGM_SAMPLERS)}")
+        changes["sampler"] = sampler
+    if steps != 50:
+        changes["sample_steps"] = steps
+    loaded.recipe = dataclasses.replace(loaded.recipe, **changes)
+
+
+def evaluate_family(args: argparse.Namespace) -> int:
+    """``difflab evaluate --run`` of a gan / vae / ddgan / lsgm run: metrics of its samples; --nll for lsgm (the LSGM bound)."""
+    import json
+    from pathlib import Path
+
+    from ..data import load
+    from ..training.checkpoint import write_json
+    from ..training.families import load_generator
+    from .evaluate import metrics_for
+
+    loaded = load_generator(args.run, device=args.device)
+    lsgm_sampler(loaded, args)
+    if args.nll and loaded.family != "lsgm":
+        raise UserError(f"--nll: a {loaded.family} run has no likelihood here (the vae's ELBO is in `difflab report`)")
+    ref = load(args.data or loaded.config["data"], args.split)
+    x, secs = loaded.timed_sample(args.num, args.seed)
+    if len(loaded.shape) == 3:
+        x = x.clamp(-1, 1)
+    result = {"source": str(args.run), "family": loaded.family, "nfe": loaded.nfe, "seconds": secs, "data": ref.spec,
+              "split": args.split, "metrics": metrics_for(x, ref, args.features)}
+    if args.nll:
+        from ..training.lsgm import lsgm_nll
+
+        test = load(ref.spec, "test").x[:args.nll_num]
+        result["nll"] = lsgm_nll(loaded.modules, loaded.recipe, test, method=args.nll_method, seed=args.seed)
+    print(f"{'metric':<18} value")
+    for k, v in result["metrics"].items():
+        print(f"{k:<18} {v:.5g}")
+    print(f"{'nfe':<18} {loaded.nfe}")
+    if "nll" in result:
+        r = result["nll"]
+        print(f"{'nll (' + r['method'] + ')':<18} {r['nll']:.4f} +- {r['ci95']:.4f} {r['unit']}  "
+              + "  ".join(f"{k} {v:.4f}" for k, v in r["terms"].items()))
+    out_json = Path(args.json or args.run / "evaluation.json")
+    write_json(out_json, json.loads(json.dumps(result, default=float)))
+    print(f"wrote {out_json}")
+    return 0

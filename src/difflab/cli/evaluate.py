@@ -85,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
     for name in ("num", "steps", "nll_num"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    from ..training.families import is_family_run
+
+    if args.run is not None and is_family_run(args.run):  # gan / vae / ddgan / lsgm: the family's own sampler
+        from ._families import evaluate_family
+
+        return evaluate_family(args)
     if args.run is not None:
         loaded = load_run(args.run, device=args.device)
         if args.nll and loaded.latent:

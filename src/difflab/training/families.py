@@ -21,10 +21,11 @@ from .ddgan import DDGANFamily
 from .distributed import World, default_device, init
 from .engine import FitResult, fit
 from .gan import GANFamily
+from .lsgm import LSGMFamily
 from .vae import VAEFamily
 
 FAMILY_RUN_FORMAT = "difflab-family-run-1"
-FAMILIES: dict[str, type] = {"gan": GANFamily, "vae": VAEFamily, "ddgan": DDGANFamily}
+FAMILIES: dict[str, type] = {"gan": GANFamily, "vae": VAEFamily, "ddgan": DDGANFamily, "lsgm": LSGMFamily}
 
 
 def family_class(name: str) -> type:
@@ -80,6 +81,7 @@ class LoadedGenerator:
     recipe: FitConfig
     modules: dict[str, nn.Module]
     step: int
+    measured_nfe: int | None = None  # network calls of the last sample() when the family's sampler is adaptive
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -91,7 +93,7 @@ class LoadedGenerator:
 
     @property
     def nfe(self) -> int:
-        return FAMILIES[self.family].nfe(self.recipe)
+        return self.measured_nfe if self.measured_nfe is not None else FAMILIES[self.family].nfe(self.recipe)
 
     @property
     def num_params(self) -> int:
@@ -106,6 +108,9 @@ class LoadedGenerator:
         cls = FAMILIES[self.family]
         chunks = [cls.draw(self.modules, self.recipe, min(batch_size, n - i), g,
                            None if labels is None else labels[i:i + batch_size]) for i in range(0, n, batch_size)]
+        if isinstance(chunks[0], tuple):  # (samples, network calls): an adaptive sampler (lsgm's dopri5)
+            self.measured_nfe = max(c[1] for c in chunks)
+            chunks = [c[0] for c in chunks]
         return torch.cat(chunks)
 
     def timed_sample(self, n: int, seed: int = 0) -> tuple[Tensor, float]:
