@@ -140,6 +140,7 @@ def latent(minutes: float, data: Any, seed: int, work: Path, num: int) -> dict[s
     scaled latents for the rest (the latent U-Net is the preset for its 7x7 side)."""
     from difflab.training import TrainConfig, load_run, train
     from difflab.training.autoencoder import AutoencoderTrainConfig, load_autoencoder, train_autoencoder
+    from difflab.training.latent import latent_nll
 
     t0 = time.monotonic()
     ae_dir, out = work / "ae", work / "latent"
@@ -162,8 +163,10 @@ def latent(minutes: float, data: Any, seed: int, work: Path, num: int) -> dict[s
            "rec_mse": reconstruction_mse(ae)}
     row.update(score(diffusion_sampler(r.model, r.shape, r.decode), num, seed, "latent"))
     row["ode_nfe"] = ode_nfe(r.model, r.shape, seed, latent=True)
-    nll = latent_nll_bound(r.model, ae, test_images(), seed)
-    row.update(nll_bpd=nll["nll"], nll_ci95=nll["ci95"], nll_note=nll["note"])
+    nll = latent_nll(r.model, ae, test_images(), seed=seed, num_t=NLL_NUM_T)
+    row.update(nll_bpd=nll["nll"], nll_ci95=nll["ci95"], nll_terms=nll["terms"], decoder_std=nll["decoder_std"],
+               nll_note=f"bound through the encoder (difflab.training.latent.latent_nll), {nll['n']} test images, "
+                        f"{NLL_NUM_T} stratified steps each")
     return row
 
 
@@ -171,40 +174,6 @@ def reconstruction_mse(ae: Any, n: int = 1000) -> float:
     """Mean squared error per pixel of test images through the posterior mean (images in [-1, 1])."""
     x = test_images(n)
     return float((ae.decode(ae.encode(x)) - x).pow(2).mean())
-
-
-@torch.no_grad()
-def latent_nll_bound(model: Any, ae: Any, x: torch.Tensor, seed: int) -> dict[str, Any]:
-    """An upper bound on -log P(x) in bits/dim through the encoder: E_q[-log p(x|z) + log q(z|x) - log p(z)], with
-    p(x|z) the discretised Gaussian (Ho et al. 2020, eq. 13) around the decoder mean with the std sigma =
-    sqrt(kl_weight / 2) that the training loss implies, and -log p(z) <= the DDPM bound of the latent diffusion
-    on the scaled latent s z (+ d log s for the scaling).  One z per image."""
-    from difflab.likelihood import ddpm_bound, discretized_gaussian_log_likelihood, sum_except_batch
-    from difflab.schedules import DiscreteSchedule
-    from difflab.likelihood.bound import vdm_bound
-
-    g = torch.Generator().manual_seed(seed)
-    s = ae.scale_factor
-    kl_w = float(ae.config["train"]["kl_weight"])
-    log_sigma = 0.5 * math.log(kl_w / 2)
-    mean, logvar = ae.model.encode(x)
-    eps = torch.randn(mean.shape, generator=g)
-    z = mean + (0.5 * logvar).exp() * eps
-    rec = -sum_except_batch(discretized_gaussian_log_likelihood(x, ae.model.decode(z),
-                                                                torch.full_like(x, log_sigma), 256))
-    log_q = sum_except_batch(-0.5 * (math.log(2 * math.pi) + logvar + eps ** 2))
-    d = z[0].numel()
-    bound = ddpm_bound if isinstance(model.schedule, DiscreteSchedule) else vdm_bound
-    kw = {"num_t": NLL_NUM_T} if bound is ddpm_bound else {}
-    prior = bound(model, z * s, None, bins=None, generator=g, **kw).nll - d * math.log(s)  # -log p(z) <= this
-    nats = rec + log_q + prior
-    bpd = nats / (x[0].numel() * math.log(2))
-    n = len(bpd)
-    return {"nll": float(bpd.mean()), "ci95": 1.96 * float(bpd.std()) / math.sqrt(n), "n": n,
-            "terms_bpd": {k: float(v.mean() / (x[0].numel() * math.log(2)))
-                          for k, v in (("reconstruction", rec), ("log_q", log_q), ("prior", prior))},
-            "note": f"bound through the encoder, decoder std {math.exp(log_sigma):.3f}; {n} test images, "
-                    f"{NLL_NUM_T} stratified steps each"}
 
 
 #: name -> fn(minutes, data, seed, work=Path, num=int) -> row; a row has the COLUMNS keys (``score`` gives fd,

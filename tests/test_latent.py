@@ -141,3 +141,29 @@ def test_missing_or_changed_autoencoder_is_one_line_error(latent_run, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert "autoencoder" in err and "\n" not in err
     assert not (d / "ae" / CHECKPOINT).exists() and (d / "ldm" / CHECKPOINT).is_file()
+
+
+def test_evaluate_and_report_score_decoded_images(latent_run, tmp_path):
+    out = tmp_path / "eval.json"
+    assert run("evaluate", "--run", latent_run / "ldm", "--num", 20, "--steps", 2, "--nll", "--nll-num", 8,
+               "--nll-num-t", 2, "--json", out) == 0
+    res = json.loads(out.read_text())
+    assert res["metrics"]["num_samples"] == 20 and math.isfinite(res["metrics"]["fd"])
+    nll = res["nll"]  # the bound through the encoder: its terms add up to it
+    assert nll["unit"] == "bits/dim" and nll["n"] == 8
+    assert abs(sum(nll["terms"].values()) - nll["nll"]) < 1e-9 * max(1.0, abs(nll["nll"]))
+    assert run("report", "--run", latent_run / "ldm", "--methods", "ddim:2", "--num", 10, "--out", tmp_path / "r") == 0
+    rows = json.loads((tmp_path / "r" / "report.json").read_text())["rows"]
+    assert len(rows) == 1 and math.isfinite(rows[0]["fd"])
+
+
+def test_resume_with_another_autoencoder_is_refused(latent_run, tmp_path, capsys):
+    d = tmp_path / "copy"
+    shutil.copytree(latent_run, d)
+    capsys.readouterr()
+    assert run("train-autoencoder", "--data", "digits", "--out", d / "ae2", "--steps", 2, "--config",
+               d / "ae.json", "--seed", 1, "--quiet") == 0
+    assert run("train", "--data", "digits", "--autoencoder", d / "ae2", "--out", d / "ldm", "--steps", 4,
+               "--resume", "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resume" in err and "autoencoder" in err and "\n" not in err

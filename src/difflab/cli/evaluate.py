@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
         return evaluate_family(args)
     if args.run is not None:
         loaded = load_run(args.run, device=args.device)
-        if args.nll and loaded.latent:
-            raise UserError(f"--nll: {args.run} is a latent diffusion run; its likelihood is of latents, not of "
-                            "images (docs/latent.md)")
+        if args.nll and loaded.latent and args.nll_method != "elbo":
+            raise UserError(f"--nll-method {args.nll_method}: a latent run {args.run} has only the bound through its "
+                            "encoder (--nll-method elbo; docs/latent.md)")
         spec = args.data or loaded.config["data"]
         ref = load(spec, args.split)
         model = Clamped(loaded.model) if ref.kind == "image" and not loaded.latent else loaded.model
@@ -130,8 +130,14 @@ def run(args: argparse.Namespace) -> int:
             options["num_t"] = args.nll_num_t or None
             if isinstance(loaded.model, LearnedVarianceDenoiser):
                 options["variance"] = "learned"
-        result["nll"] = evaluate_nll(loaded.model, test.to(next(loaded.model.parameters()).device),
-                                     method=args.nll_method, seed=args.seed, **options)
+        if loaded.latent:  # the bound on the images through the autoencoder (docs/latent.md)
+            from ..training.latent import latent_nll, open_autoencoder
+
+            ae = open_autoencoder(loaded.config["autoencoder"], args.run, next(loaded.model.parameters()).device)
+            result["nll"] = latent_nll(loaded.model, ae, test, seed=args.seed, num_t=options.get("num_t"))
+        else:
+            result["nll"] = evaluate_nll(loaded.model, test.to(next(loaded.model.parameters()).device),
+                                         method=args.nll_method, seed=args.seed, **options)
     print(f"{'metric':<18} value")
     for k, v in result["metrics"].items():
         print(f"{k:<18} {v:.5g}")

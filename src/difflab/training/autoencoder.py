@@ -130,19 +130,22 @@ def encode_means(ae: KLAutoencoder, data: Dataset, idx: Tensor | None = None, ba
 
 def latent_statistics(ae: KLAutoencoder, data: Dataset, max_examples: int = SCALE_EXAMPLES) -> dict[str, Any]:
     """scale_factor = 1 / std of the posterior means over (up to max_examples seeded) training examples, with the
-    latents' mean and the mean posterior std (how far from a deterministic code the encoder is)."""
+    latents' mean, the mean posterior std (how far from a deterministic code the encoder is) and decoder_std, the
+    RMS reconstruction error of the first 1000 examples (the maximum-likelihood std of a Gaussian decoder)."""
     n = min(len(data), max_examples)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n] if n < len(data) else None
     z = encode_means(ae, data, idx).double()
     with torch.no_grad():
         dev = next(ae.parameters()).device
-        sub = data.batch(torch.arange(min(len(data), 500))).to(dev)
-        post_std = float(torch.exp(0.5 * ae.encode(sub)[1]).mean())
+        sub = data.batch(torch.arange(min(len(data), 1000))).to(dev)
+        mean, logvar = ae.encode(sub)
+        post_std = float(torch.exp(0.5 * logvar).mean())
+        rms = float((ae.decode(mean) - sub).pow(2).mean().sqrt())
     std = float(z.std())
     if not std > 0:
         raise UserError("the autoencoder's latents have zero variance; train it longer")
     return {"scale_factor": 1.0 / std, "latent_mean": float(z.mean()), "latent_std": std,
-            "posterior_std": post_std, "scale_examples": n}
+            "posterior_std": post_std, "scale_examples": n, "decoder_std": max(rms, 1.0 / 255)}
 
 
 def save_reconstructions(ae: KLAutoencoder, data: Dataset, path: Path, n: int = 32) -> None:

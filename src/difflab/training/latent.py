@@ -75,6 +75,47 @@ def latent_decoder(record: dict[str, Any], run_dir: str | Path | None = None,
     return open_autoencoder(record, run_dir, device).decode
 
 
+@torch.no_grad()
+def latent_nll(model: Any, ae: LoadedAutoencoder, x: Tensor, *, seed: int = 0, num_t: int | None = 20,
+               batch_size: int = 100) -> dict[str, Any]:
+    """An upper bound on -log P(x) of 8-bit images x [N, C, H, W] in bits/dim through the encoder (Rombach et al.
+    2022 train no likelihood; this is the VAE bound of Kingma & Welling 2014, eq. 3, with the diffusion prior):
+    E_q[-log p(x|z) + log q(z|x) - log p(z)], one z ~ q(z|x) per image, where p(x|z) is the discretised Gaussian
+    (Ho et al. 2020, eq. 13) around the decoder mean with the autoencoder's decoder_std (its RMS reconstruction
+    error on training images), and -log p(z) <= the latent model's variational bound at s z, plus d log s.
+    Returns the dict of :func:`difflab.likelihood.evaluate_nll` (nll, ci95, ..., terms in bits/dim)."""
+    import math
+
+    from ..likelihood import discretized_gaussian_log_likelihood, elbo_terms, sum_except_batch
+
+    sigma = float(ae.config.get("decoder_std", 0.0))
+    if not sigma > 0:
+        raise UserError(f"{ae.path / 'config.json'} has no decoder_std (an autoencoder of an older format)")
+    log_sigma = math.log(sigma)
+    g = torch.Generator().manual_seed(seed)
+    dev = next(ae.model.parameters()).device
+    s, dims = ae.scale_factor, x[0].numel()
+    terms: dict[str, list[Tensor]] = {"reconstruction": [], "log_q": [], "prior": []}
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(dev)
+        mean, logvar = ae.model.encode(xb)
+        eps = torch.randn(mean.shape, generator=g).to(dev)
+        z = mean + (0.5 * logvar).exp() * eps
+        x_hat = ae.model.decode(z)
+        terms["reconstruction"].append(-sum_except_batch(discretized_gaussian_log_likelihood(
+            xb, x_hat, torch.full_like(xb, log_sigma), 256)).cpu())
+        terms["log_q"].append(sum_except_batch(-0.5 * (math.log(2 * math.pi) + logvar + eps ** 2)).cpu())
+        prior = elbo_terms(model, z * s, None, bins=None, num_t=num_t, generator=g).nll
+        terms["prior"].append((prior - z[0].numel() * math.log(s)).cpu())
+    per = {k: torch.cat(v).double() / (dims * math.log(2)) for k, v in terms.items()}
+    nll = per["reconstruction"] + per["log_q"] + per["prior"]
+    n = len(nll)
+    std = float(nll.std()) if n > 1 else float("nan")
+    return {"method": "latent_elbo", "unit": "bits/dim", "nll": float(nll.mean()),
+            "ci95": 1.96 * std / math.sqrt(n) if n > 1 else float("nan"), "std": std, "n": n, "dims": dims,
+            "terms": {k: float(v.mean()) for k, v in per.items()}, "decoder_std": math.exp(log_sigma)}
+
+
 def check_resume(stored: dict[str, Any], ae: LoadedAutoencoder | None, run_dir: Path) -> None:
     """--resume: the run must continue with the autoencoder (or pixels) it started with."""
     before = stored.get("autoencoder")
@@ -84,4 +125,4 @@ def check_resume(stored: dict[str, Any], ae: LoadedAutoencoder | None, run_dir: 
         raise UserError(f"--resume: {run_dir} was trained on {was}, not {now}")
 
 
-__all__ = ["LatentDataset", "autoencoder_record", "encode_dataset", "open_autoencoder", "latent_decoder", "check_resume"]
+__all__ = ["LatentDataset", "autoencoder_record", "encode_dataset", "open_autoencoder", "latent_decoder", "check_resume", "latent_nll"]
