@@ -203,7 +203,24 @@ def render() -> Path:
     rows = [json.loads(p.read_text()) for p in sorted(DOCS.glob("latent_*.json"))]
     order = list(METHODS) + sorted({r["method"] for r in rows} - set(METHODS))
     rows.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else 99)
-    lines = ["# Latent diffusion vs pixel diffusion (vs LSGM) on MNIST", ""]
+    minutes = sorted({r.get("train_minutes") for r in rows})
+    lines = ["# Latent diffusion vs pixel diffusion (vs LSGM) on MNIST", "",
+             f"Commands (one benchmark slot each, one thread): " + "; ".join(
+                 f"`/tmp/benchslot .venv/bin/python {r.get('command', '')}`" for r in rows) +
+             "; then `.venv/bin/python benchmarks/latent.py --render`.", "",
+             f"Setup: {DATA.split(':')[0]} (60000 training images). Every method trains the same wall-clock budget "
+             f"({', '.join(f'{m:g}' for m in minutes)} minutes). **pixel**: the diffusion family on 1x28x28 (MNIST "
+             f"U-Net preset, cosine table T = 1000, eps prediction, batch {DIFFUSION['batch_size']}, lr "
+             f"{DIFFUSION['lr']:g}, EMA 0.999). **latent**: a KL autoencoder 1x28x28 -> 4x7x7 (kl_weight 1e-3) for "
+             f"{AE_FRACTION:.0%} of the budget, then the same diffusion recipe on its scaled latents for the rest "
+             f"(the scale-factor pass and pictures count against the budget). Quality: FD, precision and recall "
+             f"in the MNIST feature net's space, samples against the 10000 test images (FD on {rows[0].get('num_samples', '?')} "
+             f"samples is biased upward against larger sample sets: compare the rows with each other). Sampling: "
+             f"{SAMPLER} with {STEPS} steps; s / 1000 samples is the wall time of those samples in batches of 500 "
+             f"on one thread, decoding included. dopri5 NFE: model calls of the adaptive dopri5 sampler (rtol = atol "
+             f"= {ODE_TOL:g}) on one batch of {ODE_BATCH} samples from the prior. NLL: pixel, the DDPM bound with "
+             f"256 bins on {NLL_NUM} test images ({NLL_NUM_T} stratified steps each); latent, the bound on the images "
+             f"through the encoder (docs/latent.md), a valid upper bound dominated by its reconstruction term.", ""]
     lines += ["| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
     by = {r["method"]: r for r in rows}
