@@ -148,11 +148,13 @@ def test_exported_run_loads_in_diffusers_and_predicts_the_same(tmp_path):
         assert (got - ref).abs().max() <= 1e-9 * ref.abs().max()
         image = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
         assert image.shape == (1, 8, 8, 1)
-    # the positional export imports back to the same weights
-    import_pipeline(tmp_path / "plain_pipe", tmp_path / "back")
-    a = load_run(tmp_path / "plain", device="cpu").model.net.state_dict()
-    b = load_run(tmp_path / "back", device="cpu").model.net.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # both exports import back to the same network (the table is recognised as difflab's own features)
+    for name in ("table", "plain"):
+        import_pipeline(tmp_path / f"{name}_pipe", tmp_path / f"{name}_back")
+        a, b = (load_run(tmp_path / n, device="cpu").model.net for n in (name, f"{name}_back"))
+        assert a.config == b.config
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_refusals_name_what_does_not_map(tmp_path):
@@ -171,6 +173,9 @@ def test_refusals_name_what_does_not_map(tmp_path):
     with pytest.raises(UserError, match="time_embedding_type='fourier'"):
         import_pipeline(save_pipeline(tmp_path / "pipe", u), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    u = tiny_unet(time_embedding_type="learned", num_train_timesteps=T)  # a table that is no sinusoid of ours
+    with pytest.raises(UserError, match="time_embedding_type='learned'"):
+        import_pipeline(save_pipeline(tmp_path / "pipe2", u), tmp_path / "run")
 
 
 def test_cli_import_then_sample_and_one_line_errors(tmp_path, capsys, monkeypatch):

@@ -66,9 +66,30 @@ def diffusers_frequencies(dim: int, freq_shift: float) -> Tensor:
     return torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / (half - freq_shift))
 
 
-def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> tuple[UNetConfig, TimeFeatures]:
-    """difflab UNetConfig equal to a UNet2DModel config; UserError naming every setting that does not map."""
+def table_time_scale(table: Tensor) -> float | None:
+    """The time_scale s if a learned time table [T, dim] holds difflab's sinusoidal features of s t, t = 0..T-1
+    (what :func:`export_run` writes for s != 1), else None."""
+    from ..models.embeddings import sinusoidal_embedding
+
+    T, dim = table.shape
+    t = torch.arange(T, dtype=torch.float32)
+    for scale in (TIME_RANGE / (T - 1), 1.0):
+        if torch.allclose(sinusoidal_embedding(t * scale, dim), table.float(), rtol=0.0, atol=1e-6):
+            return scale
+    return None
+
+
+def unet_config_from_diffusers(cfg: Mapping[str, Any], sd: Mapping[str, Tensor] | None = None
+                               ) -> tuple[UNetConfig, TimeFeatures]:
+    """difflab UNetConfig equal to a UNet2DModel config (``sd``: its weights, to recognise a learned time table
+    that difflab wrote); UserError naming every setting that does not map."""
     bad: list[str] = []
+    time_scale = 1.0
+    learned = cfg.get("time_embedding_type") == "learned"
+    if learned:
+        found = table_time_scale(sd["time_proj.weight"]) if sd is not None and "time_proj.weight" in sd else None
+        learned = found is not None
+        time_scale = found if found is not None else 1.0
 
     def want(key: str, ok: bool, note: str = "") -> None:
         if not ok:
@@ -85,8 +106,8 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> tuple[UNetConfig, Time
     want("mid_block_type", cfg.get("mid_block_type", "UNetMidBlock2D") == "UNetMidBlock2D")
     want("add_attention", bool(cfg.get("add_attention", True)), "difflab's middle block always has attention")
     want("center_input_sample", not cfg.get("center_input_sample", False))
-    want("time_embedding_type", cfg.get("time_embedding_type", "positional") == "positional",
-         "only the sinusoidal 'positional' embedding maps")
+    want("time_embedding_type", cfg.get("time_embedding_type", "positional") == "positional" or learned,
+         "only the sinusoidal 'positional' embedding maps, or a learned table of difflab's own sinusoidal features")
     want("time_embedding_dim", cfg.get("time_embedding_dim") in (None, 4 * widths[0] if widths else None),
          "difflab's embedding width is 4 x block_out_channels[0]")
     want("act_fn", cfg.get("act_fn", "silu") == "silu")
@@ -111,7 +132,9 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> tuple[UNetConfig, Time
         raise UserError("this UNet2DModel does not map onto difflab's U-Net: " + "; ".join(bad))
 
     flip, shift = bool(cfg.get("flip_sin_to_cos", True)), float(cfg.get("freq_shift", 0))
-    if shift == 0:  # difflab's sinusoidal features are diffusers' with freq_shift 0 in the order [cos, sin]
+    if learned:  # the table is difflab's [cos, sin] features of time_scale t
+        time = TimeFeatures("sinusoidal", swap=False, freqs=None)
+    elif shift == 0:  # difflab's sinusoidal features are diffusers' with freq_shift 0 in the order [cos, sin]
         time = TimeFeatures("sinusoidal", swap=not flip, freqs=None)
     else:  # difflab's Fourier features [sin(2 pi f t / 1000), cos(...)]: f = w 1000 / (2 pi) gives sin(w t)
         w = diffusers_frequencies(widths[0], shift).to(torch.float64)
@@ -123,7 +146,7 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> tuple[UNetConfig, Time
                         dropout=float(cfg.get("dropout", 0.0)), groups=int(cfg.get("norm_num_groups", 32)),
                         time_embedding=time.kind, time_injection=("adagn" if cfg.get("resnet_time_scale_shift") ==
                                                                   "scale_shift" else "add"),
-                        time_scale=1.0, num_classes=int(cfg.get("num_class_embeds") or 0))
+                        time_scale=time_scale, num_classes=int(cfg.get("num_class_embeds") or 0))
     except (ConfigError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"this UNet2DModel does not map onto difflab's U-Net: {e}") from None
     if any(w % widths[0] for w in widths):
@@ -196,6 +219,8 @@ def state_dict_from_diffusers(sd: Mapping[str, Tensor], cfg: UNetConfig, time: T
         out["time_embed.mlp.0.weight"] = _swap_halves(out["time_embed.mlp.0.weight"], cfg.channels)
     if time.freqs is not None:
         out["time_embed.features.freqs"] = time.freqs.clone()
+    if "time_proj.weight" in sd:  # a learned table recognised as difflab's features (table_time_scale)
+        used.add("time_proj.weight")
     if cfg.num_classes:  # diffusers' table has no null label; difflab's null row (index num_classes) adds nothing
         table = sd["class_embedding.weight"]
         out["label_embed.table.weight"] = torch.cat([table, table.new_zeros(1, table.shape[1])])
@@ -290,7 +315,7 @@ def import_pipeline(src: str | Path, out: str | Path, data: str | None = None) -
     pred = sched_cfg.get("prediction_type", "epsilon")
     if pred not in PREDICTION_FROM_DIFFUSERS:
         raise UserError(f"scheduler prediction_type={pred!r}; difflab maps {', '.join(PREDICTION_FROM_DIFFUSERS)}")
-    dl_cfg, time = unet_config_from_diffusers(ucfg)
+    dl_cfg, time = unet_config_from_diffusers(ucfg, unet.state_dict())
     net = UNet(dl_cfg)
     net.load_state_dict(state_dict_from_diffusers(unet.state_dict(), dl_cfg, time))
     model = Denoiser(net, schedule_from_scheduler(sched_cfg), PREDICTION_FROM_DIFFUSERS[pred]).eval()
@@ -415,5 +440,5 @@ def export_run(run: str | Path, out: str | Path, ema: bool = True) -> Path:
 
 __all__ = ["require_diffusers", "import_pipeline", "export_run", "export_problems", "unet_config_from_diffusers",
            "state_dict_from_diffusers", "state_dict_to_diffusers", "diffusers_unet_kwargs", "schedule_from_scheduler",
-           "scheduler_config", "diffusers_frequencies", "TimeFeatures", "PREDICTION_FROM_DIFFUSERS",
+           "scheduler_config", "diffusers_frequencies", "table_time_scale", "TimeFeatures", "PREDICTION_FROM_DIFFUSERS",
            "PREDICTION_TO_DIFFUSERS", "EXTRA_HINT"]
