@@ -167,3 +167,16 @@ def test_resume_with_another_autoencoder_is_refused(latent_run, tmp_path, capsys
                "--resume", "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert "--resume" in err and "autoencoder" in err and "\n" not in err
+
+
+def test_every_sampler_runs_on_latents_and_decodes(latent_run):
+    from difflab.samplers import names, sample
+
+    loaded = load_run(latent_run / "ldm")
+    g = torch.Generator().manual_seed(0)
+    for name in names():
+        x_T = loaded.model.schedule.sample_prior((3, *loaded.shape), generator=g)
+        opts = {"rtol": 1e-2, "atol": 1e-2} if name == "dopri5" else {}
+        z = sample(loaded.model, x_T, sampler=name, steps=3, generator=g, **opts)
+        x = loaded.to_data(z)
+        assert z.shape == (3, 2, 4, 4) and x.shape == (3, 1, 8, 8) and torch.isfinite(x).all(), name
