@@ -322,7 +322,7 @@ def write_md(r: dict, path: Path) -> None:
                                                    for m, by in r["inpaint"].items()) + ").")
     if "superres_all" in r:
         sa = r["superres_all"]
-        L += ["## Super-resolution x2 (digits 4x4 -> 8x8, MNIST 14x14 -> 28x28)", ""] + _meta_line(sa["meta"])
+        L += ["## Super-resolution x2 (digits 4x4 -> 8x8, MNIST 14x14 -> 28x28)", ""]
         L += ["Held-out test images, downsampled by block means. Regression: a U-Net with the SR run's network "
               "config and conditioning input, trained with MSE from the bicubic input to the image for the SR run's "
               "minutes, batch and learning rate (EMA weights). SSIM: Gaussian window std 1.5 (7 taps on 8x8, 11 on "
@@ -331,6 +331,7 @@ def write_md(r: dict, path: Path) -> None:
             h0, h1 = sr["sizes"]
             reg = sr["methods"].get("regression", {})
             L += [f"### {name} {h0[0]}x{h0[1]} -> {h1[0]}x{h1[1]}", "",
+                  *_meta_line(sr.get("meta", sa["meta"])),
                   f"SR run `{sr['run']}`: {sr['run_step']} steps in {sr['run_minutes']} minutes"
                   + (f"; regression U-Net: {reg['train_steps']} steps in {reg['train_minutes']} minutes" if reg else "")
                   + f". {sr['num']} held-out images; real images score FD {sr['fd_real']:.2f}.", "",
@@ -347,7 +348,7 @@ def write_md(r: dict, path: Path) -> None:
                            + (f"; regression {reg['fd']:.2f}" if reg else "") + ").")
     if "cascade" in r:
         ca = r["cascade"]
-        L += ["## Cascade with and without noise-conditioning augmentation", ""] + _meta_line(ca["meta"])
+        L += ["## Cascade with and without noise-conditioning augmentation", ""]
         L += ["Each cascade samples its base model, then each SR stage conditioned on the previous stage's output. "
               "With augmentation: SR stages trained with `--noise-aug` (blur std 0.5 s low-res pixels, then "
               "cos/sin noise at level s ~ U(0, 1), s given to the network), sampled at a fixed level s for every "
@@ -355,7 +356,7 @@ def write_md(r: dict, path: Path) -> None:
               "stages trained without augmentation, the same base, the same seeds.", ""]
         for name, c in ca["cascades"].items():
             sizes = " -> ".join(f"{a}x{b}" for a, b in c["sizes"])
-            L += [f"### {name}: {sizes}", "",
+            L += [f"### {name}: {sizes}", "", *_meta_line(c.get("meta", ca["meta"])),
                   f"{c['num']} samples, {c['sampler']} {c['steps']} steps per stage; training steps (base, stages): "
                   f"with augmentation {c['steps_trained']['with_aug']}, without {c['steps_trained']['without_aug']}. "
                   f"Real held-out images score FD {c['fd_real']:.2f}.", "",
@@ -534,6 +535,7 @@ def main() -> int:
             results["superres_all"]["runs"][name] = superres_section(
                 run, reg, x, ref, ["ddim", "ddpm", "dpmpp_2m"] if name == "digits" else ["ddpm", "ddim"], args.steps,
                 args.out / f"tasks_superres_{name}.png")
+            results["superres_all"]["runs"][name]["meta"] = meta(args)
         results.pop("superres", None)  # the earlier single-run section, superseded
     if "cascade" in sections:
         results["cascade"] = {"meta": meta(args), "cascades": {}}
@@ -546,6 +548,7 @@ def main() -> int:
                 args.cascade_num if not name.startswith("digits") else min(args.cascade_num, 300), args.sampler,
                 args.steps, levels, Path("/tmp") / "difflab_tasks_cascades" / name, args.out / f"tasks_cascade_{name}.png")
             results["cascade"]["cascades"][name]["fd_real"] = ref.fd(ref_for("digits" if name.startswith("digits") else args.mnist)[1])
+            results["cascade"]["cascades"][name]["meta"] = meta(args)
     if "colorize" in sections:
         results["colorize"] = {"meta": meta(args), **colorize_section(args.color_run, "color:digits", args.num,
                                                                        args.sampler, args.steps, args.out / "tasks_colorize.png")}
