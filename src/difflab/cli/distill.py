@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if rounds != int(rounds):
         raise UserError(f"--start / --steps must be a power of 2, got {args.start} / {args.steps}")
     loaded = load_run(args.run, device=args.device)
+    if loaded.latent:
+        raise UserError(f"{args.run} is a latent diffusion run; distill supports pixel runs")
     if loaded.conditioning.num_classes:
         raise UserError(f"{args.run} is conditional; distill supports unconditional runs")
     data = load(loaded.config["data"])
@@ -112,6 +114,8 @@ def _consistency(args: argparse.Namespace) -> int:
     if not 0.0 <= args.mu < 1.0:
         raise UserError(f"--mu must lie in [0, 1), got {args.mu}")
     loaded = load_run(args.run, device=args.device)
+    if loaded.latent:
+        raise UserError(f"{args.run} is a latent diffusion run; distill supports pixel runs")
     if loaded.conditioning.num_classes:
         raise UserError(f"{args.run} is conditional; distill supports unconditional runs")
     data = load(loaded.config["data"])

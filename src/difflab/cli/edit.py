@@ -177,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     if is_family_run(args.run):
         raise UserError(f"--run {args.run}: edit needs a diffusion run (this one is a GAN/VAE-family run)")
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
+    if loaded.latent:
+        raise UserError(f"--run {args.run}: edit works on pixel runs, not on a latent diffusion run")
     shape = loaded.shape
     if len(shape) != 3:
         raise UserError(f"--run {args.run} models points of shape {list(shape)}, not images")
