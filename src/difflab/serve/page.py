@@ -14,7 +14,7 @@ input[type=number],input[type=text],select{width:100%;padding:4px}
 button{margin-top:12px;padding:6px 14px;border:0;border-radius:5px;background:#1e88e5;color:#fff;cursor:pointer}
 button:disabled{background:#90a4ae}
 #error,#edit-error{color:#b71c1c;background:#ffebee;border-radius:5px;padding:6px;margin-top:10px;display:none}
-#result{image-rendering:pixelated;max-width:100%;border:1px solid #ddd;margin-top:8px}
+#result{image-rendering:pixelated;width:360px;max-width:100%;border:1px solid #ddd;margin-top:8px}
 #previews img{image-rendering:pixelated;height:64px;margin:2px;border:1px solid #ddd}
 #canvas{image-rendering:pixelated;border:1px solid #999;cursor:crosshair;touch-action:none;width:288px;height:288px}
 .row{display:flex;gap:8px}.row>*{flex:1}.hint{color:#666;font-size:12px}a.dl{margin-right:12px}
@@ -158,14 +158,18 @@ const HINTS={inpaint:"Paint the part to regenerate (red); the rest is kept (RePa
   colorize:"Upload a grayscale image; the run colours it."};
 function setupTask(){
   const t=$("task").value; $("taskhint").textContent=HINTS[t]||"This run supports no editing task.";
-  inW=info.input_size[1]; inH=info.input_size[0];
-  for(const c of [img,mask,strokes]){ c.width=inW; c.height=inH; }
-  resetMask(); draw();
+  if(img.width!==info.input_size[1] || img.height!==info.input_size[0]){ // resizing a canvas clears it: only once
+    inW=info.input_size[1]; inH=info.input_size[0];
+    for(const c of [img,mask,strokes]){ c.width=inW; c.height=inH; }
+    resetMask();
+  }
+  draw();
 }
 async function init(){
   info = await api("/api/info");
   [ , H, W] = info.shape;
-  $("runinfo").textContent = info.run + " - " + info.shape.join("x") + " - " + info.conditioning + " conditioning";
+  $("runinfo").textContent = info.run + " - " + info.shape.join("x") + " - " +
+    (info.conditioning==="none" ? "unconditional" : info.conditioning + " conditioning");
   for(const s of info.samplers){ const o=document.createElement("option"); o.value=o.textContent=s; if(s===info.default_sampler) o.selected=true; $("sampler").appendChild(o); }
   if(info.conditioning==="labels"){
     $("labelbox").style.display="block"; $("guidebox").style.display="block";
