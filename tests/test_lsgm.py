@@ -159,6 +159,9 @@ def test_family_samples_decode_to_the_data_shape_deterministically(digits):
     b, _ = fam.draw(fam.modules, cfg, 5, torch.Generator().manual_seed(0))
     assert a.shape == (5, 1, 8, 8) and float(a.abs().max()) <= 1 and torch.equal(a, b) and nfe > 0
     assert LSGMFamily.nfe(LSGMConfig(sampler="heun", sample_steps=7)) == 14
+    c, calls = fam.draw(fam.modules, LSGMConfig(network=TINY, sampler="dpmpp_2m", sample_steps=4), 3,
+                        torch.Generator().manual_seed(0))  # a difflab sampler over the prior, to sigma = 0
+    assert c.shape == (3, 1, 8, 8) and calls == 4
     assert [p.optimizer for p in fam.phases] == ["vae", "prior"] and fam.phases[1].minimize == "prior_loss"
     assert [p.optimizer for p in LSGMFamily(LSGMConfig(network=TINY, update="joint"), digits).phases] == ["model"]
 

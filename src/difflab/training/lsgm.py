@@ -35,6 +35,7 @@ from .engine import Batch, Family, OptimizerSpec, Phase
 from .gan import save_samples
 
 LatentSampler = Literal["dopri5", "heun", "euler"]
+LATENT_SAMPLERS = ("dopri5", "heun", "euler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +53,8 @@ class LSGMConfig(FitConfig):
     ema_decay: float = 0.999
     warmup_steps: int = 100
     steps: int = 5000
-    sampler: LatentSampler = "dopri5"
-    sample_steps: int = 20  # heun / euler steps
+    sampler: str = "dopri5"  # dopri5 / heun / euler to t_eps (sample_latent), or any difflab sampler (to sigma = 0)
+    sample_steps: int = 20  # fixed-step samplers' steps
     rtol: float = 1e-5  # dopri5 tolerances (LSGM's 1e-5)
     atol: float = 1e-5
 
@@ -72,7 +73,9 @@ class LSGMConfig(FitConfig):
         require(self.prior_weighting in ("eps", "ll"), f"{n}.prior_weighting must be eps or ll, got {self.prior_weighting!r}")
         require(self.lr_prior >= 0 and math.isfinite(self.lr_prior), f"{n}.lr_prior must be >= 0, got {self.lr_prior!r}")
         require(0 <= self.ema_decay < 1, f"{n}.ema_decay must lie in [0, 1), got {self.ema_decay!r}")
-        require(self.sampler in ("dopri5", "heun", "euler"), f"{n}.sampler must be dopri5, heun or euler, got {self.sampler!r}")
+        from ..samplers import SAMPLERS
+
+        require(self.sampler in SAMPLERS, f"{n}.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         self.require_ints(("sample_steps",), 1)
         require(self.rtol > 0 and self.atol > 0, f"{n}.rtol and atol must be > 0, got {self.rtol!r}, {self.atol!r}")
 
@@ -168,16 +171,20 @@ class LSGMFamily(Family):
         x = self.data.batch(batch.idx).to(batch.device)
         out = lsgm_bound(self.encoder, self.decoder, self.prior, x, _latent_noise(batch.rng, batch.n, self.latent,
                                                                                   batch.device), self.cfg.t_sampling)
+        self._posterior = (batch.step, batch.idx, out["mean"].detach(), out["logvar"].detach())  # for the prior phase
         return {"loss": self._bpd(out["nll"]).mean(), "rec_bpd": self._bpd(out["rec"]).mean().detach(),
                 "ent_bpd": self._bpd(out["neg_entropy"]).mean().detach(), "ce_bpd": self._bpd(out["ce"]).mean().detach(),
                 "mixing": self.prior.net.mixing().mean().detach()}
 
     def prior_loss(self, batch: Batch) -> dict[str, Tensor]:
         """The prior's own update on encoder latents held fixed: unweighted eps loss (t uniform) or the weighted DSM."""
-        x = self.data.batch(batch.idx).to(batch.device)
         noise = _latent_noise(batch.rng, batch.n, self.latent, batch.device)
-        with torch.no_grad():
-            mean, logvar = self.encoder(x)
+        cached = getattr(self, "_posterior", None)
+        if cached is not None and cached[0] == batch.step and torch.equal(cached[1], batch.idx):
+            mean, logvar = cached[2], cached[3]  # q(z_0 | x) of this step's VAE phase (the encoder before its update)
+        else:
+            with torch.no_grad():
+                mean, logvar = self.encoder(self.data.batch(batch.idx).to(batch.device))
         if self.cfg.prior_weighting == "ll":
             ce = dsm_cross_entropy(self.prior, mean, logvar, noise["u0"], noise["n"], noise["t_u"], self.cfg.t_sampling)
             return {"prior_loss": self._bpd(ce).mean()}
@@ -185,24 +192,30 @@ class LSGMFamily(Family):
         t, _ = sample_time(sched, noise["t_u"], "uniform")
         t = t.to(batch.device)
         z0 = mean + torch.exp(0.5 * logvar) * noise["u0"]
-        a, s = (v.to(x.dtype)[:, None, None, None] for v in sched.alpha_sigma(t))
-        err = (noise["n"] - self.prior.eps(a * z0 + s * noise["n"], t.to(x.dtype))) ** 2
+        a, s = (v.to(z0.dtype)[:, None, None, None] for v in sched.alpha_sigma(t))
+        err = (noise["n"] - self.prior.eps(a * z0 + s * noise["n"], t.to(z0.dtype))) ** 2
         return {"prior_loss": err.flatten(1).mean(1).mean()}
 
     @classmethod
     def nfe(cls, cfg: LSGMConfig) -> int:
-        """Network calls per sample for the fixed-step samplers; 0 for dopri5 (known once sampled)."""
+        """Network calls per sample of the latent Euler / Heun; 0 otherwise (known once sampled)."""
         return {"euler": cfg.sample_steps, "heun": 2 * cfg.sample_steps}.get(cfg.sampler, 0)
 
     @classmethod
     @torch.no_grad()
     def draw(cls, modules: dict[str, nn.Module], cfg: LSGMConfig, n: int, generator: torch.Generator,
              y: Tensor | None = None) -> tuple[Tensor, int]:
-        """(n images in [-1, 1], network calls): z_1 ~ N(0, I), the PF-ODE to t_eps, the decoder's mean."""
+        """(n images in [-1, 1], network calls): z_1 ~ N(0, I), the PF-ODE to t_eps, the decoder's mean.  Another
+        difflab sampler (dpmpp_2m, ...) runs over the prior as over any denoiser and its final x_0 is decoded."""
         prior, decoder = modules["prior"], modules["decoder"]
         dev = next(decoder.parameters()).device
         z1 = torch.randn((n, *decoder.latent_shape), generator=generator).to(dev)
-        z, nfe = sample_latent(prior, z1, cfg.sampler, cfg.sample_steps, cfg.rtol, cfg.atol)
+        if cfg.sampler in LATENT_SAMPLERS:
+            z, nfe = sample_latent(prior, z1, cfg.sampler, cfg.sample_steps, cfg.rtol, cfg.atol)
+        else:
+            from ..samplers import sample
+
+            z, nfe = sample(prior, z1, sampler=cfg.sampler, steps=cfg.sample_steps, generator=generator, return_nfe=True)
         return decoder(z).clamp(-1, 1).cpu(), nfe
 
     def preview(self, ema: dict[str, nn.Module], path: Path) -> None:
