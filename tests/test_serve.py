@@ -215,3 +215,14 @@ def test_a_long_job_does_not_block_other_requests_and_the_queue_is_capped(server
 def test_service_refuses_runs_it_cannot_show(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         Service(tmp_path / "missing")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from difflab.cli.main import main
+
+    assert main(["serve", "--run", str(tmp_path / "missing")]) == 2
+    assert main(["serve", "--run", str(make_run(tmp_path / "run")), "--port", "70000"]) == 2
+    assert main(["serve", "--run", str(tmp_path / "run"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("difflab: error: ") for line in err)
+    assert "does not exist" in err[0] and "--port must lie in 0..65535" in err[1] and "--workers" in err[2]
