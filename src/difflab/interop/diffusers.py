@@ -298,6 +298,8 @@ def import_pipeline(src: str | Path, out: str | Path, data: str | None = None) -
     src, out = Path(src), Path(out)
     if (out / CONFIG).exists():
         raise UserError(f"--out {out} already holds a run; choose a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not an empty folder; choose a new folder")
     diffusers = require_diffusers()
     index = _read_index(src)
     if not (src / "unet" / "diffusion_pytorch_model.safetensors").is_file():
@@ -414,6 +416,8 @@ def export_run(run: str | Path, out: str | Path, ema: bool = True) -> Path:
     run, out = Path(run), Path(out)
     if (out / "model_index.json").exists():
         raise UserError(f"--out {out} already holds a diffusers pipeline; choose a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not an empty folder; choose a new folder")
     if is_family_run(run):
         raise UserError(f"{run} is not exportable: it is a family run (gan, vae, ddgan); only diffusion runs map onto "
                         "UNet2DModel")
