@@ -16,7 +16,7 @@ def sample_family(args: argparse.Namespace) -> int:
     loaded = load_generator(args.run, ema=not args.no_ema, device=args.device)
     lsgm_sampler(loaded, args)
     for opt, default in (("sampler", "ddim"), ("steps", 50)):
-        if loaded.family != "lsgm" and getattr(args, opt, default) != default:
+        if loaded.family not in ("lsgm", "cld") and getattr(args, opt, default) != default:
             raise UserError(f"--{opt}: a {loaded.family} run has its own sampler ({loaded.nfe} network call(s) "
                             f"per sample); drop --{opt}")
     labels = None
@@ -73,9 +73,16 @@ def lsgm_sampler(loaded, args: argparse.Namespace) -> None:
     integrate to t_eps, the others run over the prior as over any denoiser)."""
     import dataclasses
 
-    if loaded.family != "lsgm":
+    if loaded.family not in ("lsgm", "cld"):
         return
     sampler, steps = getattr(args, "sampler", "ddim"), getattr(args, "steps", 50)
+    if loaded.family == "cld":  # em | sscs | ode on (x, v) (samplers/cld.py); the scalar samplers refuse CLD
+        from ..samplers.cld import CLD_SAMPLERS
+
+        if sampler != "ddim" and sampler not in CLD_SAMPLERS:
+            raise UserError(f"--sampler {sampler}: a cld run samples with {', '.join(CLD_SAMPLERS)}")
+        if steps < 2:
+            raise UserError(f"--steps {steps}: a cld sampler needs at least 2 score calls")
     changes = {}
     if sampler != "ddim":
         changes["sampler"] = sampler
@@ -96,7 +103,7 @@ def evaluate_family(args: argparse.Namespace) -> int:
 
     loaded = load_generator(args.run, device=args.device)
     lsgm_sampler(loaded, args)
-    if args.nll and loaded.family != "lsgm":
+    if args.nll and loaded.family not in ("lsgm", "cld"):
         raise UserError(f"--nll: a {loaded.family} run has no likelihood here (the vae's ELBO is in `difflab report`)")
     ref = load(args.data or loaded.config["data"], args.split)
     x, secs = loaded.timed_sample(args.num, args.seed)
@@ -104,7 +111,10 @@ def evaluate_family(args: argparse.Namespace) -> int:
         x = x.clamp(-1, 1)
     result = {"source": str(args.run), "family": loaded.family, "nfe": loaded.nfe, "seconds": secs, "data": ref.spec,
               "split": args.split, "metrics": metrics_for(x, ref, args.features)}
-    if args.nll:
+    if args.nll and loaded.family == "cld":  # the probability-flow ODE bound on (x, v) (likelihood/cld.py)
+        result["nll"] = loaded_cls(loaded).nll(loaded.modules, loaded.recipe, load(ref.spec, "test").x[:args.nll_num],
+                                               seed=args.seed)
+    elif args.nll:
         from ..training.lsgm import lsgm_nll
 
         test = load(ref.spec, "test").x[:args.nll_num]
@@ -121,3 +131,10 @@ def evaluate_family(args: argparse.Namespace) -> int:
     write_json(out_json, json.loads(json.dumps(result, default=float)))
     print(f"wrote {out_json}")
     return 0
+
+
+def loaded_cls(loaded) -> type:
+    """The family class of a loaded family run."""
+    from ..training.families import FAMILIES
+
+    return FAMILIES[loaded.family]

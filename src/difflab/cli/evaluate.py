@@ -20,6 +20,7 @@ FEATURE_NETS = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..samplers import names
+    from ..samplers.cld import CLD_SAMPLERS
 
     p = sub.add_parser("evaluate", help="measure sample quality (and likelihood)", description=(
         "Score samples against data: for images FD, KID, precision/recall, density/coverage and class statistics in "
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the run's data)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"], help="reference split (default train)")
     p.add_argument("--num", type=int, default=1000, help="samples to draw from the run (default 1000)")
-    p.add_argument("--sampler", default="ddim", choices=names())
+    p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS))
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
@@ -91,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         from ._families import evaluate_family
 
         return evaluate_family(args)
+    from ..samplers import SAMPLERS
+
+    if args.run is not None and args.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {args.sampler} samples cld runs only; {args.run} is a diffusion run")
     if args.run is not None:
         loaded = load_run(args.run, device=args.device)
         if args.nll and loaded.latent and args.nll_method != "elbo":

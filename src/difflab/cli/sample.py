@@ -19,13 +19,15 @@ from . import guide
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..samplers import names
+    from ..samplers.cld import CLD_SAMPLERS
 
     p = sub.add_parser("sample", help="sample from a trained run", description=(
         "Sample from a run folder. FILE.png gets a grid (images) or a scatter plot (2-D data); FILE.npz gets "
         "'images' (uint8 N x H x W x C) or 'samples' (float32 N x D)."))
     p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
     p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--sampler", default="ddim", choices=names(), help="sampler (default ddim)")
+    p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS),
+                   help="sampler (default ddim; a cld run: em | sscs | ode, default its recipe's)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
@@ -68,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         from ._families import sample_family
 
         return sample_family(args)
+    from ..samplers import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {args.sampler} samples cld runs only; {args.run} is a diffusion run")
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     model, shape = loaded.model, loaded.shape
     image = len(shape) == 3

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="digits | toy:NAME (swiss_roll, moons, 8gaussians, 25gaussians, checkerboard, pinwheel, rings) | "
                         "mnist:DIR | path to a folder of PNG/JPEG images")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder to create (or resume)")
-    p.add_argument("--family", choices=["diffusion", "gan", "vae", "ddgan", "lsgm"], default="diffusion",
+    p.add_argument("--family", choices=["diffusion", "gan", "vae", "ddgan", "lsgm", "cld"], default="diffusion",
                    help="model family (default diffusion; see docs/families.md)")
     p.add_argument("--timesteps", type=int, metavar="T", help="--family ddgan: denoising steps (default 4)")
     budget = p.add_mutually_exclusive_group()
@@ -112,7 +112,7 @@ def run_family(args: argparse.Namespace) -> int:
         raise UserError(f"--text-encoder and --sample-every are options of diffusion runs, not --family {args.family}")
     if args.timesteps is not None and args.family != "ddgan":
         raise UserError(f"--timesteps is an option of --family ddgan, not {args.family}")
-    if args.family in ("vae", "lsgm") and args.conditional:
+    if args.family in ("vae", "lsgm", "cld") and args.conditional:
         raise UserError(f"--conditional: the {args.family} family is unconditional")
     overrides = _engine_overrides(args) | {"conditional": args.conditional, "timesteps": args.timesteps}
     overrides = {k: v for k, v in overrides.items() if v is not None}

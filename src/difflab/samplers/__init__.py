@@ -108,6 +108,9 @@ def sample(model: Any, x_T: Tensor, sampler: str = "dpmpp_2m", steps: int = 20, 
     adaptive ``dopri5`` ignores ``steps`` and stops at its ``rtol``/``atol``.  ``callback(dict)`` is called once
     per step with copies of the state and its x0 estimate and cannot change the result (docs/samplers.md).
     """
+    from ..schedules import require_scalar
+
+    require_scalar(getattr(model, "schedule", None), f"sampler {sampler!r}")
     info = get(sampler)
     if isinstance(grid, Tensor):
         sigmas = grid

@@ -9,9 +9,11 @@ from typing import Any
 
 from . import discrete as _d
 from .base import Schedule, append_dims, as_tensor
+from .cld import CLD
 from .continuous import VE, VP, Cosine, SubVP
 from .discrete import DiscreteSchedule
 from .learned import LearnedSchedule
+from .process import ForwardProcess, ScalarProcess, as_process, is_scalar, require_scalar
 
 _DISCRETE = {"linear": _d.linear, "cosine": _d.cosine, "quadratic": _d.quadratic, "sigmoid": _d.sigmoid}
 _CONTINUOUS = {"vp": VP, "linear": VP, "subvp": SubVP, "sub-vp": SubVP, "ve": VE, "cosine": Cosine,
@@ -57,4 +59,5 @@ def from_config(cfg: dict[str, Any]) -> Schedule:
 
 
 __all__ = ["Schedule", "DiscreteSchedule", "VP", "SubVP", "VE", "Cosine", "LearnedSchedule", "get", "from_config", "names",
-           "append_dims", "as_tensor"]
+           "append_dims", "as_tensor", "CLD", "ForwardProcess", "ScalarProcess", "as_process", "is_scalar",
+           "require_scalar"]

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..data import Dataset
 from ..errors import CheckpointError, UserError
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_folder_config, read_json, write_json
+from .cld import CLDFamily
 from .config import FitConfig
 from .ddgan import DDGANFamily
 from .distributed import World, default_device, init
@@ -25,7 +26,8 @@ from .lsgm import LSGMFamily
 from .vae import VAEFamily
 
 FAMILY_RUN_FORMAT = "difflab-family-run-1"
-FAMILIES: dict[str, type] = {"gan": GANFamily, "vae": VAEFamily, "ddgan": DDGANFamily, "lsgm": LSGMFamily}
+FAMILIES: dict[str, type] = {"gan": GANFamily, "vae": VAEFamily, "ddgan": DDGANFamily, "lsgm": LSGMFamily,
+                             "cld": CLDFamily}
 
 
 def family_class(name: str) -> type:
