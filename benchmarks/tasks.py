@@ -220,7 +220,7 @@ def cascade_section(base: Path, aug: list[Path], plain: list[Path], ref: Feature
                     steps: int, levels: list[float], work: Path, figure: Path) -> dict:
     """The cascade (base then SR stages) with noise-conditioning augmentation (stages trained with --noise-aug,
     sampled at each level of ``levels``; 0.2 the default) and without (stages trained without): FD of n samples."""
-    from difflab.tasks.cascade import assemble, load_cascade
+    from difflab.training.cascade import assemble, load_cascade
 
     work.mkdir(parents=True, exist_ok=True)
     out: dict = {"base": str(base), "aug_stages": [str(p) for p in aug], "plain_stages": [str(p) for p in plain],

@@ -104,7 +104,7 @@ def runs(tmp_path_factory):
 
 
 def test_cascade_round_trips_through_sample(runs, tmp_path, capsys):
-    from difflab.tasks.cascade import load_cascade
+    from difflab.training.cascade import load_cascade
 
     # assembled from copies: the cascade folder stands alone once the source runs are gone
     src = tmp_path / "src"

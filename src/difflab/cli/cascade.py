@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.cascade import assemble, load_cascade
+    from ..training.cascade import assemble, load_cascade
 
     if args.aug_level is not None and len(args.aug_level) != len(args.stage):
         raise UserError(f"--aug-level: give one per --stage ({len(args.stage)}), got {len(args.aug_level)}")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 def sample_cascade(args: argparse.Namespace) -> int:
     """``difflab sample`` on a cascade folder: --num samples of the final stage's size into --out."""
-    from ..tasks.cascade import load_cascade
+    from ..training.cascade import load_cascade
     from .sample import write_samples
 
     if args.threshold is not None:

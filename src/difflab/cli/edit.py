@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "sdedit" and not 0.0 <= args.strength <= 1.0:
         raise UserError(f"--strength must lie in [0, 1], got {args.strength}")
     files = _files(args.input)
-    from ..tasks.cascade import is_cascade
+    from ..training.cascade import is_cascade
 
     if is_cascade(args.run):
         if args.task != "superres":
@@ -230,7 +230,7 @@ def _cascade_superres(args: argparse.Namespace, files: list[Path], outs: list[Pa
     ``--noise-aug`` stage at --aug-level if given, else at the cascade's level; the others at 0)."""
     from .. import tasks
     from ..models.denoiser import Clamped
-    from ..tasks.cascade import load_cascade
+    from ..training.cascade import load_cascade
 
     c = load_cascade(args.run, ema=not args.no_ema, device=args.device)
     if args.aug_level is not None and not 0.0 <= args.aug_level <= 1.0:

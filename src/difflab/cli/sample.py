@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
-    from ..tasks.cascade import is_cascade
+    from ..training.cascade import is_cascade
 
     if is_cascade(args.run):  # a cascade folder: the base run, then its super-resolution stages
         from .cascade import sample_cascade

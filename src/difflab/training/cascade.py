@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import samplers
 from ..errors import CheckpointError, UserError
-from .superres import superres
+from ..tasks.superres import superres
 
 CASCADE_FILE = "cascade.json"
 CASCADE_FORMAT = "difflab-cascade-1"
@@ -38,8 +38,8 @@ def is_cascade(path: str | Path) -> bool:
 
 def _stage_config(folder: Path, where: str) -> dict[str, Any]:
     """A stage's config.json (a diffusion run), or a one-line CheckpointError naming ``where``."""
-    from ..training.checkpoint import read_folder_config
-    from ..training.run import RUN_FORMAT
+    from .checkpoint import read_folder_config
+    from .run import RUN_FORMAT
 
     if not folder.is_dir():
         raise CheckpointError(f"{where}: run folder {folder} does not exist")
@@ -52,7 +52,7 @@ def _stage_config(folder: Path, where: str) -> dict[str, Any]:
 def check_chain(configs: Sequence[dict[str, Any]], names: Sequence[str], levels: Sequence[float]) -> None:
     """A base image run, then SR runs each taking the previous stage's size and channels; one level in [0, 1] per SR
     stage, nonzero only for stages trained with noise-conditioning augmentation.  CheckpointError otherwise."""
-    from ..training.conditioning import conditioning_of_run
+    from .conditioning import conditioning_of_run
 
     if len(configs) < 2:
         raise CheckpointError("a cascade needs a base run and at least one super-resolution stage")
@@ -135,7 +135,7 @@ class Cascade:
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
-    from ..training.checkpoint import read_json
+    from .checkpoint import read_json
 
     m = read_json(root / CASCADE_FILE)
     if m.get("format") != CASCADE_FORMAT:
@@ -154,7 +154,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
 
 def load_cascade(path: str | Path, ema: bool = True, device: torch.device | str | None = None) -> Cascade:
     """Read a cascade folder (cascade.json + stage run folders); a one-line CheckpointError for a bad folder."""
-    from ..training import load_run
+    from .run import load_run
 
     root = Path(path)
     if not root.is_dir():
@@ -182,8 +182,8 @@ def assemble(base: str | Path, stages: Sequence[str | Path], out: str | Path,
     chain is checked first (:func:`check_chain`); ``out`` must not exist, and is written to a temporary folder
     renamed into place, so a failure leaves nothing behind.
     """
-    from ..training.checkpoint import atomic_write
-    from ..training.conditioning import conditioning_of_run
+    from .checkpoint import atomic_write
+    from .conditioning import conditioning_of_run
 
     out = Path(out)
     if out.exists():
