@@ -46,6 +46,10 @@ def sample_cascade(args: argparse.Namespace) -> int:
     from ..training.cascade import load_cascade
     from .sample import write_samples
 
+    from ..samplers import SAMPLERS
+
+    if args.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {args.sampler} is not a diffusion sampler; {args.run} is a cascade of diffusion runs")
     if args.threshold is not None:
         raise UserError("--threshold is not available for cascades (each stage clamps to [-1, 1]; --no-clip turns it off)")
     if (getattr(args, "prompt", None) is not None or getattr(args, "classifier", None) is not None
