@@ -137,10 +137,10 @@ def pixel(minutes: float, data: Any, seed: int, work: Path, num: int) -> dict[st
 
 def latent(minutes: float, data: Any, seed: int, work: Path, num: int) -> dict[str, Any]:
     """A KL autoencoder (1x28x28 -> 4x7x7) for AE_FRACTION of the minutes, then the diffusion family on its
-    scaled latents for the rest (the latent U-Net is the preset for its 7x7 side)."""
+    scaled latents for the rest (the latent U-Net is the preset for its 7x7 side; the latent default schedule)."""
     from difflab.training import TrainConfig, load_run, train
     from difflab.training.autoencoder import AutoencoderTrainConfig, load_autoencoder, train_autoencoder
-    from difflab.training.latent import latent_nll
+    from difflab.training.latent import LATENT_SCHEDULE, latent_nll
 
     t0 = time.monotonic()
     ae_dir, out = work / "ae", work / "latent"
@@ -150,7 +150,7 @@ def latent(minutes: float, data: Any, seed: int, work: Path, num: int) -> dict[s
     ae_steps, ae_secs = fit_seconds(ae_dir)
     used = (time.monotonic() - t0) / 60  # the autoencoder, its scale factor and pictures
     cfg = TrainConfig.from_dict({**DIFFUSION, "minutes": max(0.1, minutes - used), "steps": 10**7, "seed": seed,
-                                 "autoencoder": str(ae_dir)})
+                                 "autoencoder": str(ae_dir), "schedule": LATENT_SCHEDULE})
     train(cfg, data, out, progress=False)
     steps, secs = fit_seconds(out)
     r = load_run(out, device="cpu")
@@ -249,7 +249,9 @@ def render() -> Path:
              f"U-Net preset, cosine table T = 1000, eps prediction, batch {DIFFUSION['batch_size']}, lr "
              f"{DIFFUSION['lr']:g}, EMA 0.999). **latent**: a KL autoencoder 1x28x28 -> 4x7x7 (kl_weight 1e-3) for "
              f"{AE_FRACTION:.0%} of the budget, then the same diffusion recipe on its scaled latents for the rest "
-             f"(the scale-factor pass and pictures count against the budget). Quality: FD, precision and recall "
+             f"(the scale-factor pass and pictures count against the budget), with the latent runs' default table, "
+             f"LDM's scaled linear betas 0.00085 -> 0.012 (sigma_max 14.6; the pixel default cosine table reaches "
+             f"2e4, which an unclamped eps-model cannot survive: docs/latent.md). Quality: FD, precision and recall "
              f"in the MNIST feature net's space, samples against the 10000 test images (FD on {rows[0].get('num_samples', '?')} "
              f"samples is biased upward against larger sample sets: compare the rows with each other). Sampling: "
              f"{SAMPLER} with {STEPS} steps; s / 1000 samples is the wall time of those samples in batches of 500 "

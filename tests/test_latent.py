@@ -85,8 +85,8 @@ def test_parse_latent():
 def latent_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("latent")
     (d / "ae.json").write_text(json.dumps({"network": TINY_AE, "batch_size": 16, "warmup_steps": 2}))
-    (d / "ldm.json").write_text(json.dumps({"network": TINY_UNET, "batch_size": 16, "sample_steps": 2,
-                                            "schedule": {"kind": "linear", "T": 100}}))
+    (d / "ldm.json").write_text(json.dumps({"network": TINY_UNET, "batch_size": 16, "sample_steps": 2, "schedule":
+                                            {"kind": "linear", "T": 100, "beta_start": 1e-3, "beta_end": 0.1}}))
     assert run("train-autoencoder", "--data", "digits", "--out", d / "ae", "--steps", 3, "--config", d / "ae.json",
                "--quiet") == 0
     assert run("train", "--data", "digits", "--autoencoder", d / "ae", "--out", d / "ldm", "--steps", 2,
@@ -180,3 +180,18 @@ def test_every_sampler_runs_on_latents_and_decodes(latent_run):
         z = sample(loaded.model, x_T, sampler=name, steps=3, generator=g, **opts)
         x = loaded.to_data(z)
         assert z.shape == (3, 2, 4, 4) and x.shape == (3, 1, 8, 8) and torch.isfinite(x).all(), name
+
+
+def test_latent_runs_default_to_ldm_schedule(latent_run, tmp_path):
+    from difflab.training.latent import LATENT_SCHEDULE, sigma_max
+    from difflab import schedules
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"network": TINY_UNET, "batch_size": 8, "sample_steps": 1}))
+    assert run("train", "--data", "digits", "--autoencoder", latent_run / "ae", "--out", tmp_path / "r", "--steps", 1,
+               "--config", cfg, "--quiet") == 0
+    rc = json.loads((tmp_path / "r" / CONFIG).read_text())
+    assert {k: rc["schedule"][k] for k in LATENT_SCHEDULE} == LATENT_SCHEDULE
+    assert abs(sigma_max(schedules.from_config(rc["schedule"])) - 14.61) < 0.01  # sqrt(1 / alpha_bar_T - 1)
+    # a schedule in the config file is kept (the fixture's linear T = 100 table, sigma_max 12)
+    assert json.loads((latent_run / "ldm" / CONFIG).read_text())["schedule"]["kind"] == "linear"

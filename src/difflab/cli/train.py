@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         "autoencoder": args.autoencoder, "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug,
         "aug_blur": args.aug_blur}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.autoencoder is not None and not args.resume and not _config_sets(args.config, "schedule"):
+        from ..training.latent import LATENT_SCHEDULE
+
+        overrides["schedule"] = LATENT_SCHEDULE  # latent runs default to LDM's table (docs/latent.md)
     if args.resume and (args.out / CONFIG).is_file():
         stored = read_json(args.out / CONFIG)
         base = dict(stored.get("train", {}))
@@ -129,6 +133,13 @@ def run_family(args: argparse.Namespace) -> int:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in res.losses.items())
         print(f"trained {args.family} {res.step} steps in {res.seconds:.0f} s ({losses}); run folder {res.run_dir}")
     return 143 if res.stopped == "terminated" else 0  # 128 + SIGTERM: stopped at a checkpoint
+
+
+def _config_sets(path: Path | None, key: str) -> bool:
+    """True if the --config file gives ``key``."""
+    from ..utils.config import read_config_file
+
+    return path is not None and key in read_config_file(path)
 
 
 def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -120,6 +120,15 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
         rc = run_config(cfg, data, family.model, world.size)
         if ae is not None:
             rc["autoencoder"] = autoencoder_record(ae)
+            from .latent import SIGMA_MAX_WARN, sigma_max
+
+            top = sigma_max(family.model.schedule)
+            if top > SIGMA_MAX_WARN and family.model.prediction == "eps":
+                import warnings
+
+                warnings.warn(f"latent run with sigma_max = {top:.3g} and eps prediction: unclamped x0 estimates "
+                              "amplify the eps error by sigma_max at the top of the grid; the latent default schedule "
+                              "(training/latent.py LATENT_SCHEDULE, sigma_max 14.6) avoids this", stacklevel=2)
         write_json(run_dir / CONFIG, rc)
     world.barrier()
     return fit(family, len(data), cfg, run_dir, world=world, resume=resume, progress=progress,

@@ -19,6 +19,21 @@ from ..errors import CheckpointError, UserError
 from .autoencoder import LoadedAutoencoder, checkpoint_sha256, load_autoencoder
 
 
+#: The default noise schedule of a latent run: LDM's "scaled linear" table, betas from 0.00085 to 0.012 on a square-
+#: root scale over T = 1000 (Rombach et al. 2022; Stable Diffusion), sigma_max = sigma / alpha = 14.6 at t = T.  The
+#: pixel default (cosine, max_beta 0.999) reaches sigma_max ~ 2e4: an eps-model's x0 estimate (x - sigma eps) / alpha
+#: then multiplies its eps error by 2e4, which clamping hides on pixels but nothing may clamp on latents.
+LATENT_SCHEDULE = {"kind": "quadratic", "T": 1000, "beta_start": 0.00085, "beta_end": 0.012}
+SIGMA_MAX_WARN = 100.0
+
+
+def sigma_max(schedule: Any) -> float:
+    """sigma / alpha at the schedule's t_max (the top of every sampler's grid)."""
+    t = torch.tensor(float(schedule.t_max), dtype=torch.float64)
+    a, s = schedule.alpha_sigma(t)
+    return float(s / a) if float(a) > 0 else float("inf")
+
+
 def autoencoder_record(ae: LoadedAutoencoder) -> dict[str, Any]:
     """What a latent run's config.json stores about its autoencoder."""
     return {"path": str(ae.path.resolve()), "sha256": ae.sha256, "step": ae.step, "scale_factor": ae.scale_factor,
@@ -125,4 +140,4 @@ def check_resume(stored: dict[str, Any], ae: LoadedAutoencoder | None, run_dir: 
         raise UserError(f"--resume: {run_dir} was trained on {was}, not {now}")
 
 
-__all__ = ["LatentDataset", "autoencoder_record", "encode_dataset", "open_autoencoder", "latent_decoder", "check_resume", "latent_nll"]
+__all__ = ["LATENT_SCHEDULE", "sigma_max", "LatentDataset", "autoencoder_record", "encode_dataset", "open_autoencoder", "latent_decoder", "check_resume", "latent_nll"]
