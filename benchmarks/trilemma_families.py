@@ -26,8 +26,9 @@ PY = sys.executable
 #: Recipes per data kind (JSON of each family's config); the budget is --minutes for every run.
 RECIPES = {
     "points": {
-        "gan": {"batch_size": 256, "lr": 5e-4, "lr_d": 5e-4, "network": {"width": 256}},
-        "ddgan": {"batch_size": 256, "lr": 5e-4, "lr_d": 5e-4, "network": {"width": 256}},
+        # the MLPs' default Fourier input features (net_config); R1 off; tuned on seed 0 (docs/families.md)
+        "gan": {"batch_size": 1024, "lr": 1e-3, "lr_d": 1e-3, "r1_gamma": 0.0},
+        "ddgan": {"batch_size": 1024, "lr": 1e-3, "lr_d": 1e-3, "r1_gamma": 0.0},
         "vae": {"batch_size": 256, "lr": 1e-3},
         # a linear table: under the cosine table's last steps (alpha near 0) a briefly trained eps-model's x0
         # estimate of 2-D points blows up (FD 1e6 in a first run)
@@ -44,14 +45,15 @@ RECIPES = {
 METHODS = "ddim:10,ddim:50,ddpm:100,ddpm:250"
 
 
-def train(name: str, family: str, timesteps: int | None, data: str, kind: str, minutes: float, runs: Path) -> Path:
+def train(name: str, family: str, timesteps: int | None, data: str, kind: str, minutes: float, runs: Path,
+          seed: int = 0, wrap: list[str] | None = None) -> Path:
     out = runs / name
     if (out / "checkpoint.safetensors").exists():
         return out
     cfg = runs / f"{name}.json"
     cfg.write_text(json.dumps(RECIPES[kind][family]))
-    cmd = [PY, "-m", "difflab", "train", "--data", data, "--out", str(out), "--config", str(cfg), "--minutes",
-           str(minutes), "--threads", "1", "--quiet"]
+    cmd = [*(wrap or []), PY, "-m", "difflab", "train", "--data", data, "--out", str(out), "--config", str(cfg),
+           "--minutes", str(minutes), "--threads", "1", "--seed", str(seed), "--quiet"]
     if family != "diffusion":
         cmd += ["--family", family]
     if timesteps:
@@ -97,12 +99,18 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=2500, help="samples per report row")
     ap.add_argument("--methods", default=METHODS, help=f"samplers of the diffusion run (default {METHODS})")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "trilemma_families")
+    ap.add_argument("--seed", type=int, default=1, help="training and sampling seed of the reported runs (recipes "
+                                                        "were tuned on seed 0)")
+    ap.add_argument("--tag", help="name of the data's section folder (default: from --data)")
+    ap.add_argument("--wrap", default="", help="command prefix of every training and of the report, e.g. a "
+                                               "scheduler that waits for a free core")
     args = ap.parse_args()
+    wrap = args.wrap.split()
     sys.path.insert(0, str(ROOT / "src"))
     from difflab.data import load
 
     kind = load(args.data).kind
-    tag = re.sub(r"[^A-Za-z0-9]+", "_", args.data).strip("_")
+    tag = args.tag or re.sub(r"[^A-Za-z0-9]+", "_", args.data).strip("_")
     runs = args.runs / tag
     runs.mkdir(parents=True, exist_ok=True)
     jobs = [("gan", "gan", None), ("ddgan_T1", "ddgan", 1), ("ddgan_T2", "ddgan", 2), ("ddgan_T4", "ddgan", 4),
@@ -110,10 +118,10 @@ def main() -> None:
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = list(pool.map(lambda j: train(*j, args.data, kind, args.minutes, runs), jobs))
+        dirs = list(pool.map(lambda j: train(*j, args.data, kind, args.minutes, runs, args.seed, wrap), jobs))
     out = ROOT / "docs" / "benchmarks" / "trilemma_families" / tag
-    cmd = [PY, "-m", "difflab", "report", "--run", *map(str, dirs), "--methods", args.methods, "--num", str(args.num),
-           "--out", str(out), "--threads", "1"]
+    cmd = [*wrap, PY, "-m", "difflab", "report", "--run", *map(str, dirs), "--methods", args.methods, "--num",
+           str(args.num), "--out", str(out), "--threads", "1", "--seed", str(args.seed)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     for d in dirs:  # the runs' own sample pictures beside the report
@@ -126,7 +134,8 @@ def main() -> None:
     rel = out.relative_to(ROOT / "docs" / "benchmarks")
     section = [f"## {args.data}", "",
                f"Command: `.venv/bin/python benchmarks/trilemma_families.py --data {args.data} --minutes {args.minutes:g} "
-               f"--jobs {args.jobs} --num {args.num} --methods {args.methods}`  ",
+               f"--jobs {args.jobs} --num {args.num} --methods {args.methods} --seed {args.seed}"
+               + (f" --tag {args.tag}" if args.tag else "") + (f" --wrap {args.wrap}" if args.wrap else "") + "`  ",
                f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {len(jobs)} trainings of {args.minutes:g} "
                f"min each, {args.jobs} at a time with --threads 1, {time.time() - t0:.0f} s in all.  ",
                f"Machine load (`uptime`, shared 2-core machine): before `{load_before}`; after `{load_after}`.", "",

@@ -96,12 +96,12 @@ def test_ddgan_pairs_follow_the_forward_process():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="not reached in a few CPU minutes: both collapse to a few modes "
-                                        "(docs/benchmarks/trilemma_families.md)")
 def test_ddgan_covers_more_modes_than_the_gan_on_25_gaussians():
+    """Xiao et al. 2022, fig. 4: after the same short training (800 steps, about a minute each on one idle core) the
+    GAN collapses onto a few modes, DDGAN (T = 4) covers most of the 25 (seed 0: 1 vs 20 modes at 750 steps)."""
+    torch.set_num_threads(1)
     data = load("toy:25gaussians")
-    net = {"width": 256}
-    common = dict(steps=3000, batch_size=256, lr=5e-4, lr_d=5e-4, network=net, log_every=1000)
+    common = dict(steps=800, batch_size=1024, lr=1e-3, lr_d=1e-3, r1_gamma=0.0, log_every=1000)
     out = {}
     for name, cls, cfg in [("gan", GANFamily, GANConfig(**common)),
                            ("ddgan", DDGANFamily, DDGANConfig(timesteps=4, **common))]:
@@ -110,4 +110,5 @@ def test_ddgan_covers_more_modes_than_the_gan_on_25_gaussians():
         fit(fam, len(data), cfg, None, progress=False)
         x = cls.draw(fam.modules, cfg, 2500, torch.Generator().manual_seed(0))
         out[name] = mode_coverage(x, grid_centers(), GRID_STD)
-    assert out["ddgan"]["modes"] > out["gan"]["modes"], out
+    assert out["ddgan"]["modes"] >= out["gan"]["modes"] + 8, out
+    assert out["ddgan"]["modes"] >= 15 and out["ddgan"]["high_quality"] >= 0.4, out

@@ -89,6 +89,41 @@ def test_each_phase_updates_only_its_own_network():
     assert fam.optimizers["gen"].betas == (0.5, 0.9)
 
 
+def test_lazy_r1_weights_the_penalty_by_its_interval_and_skips_between():
+    data = load("toy:25gaussians")
+    fam = GANFamily(GANConfig(network=TINY_GAN, r1_gamma=0.05, r1_every=4), data)
+    from difflab.training.engine import Batch
+    from difflab.utils.random import BatchRandom
+
+    def r1_at(step):
+        b = Batch(step, torch.arange(8), BatchRandom(torch.Generator().manual_seed(0), 0, 8, 8), torch.device("cpu"))
+        return fam.r1_gamma_at(b), float(fam.d_step(b)["r1"])
+
+    assert [r1_at(s)[0] for s in range(6)] == [0.2, 0.0, 0.0, 0.0, 0.2, 0.0]  # 4 x gamma every 4th step
+    assert r1_at(1)[1] == 0.0 and r1_at(4)[1] > 0.0
+    with pytest.raises(ConfigError, match="r1_every"):
+        GANConfig(r1_every=0)
+
+
+def test_d_steps_updates_the_discriminator_that_many_times_per_step():
+    data = load("toy:25gaussians")
+    calls = []
+
+    class Counting(GANFamily):
+        def d_step(self, batch):
+            calls.append(batch.step)
+            return super().d_step(batch)
+
+    cfg = GANConfig(network=TINY_GAN, steps=2, batch_size=16, d_steps=3)
+    fam = Counting(cfg, data)
+    assert [(p.optimizer, p.minimize) for p in fam.phases] == [("disc", "d_loss"), ("disc", "d_loss_2"),
+                                                                ("disc", "d_loss_3"), ("gen", "g_loss")]
+    from difflab.training.engine import fit
+
+    fit(fam, len(data), cfg, None, progress=False)
+    assert calls == [0, 0, 0, 1, 1, 1]
+
+
 @pytest.mark.parametrize("family,spec", [("ddgan", "digits")])
 def test_two_network_resume_equals_uninterrupted_run_bitwise(tmp_path, family, spec):
     data = load(spec)

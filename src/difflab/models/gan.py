@@ -29,10 +29,11 @@ class GANNetConfig(Config):
     steps: int = 0  # > 0: the nets see x_t and the step index t in 0..steps-1 (DDGAN)
     num_classes: int = 0  # > 0: class-conditional
     emb_dim: int = 64
+    fourier: int = 0  # mlp: > 0 adds sin / cos of the point coordinates at frequencies 2^0 .. 2^(fourier-1)
 
     def check(self) -> None:
         self.require_ints(("width", "depth", "z_dim", "emb_dim"), 1)
-        self.require_ints(("steps", "num_classes"), 0)
+        self.require_ints(("steps", "num_classes", "fourier"), 0)
         require(len(self.shape) in (1, 3) and all(isinstance(s, int) and s > 0 for s in self.shape),
                 f"GANNetConfig.shape must be (dim,) or (C, H, W), got {self.shape!r}")
         if self.net_kind == "conv":
@@ -74,6 +75,15 @@ class _Embed(nn.Module):
         return e
 
 
+def fourier_features(v: Tensor, octaves: int) -> Tensor:
+    """[v, sin(2^j v), cos(2^j v)] for j < octaves: inputs an MLP can resolve at fine scales (Tancik et al. 2020)."""
+    if not octaves:
+        return v
+    f = v.new_tensor([2.0 ** j for j in range(octaves)])
+    a = (v[..., None] * f).flatten(1)
+    return torch.cat([v, a.sin(), a.cos()], 1)
+
+
 class MLPGenerator(nn.Module):
     """[z, x_t, emb(t, y)] -> x through ``depth`` LeakyReLU layers; [B, z_dim] (+ [B, dim]) -> [B, dim]."""
 
@@ -81,14 +91,15 @@ class MLPGenerator(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = _Embed(cfg)
-        d_in = cfg.z_dim + (cfg.dim if cfg.steps else 0) + cfg.emb_dim
+        d_in = cfg.z_dim + (cfg.dim * (1 + 2 * cfg.fourier) if cfg.steps else 0) + cfg.emb_dim
         layers: list[nn.Module] = []
         for i in range(cfg.depth):
             layers += [nn.Linear(d_in if i == 0 else cfg.width, cfg.width), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers, nn.Linear(cfg.width, cfg.dim))
 
     def forward(self, z: Tensor, x_t: Tensor | None = None, t: Tensor | None = None, y: Tensor | None = None) -> Tensor:
-        parts = [z] + ([x_t.flatten(1)] if self.config.steps else []) + [self.embed(len(z), t, y, z)]
+        f = self.config.fourier
+        parts = [z] + ([fourier_features(x_t.flatten(1), f)] if self.config.steps else []) + [self.embed(len(z), t, y, z)]
         return self.body(torch.cat(parts, 1)).view(len(z), *self.config.shape)
 
 
@@ -99,14 +110,16 @@ class MLPDiscriminator(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = _Embed(cfg)
-        d_in = cfg.dim * (2 if cfg.steps else 1) + cfg.emb_dim
+        d_in = cfg.dim * (1 + 2 * cfg.fourier) * (2 if cfg.steps else 1) + cfg.emb_dim
         layers: list[nn.Module] = []
         for i in range(cfg.depth):
             layers += [nn.Linear(d_in if i == 0 else cfg.width, cfg.width), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers, nn.Linear(cfg.width, 1))
 
     def forward(self, x: Tensor, x_t: Tensor | None = None, t: Tensor | None = None, y: Tensor | None = None) -> Tensor:
-        parts = [x.flatten(1)] + ([x_t.flatten(1)] if self.config.steps else []) + [self.embed(len(x), t, y, x)]
+        f = self.config.fourier
+        parts = ([fourier_features(x.flatten(1), f)] + ([fourier_features(x_t.flatten(1), f)] if self.config.steps else [])
+                 + [self.embed(len(x), t, y, x)])
         return self.body(torch.cat(parts, 1)).squeeze(1)
 
 

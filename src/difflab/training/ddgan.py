@@ -100,7 +100,7 @@ class DDGANFamily(GANFamily):
 
     def d_step(self, batch: Batch) -> dict[str, Tensor]:
         x_prev, x_k, k, y, z, eps = self._pairs(batch)
-        r1, real = r1_penalty(lambda v: self.D(v, x_k, k - 1, y), x_prev, self.cfg.r1_gamma)
+        r1, real = r1_penalty(lambda v: self.D(v, x_k, k - 1, y), x_prev, self.r1_gamma_at(batch))
         with torch.no_grad():
             fake_prev = self.steps.posterior_sample(self.G(z, x_k, k - 1, y), x_k, k, eps)
         d = d_loss_nonsaturating(real, self.D(fake_prev, x_k, k - 1, y))

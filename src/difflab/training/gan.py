@@ -4,6 +4,7 @@ Adam(0.5, 0.9); a discriminator phase, then a generator phase, each with its own
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,8 @@ class GANConfig(FitConfig):
     lr_d: float = 2e-4  # discriminator
     betas: tuple[float, float] = (0.5, 0.9)
     r1_gamma: float = 0.05  # gamma of gamma/2 E||grad D(x)||^2 on real data (0 = off)
+    r1_every: int = 1  # lazy R1: the penalty every N steps, weighted N (Karras et al. 2020; DDGAN's lazy_reg 15)
+    d_steps: int = 1  # discriminator updates per generator update
     ema_decay: float = 0.999
     conditional: bool = False  # class-conditional G and D (labels of the data)
     warmup_steps: int = 0
@@ -43,6 +46,7 @@ class GANConfig(FitConfig):
         require(not unknown, f"{n}.network: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         require(self.lr_d > 0, f"{n}.lr_d must be > 0, got {self.lr_d!r}")
         require(self.r1_gamma >= 0, f"{n}.r1_gamma must be >= 0, got {self.r1_gamma!r}")
+        self.require_ints(("r1_every", "d_steps"), 1)
         require(0 <= self.ema_decay < 1, f"{n}.ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{n}.betas must be two numbers in [0, 1)")
 
@@ -68,14 +72,15 @@ def r1_penalty(d: Callable[[Tensor], Tensor], x: Tensor, gamma: float) -> tuple[
 
 
 def net_config(cfg: GANConfig, shape: tuple[int, ...], num_classes: int, steps: int = 0) -> GANNetConfig:
-    """The networks' config for data of this shape: a conv net for images of side 8 and more, an MLP otherwise."""
+    """The networks' config for data of this shape: a conv net for images of side 8 and more, an MLP with Fourier
+    input features otherwise."""
     base: dict[str, Any] = {"shape": tuple(shape), "steps": steps, "num_classes": num_classes if cfg.conditional else 0}
     if len(shape) == 3 and shape[1] >= 16:
         base.update(width=32)
     elif len(shape) == 3:
         base.update(width=32, z_dim=16)
-    else:
-        base.update(width=128, z_dim=8)
+    else:  # points: Fourier features let the MLPs resolve modes far finer than the data's extent
+        base.update(width=128, z_dim=8, emb_dim=16, fourier=6)
     return GANNetConfig.from_dict({**base, **cfg.network})
 
 
@@ -111,7 +116,18 @@ class GANFamily(Family):
         self.optimizers = {"disc": OptimizerSpec(("discriminator",), cfg.lr_d, tuple(cfg.betas)),
                            "gen": OptimizerSpec(("generator",), cfg.lr, tuple(cfg.betas))}
         self.ema = ("generator",)
-        self.phases = [Phase("disc", self.d_step, "d_loss"), Phase("gen", self.g_step, "g_loss")]
+        self.phases = [Phase("disc", self.d_step, "d_loss")] + [
+            Phase("disc", functools.partial(self._again, i), f"d_loss_{i}") for i in range(2, cfg.d_steps + 1)] + [
+            Phase("gen", self.g_step, "g_loss")]
+
+    def _again(self, i: int, batch: Batch) -> dict[str, Tensor]:
+        """The i-th discriminator update of a step (its own draws of noise and z), logged as d_loss_i."""
+        return {f"{k}_{i}": v for k, v in self.d_step(batch).items()}
+
+    def r1_gamma_at(self, batch: Batch) -> float:
+        """gamma on the steps that carry the lazy penalty (weighted r1_every), 0 between them."""
+        every = self.cfg.r1_every
+        return self.cfg.r1_gamma * every if batch.step % every == 0 else 0.0
 
     @classmethod
     def build(cls, cfg: GANConfig, shape: tuple[int, ...], num_classes: int) -> dict[str, nn.Module]:
@@ -126,7 +142,7 @@ class GANFamily(Family):
 
     def d_step(self, batch: Batch) -> dict[str, Tensor]:
         x, y, z = self._inputs(batch)
-        r1, real = r1_penalty(lambda v: self.D(v, y=y), x, self.cfg.r1_gamma)
+        r1, real = r1_penalty(lambda v: self.D(v, y=y), x, self.r1_gamma_at(batch))
         with torch.no_grad():
             fake_x = self.G(z, y=y)
         fake = self.D(fake_x, y=y)

@@ -51,7 +51,8 @@ def save_scatter(points: Tensor | np.ndarray, path: str | Path, reference: Tenso
         ax.scatter(r[:, 0], r[:, 1], s=2, c="0.75", label="data")
     ax.scatter(p[:, 0], p[:, 1], s=2, c="tab:blue", label="samples")
     ax.set_aspect("equal")
-    lim = 1.5
+    extent = np.abs(r).max() if reference is not None else np.percentile(np.abs(p), 99.5) if len(p) else 0.0
+    lim = max(1.5, 1.1 * float(extent))  # [-1.5, 1.5] for data scaled into [-1, 1]; wider data (the 25-Gaussian grid) in full
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     if title:
