@@ -36,3 +36,16 @@ def test_report_over_runs_of_every_family(tmp_path, monkeypatch):
     assert "| family |" in md.splitlines()[5].replace(" method |", "") or "family" in md
     assert "| modes | high_quality | nll |" in md
     assert (out / "trilemma.png").stat().st_size > 1000
+
+
+def test_report_on_a_family_this_version_does_not_know_is_one_line(tmp_path, capsys):
+    from difflab.training.families import FAMILY_RUN_FORMAT
+
+    run_dir = tmp_path / "future"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"format": FAMILY_RUN_FORMAT, "family": "flowmatch",
+                                                     "data": "toy:25gaussians", "shape": [2], "train": {}}))
+    assert main(["report", "--run", str(run_dir), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown family 'flowmatch'" in err and str(run_dir) in err
+    assert not (tmp_path / "rep").exists()  # nothing written

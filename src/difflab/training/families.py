@@ -126,7 +126,10 @@ def load_generator(run_dir: str | Path, ema: bool = True, device: torch.device |
     """Rebuild a gan / vae / ddgan run folder (EMA weights by default) from its JSON and safetensors."""
     run_dir = Path(run_dir)
     rc = read_folder_config(run_dir, FAMILY_RUN_FORMAT, "gan / vae / ddgan run", " (a diffusion run? use load_run)")
-    cls = family_class(rc.get("family", ""))
+    if rc.get("family") not in FAMILIES:  # e.g. a family added in a later version: one line naming the folder
+        raise CheckpointError(f"{run_dir / CONFIG}: unknown family {rc.get('family')!r}; this version knows "
+                              f"{', '.join(FAMILIES)} (and diffusion runs)")
+    cls = FAMILIES[rc["family"]]
     try:
         recipe = cls.recipe.from_dict(rc["train"], where=str(run_dir / CONFIG))
         modules = cls.build(recipe, tuple(rc["shape"]), int(rc.get("num_classes", 0)))
