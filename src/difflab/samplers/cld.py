@@ -109,14 +109,16 @@ def sample_cld_ode(score: Score, process: CLD, u: Tensor, steps: int = 0, *, gen
 
     def rhs(t: Tensor, y: Tensor) -> Tensor:
         nonlocal calls
-        s = _call(score, y, float(t), calls, 0, callback)
+        tf = max(float(t), process.t_min)  # the solver steps past t_denoise and interpolates back: stay where t >= eps
+        s = _call(score, y.to(u.dtype), tf, calls, 0, callback).to(y.dtype)
         calls += 1
-        b = float(process.beta(float(t)))
-        return process.drift(y, float(t)) - process.join(torch.zeros_like(s), process.Gamma * b * s)
+        b = float(process.beta(tf))
+        return process.drift(y, tf) - process.join(torch.zeros_like(s), process.Gamma * b * s)
 
-    span = torch.tensor([process.t_max, t_denoise], dtype=u.dtype, device=u.device)
-    u = odeint(rhs, u, span, rtol=rtol, atol=atol, method=method)[-1]
-    return _denoise(score, process, u, t_denoise, calls + 1, callback)
+    # the solver's state and time in float64: near t_denoise the v-relaxation is stiff and float32 steps underflow
+    span = torch.tensor([process.t_max, t_denoise], dtype=torch.float64, device=u.device)
+    y = odeint(rhs, u.to(torch.float64), span, rtol=rtol, atol=atol, method=method)[-1].to(u.dtype)
+    return _denoise(score, process, y, t_denoise, calls + 1, callback)
 
 
 def _denoise(score: Score, process: CLD, u: Tensor, t: float, n: int, callback: Callback | None) -> Tensor:
