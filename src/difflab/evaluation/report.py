@@ -90,7 +90,7 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
     return out_dir / "report.md"
 
 
-_MARKERS = {"diffusion": "o", "gan": "s", "ddgan": "D", "vae": "^"}
+_MARKERS = {"diffusion": "o", "gan": "s", "ddgan": "D", "vae": "^", "lsgm": "v", "cld": "P"}  # others: "o"
 
 
 def _fmt(v: Any) -> str:
