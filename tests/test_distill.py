@@ -192,3 +192,16 @@ def test_cli_consistency_distill_writes_a_run_that_samples_in_one_to_k_calls(tmp
     assert "using the tuned consistency grid" in capsys.readouterr().out
     assert main(["distill", "--run", str(tmp_path / "t"), "--method", "consistency", "--mu", "1",
                  "--out", str(tmp_path / "e")]) == 2
+
+
+def test_the_default_progressive_student_reads_a_copy_of_the_teachers_network_as_v():
+    from difflab.models.denoiser import Clamped
+    from difflab.training.distill import as_student
+
+    torch.manual_seed(0)
+    teacher = Denoiser(MLP(MLPConfig(dim=2, hidden=16, depth=2)), SCHED, "eps")
+    st = as_student(Clamped(teacher))
+    assert st.prediction == "v" and st.net is not teacher.net and st.schedule is SCHED
+    x, t = torch.randn(8, 2), torch.full((8,), 500.0)
+    torch.testing.assert_close(st.raw(x, t), teacher.raw(x, t))  # the same weights, read as v
+    assert as_student(teacher, None).prediction == "eps"
