@@ -235,6 +235,13 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return text
 
 
+NOTES = ("What was tried: a first latent run (2026-12-02 02:23 UTC, the same 8 minutes) used the pixel default "
+         "cosine table (sigma_max 2e4): unclamped, its x0 estimates blew the latents up to std 1600 and the decoded "
+         "samples were noise (FD 633, dopri5 NFE 123); the same network sampled from sigma 14.6 down gave digits, "
+         "hence the latent default table (docs/latent.md). The rows ran in separate benchmark slots at different "
+         "times, so their machine loads differ (listed per row); steps/s and seconds depend on it.")
+
+
 def render() -> Path:
     rows = [json.loads(p.read_text()) for p in sorted(DOCS.glob("latent_*.json"))]
     order = list(METHODS) + sorted({r["method"] for r in rows} - set(METHODS))
@@ -278,7 +285,7 @@ def render() -> Path:
         lines.append(f"- `{r['method']}`: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in extra.items()))
         lines.append(f"  command `{r.get('command', '')}`, started {r.get('date', '')}, load average {r.get('load', '')}")
-    lines += [""] + [f"![{r['method']}]({r['grid']}) " for r in rows if r.get("grid")] + [""]
+    lines += ["", NOTES, ""] + [f"![{r['method']}]({r['grid']}) " for r in rows if r.get("grid")] + [""]
     path = DOCS / "latent.md"
     path.write_text("\n".join(lines))
     return path
