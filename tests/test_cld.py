@@ -230,3 +230,17 @@ def _cfg(tmp_path):
     path = tmp_path / "cld.json"
     path.write_text('{"network": {"hidden": 32, "depth": 1}, "sample_steps": 4, "warmup_steps": 1}')
     return path
+
+
+def test_cli_train_and_sample_with_cld_samplers(tmp_path):
+    from difflab.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--family", "cld", "--data", "toy:moons", "--steps", "2", "--batch-size", "16",
+                 "--out", str(run), "--quiet", "--config", str(_cfg(tmp_path))]) == 0
+    for sampler, code in (("sscs", 0), ("ode", 0), ("dpmpp_2m", 2)):
+        assert main(["sample", "--run", str(run), "--sampler", sampler, "--steps", "3", "--num", "8",
+                     "--out", str(tmp_path / "s.npz")]) == code
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (8, 2)
+    assert main(["train", "--family", "cld", "--data", "toy:moons", "--conditional", "--out",
+                 str(tmp_path / "c")]) == 2
