@@ -103,8 +103,8 @@ def main() -> int:
         f"| difflab `ddim` on the export imported back | {med['difflab (imported back)']:.2f} | "
         f"{med['diffusers'] / med['difflab (imported back)']:.2f}x | {diffs['difflab (imported back)']:.2e} |",
         "",
-        "Speed is diffusers' time divided by difflab's (above 1: difflab faster). The samples lie in about [-1, 1]; "
-        "the differences come from float32 rounding (diffusers keeps its alpha-bar table in float32, difflab in "
+        "Speed is diffusers' time divided by difflab's (above 1: difflab faster). The differences (samples are not clipped) "
+        "come from float32 rounding (diffusers keeps its alpha-bar table in float32, difflab in "
         "float64). The export imported back is the same network bit for bit (tests/test_interop.py), so its row "
         "repeats the second one; a difference there would be a mapping error.",
         "",
