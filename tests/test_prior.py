@@ -99,7 +99,7 @@ def test_cli_sample_on_a_ve_run_starts_from_the_schedule_prior(tmp_path, monkeyp
     from difflab.training.conditioning import Conditioning
 
     loaded = SimpleNamespace(model=model, config={"shape": [2], "train": {}}, shape=(2,), step=0,
-                             conditioning=Conditioning())
+                             conditioning=Conditioning(), latent=False, to_data=lambda x: x)
     monkeypatch.setattr(cli_sample, "load_run", lambda *a, **k: loaded)
     n = 2000
     out = tmp_path / "s.npz"
