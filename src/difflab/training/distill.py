@@ -160,6 +160,7 @@ class ConsistencyDistillation(Family):
         self.student = student.train().requires_grad_(True)
         self.target = copy.deepcopy(student).requires_grad_(False)
         self.mu, self.solver, self.metric, self.cond_fn = mu, solver, metric, cond_fn
+        self._updated_at = -1
         self.modules = {"model": self.student, "target": self.target}  # the target is saved and resumed, not optimised
         self.optimizers = {"model": OptimizerSpec(("model",))}
         self.ema = ()
@@ -171,7 +172,9 @@ class ConsistencyDistillation(Family):
             pt.lerp_(p.detach(), 1.0 - self.mu)
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        self._update_target()
+        if batch.step != self._updated_at:  # once per optimisation step, also with accumulation micro-batches
+            self._update_target()
+            self._updated_at = batch.step
         self.target.eval()
         x0 = self.data.batch(batch.idx).to(batch.device)
         sig = self.sigmas.to(batch.device)
