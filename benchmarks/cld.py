@@ -123,6 +123,7 @@ def run_data(spec: str, minutes: float, num: int, seed: int, nll_num: int) -> di
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,6 +139,8 @@ def plot(res: dict, path: Path) -> None:
             ax.plot(r["nfe"], r[m], "*", ms=12, label=f"{r['model'].upper()} {r['sampler']} (adaptive)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(list(BUDGETS) + [500], [str(b) for b in BUDGETS] + ["500"])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("model calls (NFE)")
     ax.set_ylabel(m.upper() + " (lower is better)")
     ax.set_title(f"{res['data']}: CLD vs VP-SDE, {res['minutes']} min each")
@@ -215,6 +218,7 @@ def render() -> None:
                   f"{m['load_after']}; one thread per benchmark slot.", ""]
     verdict = []
     for res in results:
+        plot(res, OUT / f"cld_{res['slug']}.png")
         met = res["metric"]
         i = res["info"]
         lines += [f"## {res['data']}", "",
