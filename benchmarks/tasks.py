@@ -382,17 +382,48 @@ def write_md(r: dict, path: Path) -> None:
         for k, v in co["methods"].items():
             L.append(f"| {k} | {v['color_rmse']:.3f} | {v['fd_rgb']:.2f} | {v['luma_rmse']:.3f} |")
         L += ["", "Rows: input (gray), colorized with each sampler, truth.", "", "![colorize](tasks_colorize.png)", ""]
-    L += ["## Targets", "", *targets, ""]
+    if "cascade" in r:
+        L += ["## Reading the cascade figures", "", CASCADE_NOTE, ""]
+    L += ["## Targets", "", "RePaint's FD is that of the completed images, whose known pixels equal the input: "
+          "it differs between methods only through the masked region.", "", *targets, ""]
     L += ["## Runs", "", RUNS_NOTE, ""]
     path.write_text("\n".join(L) + "\n")
 
 
-RUNS_NOTE = ("Inpainting/SDEdit runs: `difflab train --data digits --threads 1` with a 16-channel U-Net config "
-             "(channel_mult [1, 2], 2 res blocks, attention at 4x4, dropout 0.1, batch 128, lr 2e-3): the "
-             "unconditional run for 8 + 4 minutes (resumed), the mask-conditioned run (`--task inpaint`) for 6 "
-             "minutes. The mask-conditioned model is trained on boxes, strokes and halves, so the random-pixel mask "
-             "is outside its training masks. Super-resolution, cascade and colorization runs: see docs/tasks.md "
-             "(the recipe) and the commands below.")
+CASCADE_NOTE = (
+    "Equal minutes did not give equal steps: in the first digits cascade the augmented 4 -> 8 stage made 359 "
+    "steps in its 2.5 minutes against the plain stage's 518 (the machine's load changed between them), and it "
+    "loses (FD 7.66 vs 5.86). Retrained to the same 518 steps it wins at every level 0-0.5 (4.37-5.38 against "
+    "5.86), with the blur (4.48 at 0.2) or without it (noise only, 4.42 at 0.2). On MNIST 7 -> 14 -> 28 "
+    "(step counts about equal, 1227 / 380 against 1282 / 408) the augmented cascade loses at every level (81 at 0.2, "
+    "the best of the sweep, against 52): with about 400 steps at 28x28 the stages are far from converged, and "
+    "the augmented task (recover the image from a blurred, noised input) is the harder one to learn in that "
+    "budget (its figure shows grey backgrounds and a few blobs from the augmented 28x28 stage, and the augmented 7 -> 14 stage at level 0.2 sometimes changes the digit the base drew); no longer MNIST training was run. In every augmented cascade level 0 is worse than 0.1-0.3: the "
+    "stages do use the level to discount their input's defects.")
+
+
+RUNS_NOTE = "\n".join([
+    "Inpainting/SDEdit runs: `difflab train --data digits --threads 1` with a 16-channel U-Net config "
+    "(channel_mult [1, 2], 2 res blocks, attention at 4x4, dropout 0.1, batch 128, lr 2e-3): the unconditional "
+    "run for 8 + 4 minutes (resumed), the mask-conditioned run (`--task inpaint`) for 6 minutes. The "
+    "mask-conditioned model is trained on boxes, strokes and halves, so the random-pixel mask is outside its "
+    "training masks.", "",
+    "Super-resolution, cascade and colorization runs (2026-12-02, 02:00-03:20 UTC, one benchmark slot each, one "
+    "thread, the machine shared with other jobs at load 2-15, so equal minutes did not give equal steps):",
+    "",
+    "- Low-res training folders: the block means of the digits / MNIST training images written as PNGs "
+    "(digits 4x4, MNIST 7x7 and 14x14).",
+    "- Digits (config D: the 16-channel U-Net above, batch 128, lr 2e-3): base `--data DIGITS4/ --image-size 4` "
+    "3 minutes; SR stages `--data digits --task superres --scale 2` with `--noise-aug` and without, 2.5 minutes "
+    "each; the regression U-Net 2.5 minutes (`benchmarks/tasks.py --train-regression OUT --like SR_RUN`); "
+    "`--data color:digits --task colorize` 2.5 minutes. The equal-steps cascades: the augmented stage retrained "
+    "with `--steps 518` (the plain stage's count), with the default blur and with `--aug-blur 0` (noise only).",
+    "- MNIST (config M: 16 channels, channel_mult [1, 2], 1 res block, no attention, batch 64, lr 2e-3): base "
+    "`--data MNIST7/ --image-size 7` with config D for 5 minutes; 7 -> 14 stages `--data MNIST14/ --image-size 14 "
+    "--task superres --scale 2` 2.5 minutes each; 14 -> 28 stages `--data mnist:/work/shared/data/mnist --task "
+    "superres --scale 2` 3 minutes each; the regression U-Net 3 minutes. Far fewer minutes than the digits "
+    "runs per pixel: these MNIST models are undertrained (about 400 steps at 28x28).",
+])
 
 
 def meta(args: argparse.Namespace) -> dict:
