@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (args.out / CONFIG).is_file():
         stored = read_json(args.out / CONFIG)
         base = dict(stored.get("train", {}))
+        base.setdefault("aug_blur", 0.0)  # a run saved before the blur augmentation trained without it
         if isinstance(stored.get("schedule"), dict):  # the schedule as built, with every parameter it used
             base["schedule"] = stored["schedule"]
         if args.minutes is not None and args.steps is None:  # more minutes on top of what the run has done
