@@ -280,7 +280,7 @@ def render() -> Path:
     lines = ["# Latent diffusion vs pixel diffusion (vs LSGM) on MNIST", "",
              f"Commands (one benchmark slot each, one thread): " + "; ".join(
                  f"`/tmp/benchslot .venv/bin/python {r.get('command', '')}`" for r in rows) +
-             "; then `.venv/bin/python benchmarks/latent.py --render`.", "",
+             "; then `.venv/bin/python benchmarks/latent.py --flops` (the FLOP count, which also renders this page).", "",
              f"Setup: {DATA.split(':')[0]} (60000 training images). Every method trains the same wall-clock budget "
              f"({', '.join(f'{m:g}' for m in minutes)} minutes). **pixel**: the diffusion family on 1x28x28 (MNIST "
              f"U-Net preset, cosine table T = 1000, eps prediction, batch {DIFFUSION['batch_size']}, lr "
