@@ -279,6 +279,20 @@ def test_cli_guided_sampling(cond_run, tmp_path):
             assert np.abs(other.astype(int) - base).max() >= 3, (sampler, name)
 
 
+def test_cli_guidance_interval(cond_run, tmp_path):
+    """--guidance-interval LO HI: an interval holding every noise level gives full CFG's samples, one holding none
+    gives the conditional model's, and one in between gives neither."""
+    import numpy as np
+
+    run = cond_run / "run"
+    draw = lambda name, *extra: _cli_samples(tmp_path / f"{name}.npz", run, "--label", 7, *extra)  # noqa: E731
+    full, plain = draw("full", "--guidance-scale", 3), draw("plain")
+    assert np.array_equal(draw("all", "--guidance-scale", 3, "--guidance-interval", 0, 1e12), full)
+    assert np.array_equal(draw("none", "--guidance-scale", 3, "--guidance-interval", 0, 1e-12), plain)
+    part = draw("part", "--guidance-scale", 3, "--guidance-interval", 0, 1.0)
+    assert not np.array_equal(part, full) and not np.array_equal(part, plain)
+
+
 def test_cli_more_samples_than_a_batch(cond_run, tmp_path):
     """--num above --batch-size: every sample is written, and the first batch is what --num 3 alone draws."""
     import numpy as np
@@ -328,6 +342,8 @@ def test_cli_train_clip(cond_run, tmp_path, capsys):
     (["--label", "3", "--guidance-scale", "-1"], ">= 0"),
     (["--label", "10"], "has classes 0..9"),
     (["--label", "-1"], "has classes 0..9"),
+    (["--label", "3", "--guidance-interval", "0", "1"], "needs --guidance-scale"),
+    (["--label", "3", "--guidance-scale", "2", "--guidance-interval", "2", "1"], "needs 0 <= LO < HI"),
 ])
 def test_cli_guidance_mistakes(cond_run, tmp_path, capsys, extra, message):
     from difflab.cli.main import main

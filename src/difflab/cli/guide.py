@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="text to generate (runs trained with a text_encoder), e.g. 'a thick seven'")
     p.add_argument("--guidance-scale", type=float, default=0.0, metavar="W",
                    help="classifier-free guidance weight w: (1 + w) eps(x, c) - w eps(x) (default 0 = off)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="apply classifier-free guidance only where LO < sigma <= HI (VE noise level; Kynkaanniemi "
+                        "et al. 2024; e.g. 0.28 5.42), the conditional model elsewhere")
     p.add_argument("--classifier", type=Path, metavar="DIR",
                    help="noisy classifier folder (difflab train-classifier) for classifier guidance of --label")
     p.add_argument("--classifier-scale", type=float, default=1.0, metavar="S",
@@ -52,7 +55,12 @@ def guided(args: argparse.Namespace, loaded: Any) -> tuple[Any, CondFn]:
     if args.guidance_scale:
         if args.label is None and (args.prompt is None or not text):
             raise UserError("--guidance-scale needs --label (class-conditional runs) or --prompt (text runs)")
-        model = ClassifierFreeGuidance(model, args.guidance_scale)
+        interval = getattr(args, "guidance_interval", None)
+        if interval is not None and not 0.0 <= interval[0] < interval[1]:
+            raise UserError(f"--guidance-interval {interval[0]:g} {interval[1]:g}: needs 0 <= LO < HI")
+        model = ClassifierFreeGuidance(model, args.guidance_scale, interval=interval)
+    elif getattr(args, "guidance_interval", None) is not None:
+        raise UserError("--guidance-interval needs --guidance-scale W > 0")
     if args.classifier is not None:
         if args.label is None:
             raise UserError("--classifier needs --label: the class to guide towards")
