@@ -41,7 +41,7 @@ RECIPES = {
         "ddgan": {"batch_size": 64, "lr": 2e-4, "lr_d": 4e-4, "d_steps": 2},
         "vae": {"batch_size": 64, "lr": 1e-3},
         "diffusion": {"batch_size": 64, "lr": 2e-3,
-                      "network": {"channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1}},
+                      "network": {"channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1]}},
     },
 }
 METHODS = "ddim:10,ddim:50,ddpm:100,ddpm:250"
