@@ -191,3 +191,21 @@ def test_single_image_folder_trains_but_has_no_test_split(tmp_path):
     assert len(load(str(tmp_path), "train")) == 1 and len(load(str(tmp_path), "all")) == 1
     with pytest.raises(DataError, match="1 image.*no held-out test split"):
         load(str(tmp_path), "test")
+
+
+def test_size_spec_shrinks_by_block_means():
+    """size:N:SPEC gives N x N images: the rounded mean of K x K blocks (the SR stages' low-res input) when N
+    divides the side, labels and split kept; the box filter otherwise; errors name the spec."""
+    from difflab.data import shrink
+    from difflab.errors import DataError
+
+    full, small = load("digits", "test"), load("size:4:digits", "test")
+    assert small.shape == (1, 4, 4) and small.stored.dtype == torch.uint8 and torch.equal(small.y, full.y)
+    blocks = full.stored.double().reshape(-1, 1, 4, 2, 4, 2).mean((3, 5))
+    assert (small.stored.double() - blocks).abs().max() <= 0.5
+    assert load("size:3:digits", "test").shape == (1, 3, 3)
+    assert torch.equal(shrink(torch.full((2, 3, 6, 6), 200, dtype=torch.uint8), 4), torch.full((2, 3, 4, 4), 200, dtype=torch.uint8))
+    for spec, msg in (("size:x:digits", "integer side"), ("size:4:toy:moons", "applies to images"),
+                      ("size:16:digits", "larger than the images"), ("size:4", "integer side")):
+        with pytest.raises(DataError, match=msg):
+            load(spec)

@@ -1,5 +1,6 @@
 """Datasets by spec: ``digits``, ``toy:NAME``, ``mnist:DIR`` or a path to a folder of images; ``color:SPEC`` colours a
-grayscale image set with a seeded foreground/background pair per image (for colorization).
+grayscale image set with a seeded foreground/background pair per image (for colorization); ``size:N:SPEC`` shrinks
+any image set to N x N (the base and middle stages of a cascade, e.g. ``size:7:mnist:DIR``).
 
 Images are held as uint8 [N, C, H, W] and converted per batch to float32 in [-1, 1] (``Dataset.batch``), a
 quarter of the memory of float storage; 2-D toy data is float32 [N, 2].
@@ -121,11 +122,35 @@ def colored(x: Tensor, seed: int = 0) -> Tensor:
     return (bg + (fg - bg) * x.float() / 255).round().clamp(0, 255).to(torch.uint8)
 
 
+def shrink(x: Tensor, n: int, spec: str = "") -> Tensor:
+    """uint8 images [N, C, H, W] -> [N, C, n, n]: the mean of K x K blocks when n divides both sides by K (the
+    low-res image of SR training), Pillow's box filter otherwise; rounded to uint8."""
+    h, w = x.shape[-2:]
+    if n > min(h, w):
+        raise DataError(f"--data {spec}: size {n} is larger than the images ({h}x{w}); size: only shrinks")
+    if h % n == 0 and w % n == 0 and h // n == w // n:
+        k = h // n
+        return torch.nn.functional.avg_pool2d(x.float(), k).round().clamp(0, 255).to(torch.uint8)
+    from PIL import Image
+
+    out = np.stack([np.stack([np.asarray(Image.fromarray(c).resize((n, n), Image.Resampling.BOX)) for c in img])
+                    for img in x.numpy()])
+    return torch.from_numpy(out)
+
+
 def load(spec: str, split: Split = "train", image_size: int | None = None, channels: int | None = None,
          seed: int = 0) -> Dataset:
     """Load a dataset by spec (see module docstring).  ``image_size`` applies to image folders (default 32)."""
     if split not in ("train", "test", "all"):
         raise DataError(f"unknown split {split!r}; choose train, test or all")
+    if spec.startswith("size:"):  # an image set shrunk to N x N (cascade stages)
+        n_text, _, rest = spec[5:].partition(":")
+        if not n_text.isdigit() or int(n_text) < 2 or not rest:
+            raise DataError(f"--data {spec}: expected size:N:SPEC with an integer side N >= 2, e.g. size:14:mnist:DIR")
+        inner = load(rest, split, image_size, channels, seed)
+        if inner.kind != "image":
+            raise DataError(f"--data {spec}: size: applies to images, and {rest!r} holds points")
+        return Dataset(shrink(inner.stored, int(n_text), spec), inner.y, spec, inner.class_names)
     if spec.startswith("color:"):  # a grayscale set coloured deterministically (colorization)
         inner = load(spec[6:], split, image_size, 1, seed)
         return Dataset(colored(inner.stored, seed), inner.y, spec, inner.class_names)
@@ -160,4 +185,4 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
     return Dataset(torch.from_numpy(x), torch.from_numpy(y), spec, classes)
 
 
-__all__ = ["Dataset", "load", "toy", "TOYS", "to_unit", "to_uint8"]
+__all__ = ["Dataset", "load", "shrink", "toy", "TOYS", "to_unit", "to_uint8"]
