@@ -127,7 +127,7 @@ def main() -> None:
         dirs = list(pool.map(lambda j: train(*j, args.data, kind, args.minutes, runs, args.seed, wrap), jobs))
     out = ROOT / "docs" / "benchmarks" / "trilemma_families" / tag
     cmd = [*wrap, PY, "-m", "difflab", "report", "--run", *map(str, dirs), "--methods", args.methods, "--num",
-           str(args.num), "--out", str(out), "--threads", "1", "--seed", str(args.seed)]
+           str(args.num), "--out", str(out), "--threads", "1", "--seed", str(args.seed), "--ref-num", "10000"]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     for d in dirs:  # the runs' own sample pictures beside the report

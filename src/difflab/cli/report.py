@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md and trilemma.png")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ref-num", type=int, default=10000, metavar="N",
+                   help="score against the first N reference examples (default 10000; the k-NN metrics hold an "
+                        "N x N distance matrix: all 60000 MNIST images need over 20 GB)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
@@ -51,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
     runs = [load_generator(r, device=args.device) if is_family_run(r) else load_run(r, device=args.device)
             for r in args.run]
     ref = load(args.data or runs[0].config["data"])
+    if args.ref_num < 10:
+        raise UserError(f"--ref-num must be at least 10, got {args.ref_num}")
+    if len(ref) > args.ref_num:
+        from ..data import Dataset
+
+        ref = Dataset(ref.x[:args.ref_num], None, ref.spec)
     for r, path in zip(runs, args.run):
         if getattr(r, "data_shape", r.shape) != ref.shape:  # a latent run: the decoded images
             raise UserError(f"{path} makes samples of shape {r.shape}, but {ref.spec} has {ref.shape}")
