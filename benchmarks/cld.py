@@ -244,6 +244,22 @@ def render() -> None:
                   f"{nv['ci95']:.4f}.", "",
                   f"![quality vs calls](cld_{res['slug']}.png)", "", f"![samples at 50 calls](cld_{res['slug']}_samples.png)",
                   ""]
+    for p in sorted(OUT.glob("cld-partial_*.json")):
+        part = json.loads(p.read_text())
+        met = part["metric"]
+        table = {(r["model"], r["sampler"], r["budget"]): r[met] for r in part["rows"]}
+        lines += [f"## {part['data']} (partial)", "", part["note"], "", f"Rows collected from the run's log: "
+                  f"`.venv/bin/python benchmarks/cld.py --collect-log LOG --data {part['data']} --minutes "
+                  f"{part['minutes']} --num {part['num']}`.", "",
+                  "| model calls | CLD EM | CLD SSCS | VP EM | VP PC |", "|---|---|---|---|---|"]
+        for b in BUDGETS:
+            cells = [table.get((k, s, b)) for k, s in (("cld", "em"), ("cld", "sscs"), ("vp", "euler_maruyama"),
+                                                        ("vp", "pc"))]
+            if any(c is not None for c in cells):
+                lines.append(f"| {b} | " + " | ".join("not run" if c is None else f"{c:.4g}" for c in cells) + " |")
+            if all(c is not None for c in cells[:3]):
+                verdict.append((part["data"], b, cells))
+        lines.append("")
     lines += ["## Targets", ""]
     sscs_wins = [(d, b) for d, b, c in verdict if c[1] < c[0]]
     beats_vp = [(d, b) for d, b, c in verdict if b <= 50 and c[1] < c[2]]
@@ -277,8 +293,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="toys")
     ap.add_argument("--render", action="store_true")
+    ap.add_argument("--collect-log", type=Path, help="a run's printed rows -> a partial section (a run cut short)")
+    ap.add_argument("--note", default="")
     a = ap.parse_args()
     if a.render:
+        return render()
+    if a.collect_log:
+        rows = [json.loads(l) for l in a.collect_log.read_text().splitlines() if l.startswith("{")]
+        spec = a.data[0]
+        metric = "sw2" if spec.startswith("toy:") else "fd"
+        (OUT / f"cld-partial_{spec.replace('toy:', '')}.json").write_text(json.dumps(
+            {"data": spec, "metric": metric, "rows": rows, "minutes": a.minutes, "num": a.num, "note": a.note},
+            indent=1))
         return render()
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
