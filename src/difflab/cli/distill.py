@@ -44,10 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import load
     from ..models.denoiser import Clamped
     from ..samplers import grids
-    from ..training import load_run
     from ..training.checkpoint import CHECKPOINT, CONFIG, read_json, write_json
     from ..training.config import FitConfig
     from ..training.distill import as_student, distill_round
@@ -62,12 +60,7 @@ def run(args: argparse.Namespace) -> int:
     rounds = math.log2(args.start / args.steps)
     if rounds != int(rounds):
         raise UserError(f"--start / --steps must be a power of 2, got {args.start} / {args.steps}")
-    loaded = load_run(args.run, device=args.device)
-    if loaded.latent:
-        raise UserError(f"{args.run} is a latent diffusion run; distill supports pixel runs")
-    if loaded.conditioning.num_classes:
-        raise UserError(f"{args.run} is conditional; distill supports unconditional runs")
-    data = load(loaded.config["data"])
+    loaded, data = _teacher(args)
     rounds = int(rounds)
     per_round = dict(minutes=args.minutes / rounds, steps=10**9) if args.minutes else dict(steps=args.round_steps)
     cfg = FitConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, warmup_steps=0,
@@ -94,14 +87,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher(args: argparse.Namespace):
+    """The teacher run of args.run and its training data; latent and conditional runs are refused."""
+    from ..data import load
+    from ..training import load_run
+
+    loaded = load_run(args.run, device=args.device)
+    if loaded.latent:
+        raise UserError(f"{args.run} is a latent diffusion run; distill supports pixel runs")
+    if loaded.conditioning.num_classes:
+        raise UserError(f"{args.run} is conditional; distill supports unconditional runs")
+    return loaded, load(loaded.config["data"])
+
+
 def _consistency(args: argparse.Namespace) -> int:
     """Consistency distillation of args.run into args.out (Song et al. 2023, Alg. 2)."""
     import torch
 
-    from ..data import load
     from ..models.denoiser import Clamped, ConsistencyDenoiser
     from ..samplers import grids
-    from ..training import load_run
     from ..training.checkpoint import CONFIG, read_json, write_json
     from ..training.config import FitConfig
     from ..training.distill import as_student, distill_consistency
@@ -113,12 +117,7 @@ def _consistency(args: argparse.Namespace) -> int:
         raise UserError(f"--levels must be >= 2, got {args.levels}")
     if not 0.0 <= args.mu < 1.0:
         raise UserError(f"--mu must lie in [0, 1), got {args.mu}")
-    loaded = load_run(args.run, device=args.device)
-    if loaded.latent:
-        raise UserError(f"{args.run} is a latent diffusion run; distill supports pixel runs")
-    if loaded.conditioning.num_classes:
-        raise UserError(f"{args.run} is conditional; distill supports unconditional runs")
-    data = load(loaded.config["data"])
+    loaded, data = _teacher(args)
     budget = dict(minutes=args.minutes, steps=10**9) if args.minutes else dict(steps=args.round_steps)
     cfg = FitConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, warmup_steps=0,
                     checkpoint_every=10**9, **budget)

@@ -16,21 +16,9 @@ from torch import Tensor
 
 from ..schedules.cld import CLD
 from .gaussian import LOG2
+from .ode import _divergence
 
 Score = Callable[[Tensor, Tensor], Tensor]
-
-
-def _div_v(s: Tensor, v: Tensor, trace: str, probe: Tensor | None) -> Tensor:
-    """div_v s per example [B]: exact (one VJP per dimension) or Hutchinson's z^T (ds/dv) z."""
-    if trace == "hutchinson":
-        (g,) = torch.autograd.grad(s, v, probe)
-        return (g * probe).flatten(1).sum(1)
-    ff, d = s.flatten(1), s[0].numel()
-    div = torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
-    for i in range(d):
-        (g,) = torch.autograd.grad(ff[:, i].sum(), v, retain_graph=i < d - 1)
-        div = div + g.flatten(1)[:, i]
-    return div
 
 
 def ode_log_prob(score: Score, process: CLD, u: Tensor, *, trace: Literal["hutchinson", "exact"] = "hutchinson",
@@ -62,7 +50,7 @@ def ode_log_prob(score: Score, process: CLD, u: Tensor, *, trace: Literal["hutch
             x, v = process.split(state[0].detach())
             v = v.requires_grad_(True)
             s = score(process.join(x, v), torch.full((B,), tf, dtype=u.dtype, device=u.device))
-            div_s = _div_v(s, v, trace, probe)
+            div_s = _divergence(s, v, trace, probe)
         du = process.drift(state[0], tf) - process.join(torch.zeros_like(s), process.Gamma * b * s.detach())
         div = -process.Gamma * b / process.M * d - process.Gamma * b * div_s.detach()
         return du, div

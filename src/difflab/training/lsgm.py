@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..data import Dataset
 from ..errors import UserError
 from ..likelihood.gaussian import LOG2
-from ..likelihood.lsgm import TimeSampling, dsm_cross_entropy, latent_gaussian, lsgm_bound, reconstruction, sample_time
+from ..likelihood.lsgm import TimeSampling, dsm_cross_entropy, latent_gaussian, lsgm_bound, sample_time
 from ..models.denoiser import Denoiser
 from ..models.lsgm import LSGMNetConfig, build_lsgm_nets
 from ..schedules import VP
