@@ -6,8 +6,8 @@ EMA and minutes; then CLD with EM / SSCS and VP with Euler-Maruyama / predictor-
 calls (PC: 2 calls per level), both probability-flow ODEs with adaptive solvers, and NLL bounds on the test split.
 Quality on held-out data: sliced Wasserstein-2 on 2-D toys, FD in the digits feature space on images.
 
-    /tmp/benchslot .venv/bin/python benchmarks/cld.py --data toy:checkerboard toy:swiss_roll --minutes 2.5 --tag toys
-    /tmp/benchslot .venv/bin/python benchmarks/cld.py --data digits --minutes 4 --tag digits
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cld.py --data toy:checkerboard toy:swiss_roll --minutes 2.5 --tag toys
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cld.py --data digits --minutes 4 --tag digits
     .venv/bin/python benchmarks/cld.py --render  # docs/benchmarks/cld.md from the JSON of both
 """
 from __future__ import annotations
@@ -215,7 +215,7 @@ def render() -> None:
              "per level, so PC at 20 calls has 10 levels. Sampling seeds differ from the training seed.", ""]
     for m in meta:
         lines += [f"Command: `{m['command']}`  ", f"Date: {m['date']}; load before / after: {m['load_before']} / "
-                  f"{m['load_after']}; one thread per benchmark slot.", ""]
+                  f"{m['load_after']}; one thread, at most two benchmarks at a time.", ""]
     verdict = []
     for res in results:
         plot(res, OUT / f"cld_{res['slug']}.png")
@@ -317,7 +317,7 @@ def main() -> None:
         results.append(res)
     for r in results:
         r.pop("pictures")
-    cmd = "/tmp/benchslot .venv/bin/python benchmarks/cld.py " + " ".join(
+    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cld.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(a).items()
         if k != "render")
     meta = {"command": cmd, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -80,7 +80,7 @@ def main() -> int:
     step = ours.step
     shutil.rmtree(tmp, ignore_errors=True)
     kind = pipe.unet.config.time_embedding_type
-    cmd = "/tmp/benchslot .venv/bin/python benchmarks/interop.py " + " ".join(sys.argv[1:])
+    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/interop.py " + " ".join(sys.argv[1:])
     lines = [
         "# diffusers interop: the same model sampled by diffusers and by difflab",
         "",

@@ -1,7 +1,7 @@
 """Pixel diffusion vs latent diffusion (vs LSGM) on MNIST, each trained the same wall-clock minutes.
 
-    /tmp/benchslot .venv/bin/python benchmarks/latent.py --methods pixel --minutes 8
-    /tmp/benchslot .venv/bin/python benchmarks/latent.py --methods latent --minutes 8
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latent.py --methods pixel --minutes 8
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/latent.py --methods latent --minutes 8
     .venv/bin/python benchmarks/latent.py --render
 
 Each method is a function ``fn(minutes, data, seed, work=..., num=...) -> row`` in ``METHODS``; a run writes
@@ -278,8 +278,8 @@ def render() -> Path:
     rows.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else 99)
     minutes = sorted({r.get("train_minutes") for r in rows})
     lines = ["# Latent diffusion vs pixel diffusion (vs LSGM) on MNIST", "",
-             f"Commands (one benchmark slot each, one thread): " + "; ".join(
-                 f"`/tmp/benchslot .venv/bin/python {r.get('command', '')}`" for r in rows) +
+             f"Commands (one thread each, at most two benchmarks at a time): " + "; ".join(
+                 f"`OMP_NUM_THREADS=1 .venv/bin/python {r.get('command', '')}`" for r in rows) +
              "; then `.venv/bin/python benchmarks/latent.py --flops` (the FLOP count, which also renders this page).", "",
              f"Setup: {DATA.split(':')[0]} (60000 training images). Every method trains the same wall-clock budget "
              f"({', '.join(f'{m:g}' for m in minutes)} minutes). **pixel**: the diffusion family on 1x28x28 (MNIST "

@@ -2,7 +2,7 @@
 the score prior, and the latent dopri5 (rtol = atol = 1e-3) and Heun (10 steps) samplers; 500 samples against the
 MNIST test set, scored as in benchmarks/latent.py.  Prints JSON.
 
-    /tmp/benchslot .venv/bin/python benchmarks/lsgm_diagnostics.py RUN_DIR
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lsgm_diagnostics.py RUN_DIR
 """
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def main() -> int:
             shot = f"no screenshot ({type(e).__name__}: {str(e).splitlines()[0]})"
     finally:
         srv.stop()
-    cmd = "/tmp/benchslot .venv/bin/python benchmarks/serve.py " + " ".join(sys.argv[1:])
+    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/serve.py " + " ".join(sys.argv[1:])
     lines = [
         "# difflab serve: latency under load and the cost of the step previews",
         "",
