@@ -48,17 +48,40 @@ def _gauss_ce(mq, vq, mp, vp):
     return float((0.5 * (math.log(2 * math.pi) + torch.log(vp) + (vq + (mq - mp) ** 2) / vp)).sum())
 
 
-def test_time_sampling_weight_is_the_likelihood_weighting_over_the_density():
+@pytest.mark.parametrize("sde", ["vp", "geometric_vp"])
+def test_time_sampling_weight_is_the_likelihood_weighting_over_the_density(sde):
     # w / r = (g^2 / sigma^2)(t(u)) dt/du for each scheme (central differences of the inverse CDF u -> t), and t(0),
     # t(1) are the ends of [eps, 1]
+    sched = LSGMConfig(sde=sde).schedule()
     u, h = torch.linspace(0.01, 0.99, 99, dtype=torch.float64), 1e-6
     for mode in ("ll_iw", "logsnr", "uniform"):
-        t, w = sample_time(SCHED, u, mode)
-        dt = (sample_time(SCHED, u + h, mode)[0] - sample_time(SCHED, u - h, mode)[0]) / (2 * h)
-        g2 = SCHED.sde(t)[1]
-        assert torch.allclose(w, g2 / SCHED.sigma(t) ** 2 * dt, rtol=1e-5)
-        ends = sample_time(SCHED, torch.tensor([0.0, 1.0], dtype=torch.float64), mode)[0]
+        t, w = sample_time(sched, u, mode)
+        dt = (sample_time(sched, u + h, mode)[0] - sample_time(sched, u - h, mode)[0]) / (2 * h)
+        g2 = sched.sde(t)[1]
+        assert torch.allclose(w, g2 / sched.sigma(t) ** 2 * dt, rtol=1e-5)
+        ends = sample_time(sched, torch.tensor([0.0, 1.0], dtype=torch.float64), mode)[0]
         assert torch.allclose(ends, torch.tensor([0.01, 1.0], dtype=torch.float64), rtol=1e-9)
+
+
+def test_geometric_vp_sde():
+    # sigma^2(t) geometric and alpha^2 + sigma^2 = 1; beta = g^2 = -d log alpha^2 / dt (central differences);
+    # t_from_log_snr inverts log_snr; the likelihood weighting's importance sampling is uniform t (LSGM sec. 3.4)
+    from difflab.schedules import GeometricVP, from_config
+
+    g = LSGMConfig(sde="geometric_vp").schedule()
+    assert isinstance(g, GeometricVP) and from_config(g.config()).config() == g.config()
+    t, h = torch.linspace(0.02, 0.98, 49, dtype=torch.float64), 1e-6
+    var = g.sigma(t) ** 2
+    assert torch.allclose(var, 3e-5 * (0.999 / 3e-5) ** t, rtol=1e-12)
+    assert torch.allclose(g.alpha(t) ** 2 + var, torch.ones_like(t), atol=1e-14)
+    dlog_a2 = (torch.log(g.alpha(t + h) ** 2) - torch.log(g.alpha(t - h) ** 2)) / (2 * h)
+    f, g2 = g.sde(t)
+    assert torch.allclose(g2, -dlog_a2, rtol=1e-6) and torch.allclose(f, -0.5 * g2)
+    assert torch.allclose(g.t_from_log_snr(g.log_snr(t)), t, atol=1e-12)
+    u = torch.linspace(0, 1, 11, dtype=torch.float64)
+    assert torch.allclose(sample_time(g, u, "ll_iw")[0], 0.01 + 0.99 * u, atol=1e-12)
+    with pytest.raises(Exception, match="sigma2_min < sigma2_max"):
+        LSGMConfig(sde="geometric_vp", sigma2_min=0.5, sigma2_max=0.1).check()
 
 
 def test_ce_formula_exact_for_a_diffused_gaussian_prior_by_quadrature():
@@ -164,6 +187,10 @@ def test_family_samples_decode_to_the_data_shape_deterministically(digits):
     assert c.shape == (3, 1, 8, 8) and calls == 4
     assert [p.optimizer for p in fam.phases] == ["vae", "prior"] and fam.phases[1].minimize == "prior_loss"
     assert [p.optimizer for p in LSGMFamily(LSGMConfig(network=TINY, update="joint"), digits).phases] == ["model"]
+    geo = LSGMConfig(network=TINY, steps=2, batch_size=16, sde="geometric_vp", sampler="heun", sample_steps=3)
+    g_fam = LSGMFamily(geo, digits)
+    d, _ = g_fam.draw(g_fam.modules, geo, 2, torch.Generator().manual_seed(0))  # the geometric VP's latent ODE
+    assert d.shape == (2, 1, 8, 8) and bool(torch.isfinite(d).all())
 
 
 def test_lsgm_needs_images():

@@ -10,13 +10,13 @@ from typing import Any
 from . import discrete as _d
 from .base import Schedule, append_dims, as_tensor
 from .cld import CLD
-from .continuous import VE, VP, Cosine, SubVP
+from .continuous import VE, VP, Cosine, GeometricVP, SubVP
 from .discrete import DiscreteSchedule
 from .learned import LearnedSchedule
 from .process import ForwardProcess, ScalarProcess, as_process, is_scalar, require_scalar
 
 _DISCRETE = {"linear": _d.linear, "cosine": _d.cosine, "quadratic": _d.quadratic, "sigmoid": _d.sigmoid}
-_CONTINUOUS = {"vp": VP, "linear": VP, "subvp": SubVP, "sub-vp": SubVP, "ve": VE, "cosine": Cosine,
+_CONTINUOUS = {"vp": VP, "linear": VP, "subvp": SubVP, "sub-vp": SubVP, "ve": VE, "cosine": Cosine, "geometric_vp": GeometricVP,
                "learned": LearnedSchedule}
 
 

@@ -66,6 +66,47 @@ class VP(_Continuous):
                 "t_min": self.t_min, "t_max": self.t_max}
 
 
+class GeometricVP(_Continuous):
+    """Geometric VP SDE: sigma^2(t) = sigma2_min (sigma2_max / sigma2_min)^t, alpha^2 = 1 - sigma^2, so
+    beta(t) = log(sigma2_max / sigma2_min) sigma^2 / (1 - sigma^2) and g^2 / sigma^2 is nearly constant in t
+    (Vahdat et al. 2021, LSGM sec. 3.4: uniform t is then close to the likelihood weighting's importance sampling).
+    """
+
+    def __init__(self, sigma2_min: float = 3e-5, sigma2_max: float = 0.999, t_min: float = 1e-2, t_max: float = 1.0):
+        if not 0 < sigma2_min < sigma2_max < 1:
+            raise ValueError(f"geometric VP needs 0 < sigma2_min < sigma2_max < 1, got {sigma2_min}, {sigma2_max}")
+        if not 0 <= t_min < t_max:
+            raise ValueError(f"geometric VP needs 0 <= t_min < t_max, got {t_min}, {t_max}")
+        self.sigma2_min, self.sigma2_max, self.t_min, self.t_max = sigma2_min, sigma2_max, t_min, t_max
+        self._log_ratio = math.log(sigma2_max / sigma2_min)
+
+    def _log_var(self, t: Tensor) -> Tensor:
+        return math.log(self.sigma2_min) + as_tensor(t) * self._log_ratio
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        lv = self._log_var(t)
+        return torch.log(-torch.expm1(lv)) - lv
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        lv = -torch.nn.functional.softplus(as_tensor(lam))  # log sigma^2 = log sigmoid(-lambda)
+        return (lv - math.log(self.sigma2_min)) / self._log_ratio
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(self._log_var(t)))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.exp(0.5 * self._log_var(t))
+
+    def sde(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        var = torch.exp(self._log_var(t))
+        beta = self._log_ratio * var / (1 - var)
+        return -0.5 * beta, beta
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "geometric_vp", "sigma2_min": self.sigma2_min, "sigma2_max": self.sigma2_max,
+                "t_min": self.t_min, "t_max": self.t_max}
+
+
 class SubVP(VP):
     """Sub-VP SDE: alpha(t) = exp(-1/2 int beta), sigma(t) = 1 - exp(-int beta) (Song et al. 2021, eq. 29)."""
 

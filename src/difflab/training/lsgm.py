@@ -28,7 +28,7 @@ from ..likelihood.gaussian import LOG2
 from ..likelihood.lsgm import TimeSampling, dsm_cross_entropy, latent_gaussian, lsgm_bound, sample_time
 from ..models.denoiser import Denoiser
 from ..models.lsgm import LSGMNetConfig, build_lsgm_nets
-from ..schedules import VP
+from ..schedules import VP, GeometricVP
 from ..utils.config import require
 from .config import FitConfig
 from .engine import Batch, Family, OptimizerSpec, Phase
@@ -43,8 +43,11 @@ class LSGMConfig(FitConfig):
     """Recipe of an LSGM run: networks (LSGMNetConfig fields), the VP SDE, t sampling, update mode and sampler."""
 
     network: dict[str, Any] = dataclasses.field(default_factory=dict)
-    beta_min: float = 0.1
+    sde: Literal["vp", "geometric_vp"] = "vp"  # the latent SDE: linear-beta VP or LSGM's geometric VP
+    beta_min: float = 0.1  # sde = vp
     beta_max: float = 20.0
+    sigma2_min: float = 3e-5  # sde = geometric_vp: sigma^2(t) = sigma2_min (sigma2_max / sigma2_min)^t
+    sigma2_max: float = 0.999
     t_eps: float = 0.01
     t_sampling: TimeSampling = "ll_iw"
     update: Literal["separate", "joint"] = "separate"
@@ -67,6 +70,9 @@ class LSGMConfig(FitConfig):
         require(0 < self.beta_min <= self.beta_max, f"{n} needs 0 < beta_min <= beta_max, got {self.beta_min!r}, "
                                                     f"{self.beta_max!r}")
         require(0 < self.t_eps < 1, f"{n}.t_eps must lie in (0, 1), got {self.t_eps!r}")
+        require(self.sde in ("vp", "geometric_vp"), f"{n}.sde must be 'vp' or 'geometric_vp', got {self.sde!r}")
+        require(0 < self.sigma2_min < self.sigma2_max < 1,
+                f"{n} needs 0 < sigma2_min < sigma2_max < 1, got {self.sigma2_min!r}, {self.sigma2_max!r}")
         require(self.t_sampling in ("ll_iw", "logsnr", "uniform"),
                 f"{n}.t_sampling must be ll_iw, logsnr or uniform, got {self.t_sampling!r}")
         require(self.update in ("separate", "joint"), f"{n}.update must be separate or joint, got {self.update!r}")
@@ -79,8 +85,10 @@ class LSGMConfig(FitConfig):
         self.require_ints(("sample_steps",), 1)
         require(self.rtol > 0 and self.atol > 0, f"{n}.rtol and atol must be > 0, got {self.rtol!r}, {self.atol!r}")
 
-    def schedule(self) -> VP:
-        """The VP SDE on [t_eps, 1] (Song et al. 2021, eq. 11)."""
+    def schedule(self) -> VP | GeometricVP:
+        """The latent SDE on [t_eps, 1]: VP (Song et al. 2021, eq. 11) or geometric VP (Vahdat et al. 2021, sec. 3.4)."""
+        if self.sde == "geometric_vp":
+            return GeometricVP(self.sigma2_min, self.sigma2_max, t_min=self.t_eps, t_max=1.0)
         return VP(self.beta_min, self.beta_max, t_min=self.t_eps, t_max=1.0)
 
 
