@@ -114,6 +114,8 @@ def test_latent_sampling_decodes_to_data_shape(latent_run, tmp_path):
                    "--label", 3, "--guidance-scale", 1.5, "--out", tmp_path / f"{sampler}.npz") == 0
         with np.load(tmp_path / f"{sampler}.npz") as f:
             assert f["images"].shape == (6, 8, 8, 1) and f["images"].dtype == np.uint8
+    assert run("sample", "--run", latent_run / "ldm", "--num", 2, "--steps", 2, "--threshold", 0.99,
+               "--out", tmp_path / "t.npz") == 2  # latents are never thresholded: refused, not ignored
 
 
 def test_missing_or_changed_autoencoder_is_one_line_error(latent_run, tmp_path, capsys):

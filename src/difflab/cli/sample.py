@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")
     pixels = image and not loaded.latent  # a latent run clamps the decoded image, never the latents
+    if loaded.latent and args.threshold is not None:
+        raise UserError(f"--threshold: {args.run} is a latent diffusion run; its latents are never thresholded "
+                        "(the decoded image is clamped)")
     if pixels and args.threshold is not None:
         model = Thresholded(model, args.threshold)
     elif pixels and not args.no_clip:
