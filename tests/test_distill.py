@@ -52,16 +52,25 @@ def test_one_round_on_an_exact_gaussian_teacher_halves_the_steps_with_small_erro
     assert err(st) < 0.4 * err(teacher)  # measured 0.028 against the teacher's 0.122 at 4 steps
 
 
-def test_cli_distill_writes_a_run_that_samples_in_the_student_steps(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A 4-step MLP teacher on toy:moons (linear T = 100) made by `difflab train`."""
     from difflab.cli.main import main
 
-    cfg = tmp_path / "cfg.json"
+    d = tmp_path_factory.mktemp("teacher")
+    cfg = d / "cfg.json"
     cfg.write_text(json.dumps({"network": {"hidden": 32, "depth": 2}, "batch_size": 32, "sample_steps": 3,
                                "schedule": {"kind": "linear", "T": 100}}))
-    assert main(["train", "--data", "toy:moons", "--out", str(tmp_path / "t"), "--steps", "4", "--config", str(cfg),
+    assert main(["train", "--data", "toy:moons", "--out", str(d / "t"), "--steps", "4", "--config", str(cfg),
                  "--quiet"]) == 0
+    return d / "t"
+
+
+def test_cli_distill_writes_a_run_that_samples_in_the_student_steps(tmp_path, capsys, teacher_run):
+    from difflab.cli.main import main
+
     out = tmp_path / "d"
-    assert main(["distill", "--run", str(tmp_path / "t"), "--steps", "2", "--start", "8", "--round-steps", "3",
+    assert main(["distill", "--run", str(teacher_run), "--steps", "2", "--start", "8", "--round-steps", "3",
                  "--batch-size", "32", "--out", str(out), "--quiet"]) == 0
     grid = json.loads((out / "grids.json").read_text())["ddim:2:none"]["sigmas"]
     assert len(grid) == 3 and grid[-1] == 0.0
@@ -74,8 +83,8 @@ def test_cli_distill_writes_a_run_that_samples_in_the_student_steps(tmp_path, ca
     with np.load(tmp_path / "s.npz") as f:
         want = difflab.sample(model, x_T, "ddim", grid=torch.tensor(grid, dtype=torch.float64))
         assert np.allclose(f["samples"], want.numpy(), atol=1e-5)
-    assert main(["distill", "--run", str(tmp_path / "t"), "--steps", "3", "--start", "8", "--out", str(tmp_path / "e")]) == 2
-    assert main(["distill", "--run", str(tmp_path / "t"), "--steps", "2", "--start", "8", "--out", str(out)]) == 2
+    assert main(["distill", "--run", str(teacher_run), "--steps", "3", "--start", "8", "--out", str(tmp_path / "e")]) == 2
+    assert main(["distill", "--run", str(teacher_run), "--steps", "2", "--start", "8", "--out", str(out)]) == 2
 
 
 # Consistency distillation (Song et al. 2023)
@@ -169,17 +178,12 @@ def test_consistency_distillation_maps_noise_to_the_teachers_ode_endpoint_on_a_2
     assert err(one) < 0.3 * err(d)  # measured 0.13 against 0.84 (the modes are +-1.1 apart)
 
 
-def test_cli_consistency_distill_writes_a_run_that_samples_in_one_to_k_calls(tmp_path, capsys):
+def test_cli_consistency_distill_writes_a_run_that_samples_in_one_to_k_calls(tmp_path, capsys, teacher_run):
     from difflab.cli.main import main
     from difflab.models.denoiser import ConsistencyDenoiser
 
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"network": {"hidden": 32, "depth": 2}, "batch_size": 32, "sample_steps": 3,
-                               "schedule": {"kind": "linear", "T": 100}}))
-    assert main(["train", "--data", "toy:moons", "--out", str(tmp_path / "t"), "--steps", "4", "--config", str(cfg),
-                 "--quiet"]) == 0
     out = tmp_path / "c"
-    assert main(["distill", "--run", str(tmp_path / "t"), "--method", "consistency", "--steps", "2", "--levels", "6",
+    assert main(["distill", "--run", str(teacher_run), "--method", "consistency", "--steps", "2", "--levels", "6",
                  "--round-steps", "3", "--batch-size", "32", "--out", str(out), "--quiet"]) == 0
     model = difflab.training.load_run(out).model
     assert isinstance(model, ConsistencyDenoiser) and model.prediction == "v"
@@ -190,7 +194,7 @@ def test_cli_consistency_distill_writes_a_run_that_samples_in_one_to_k_calls(tmp
     assert main(["sample", "--run", str(out), "--sampler", "consistency", "--steps", "2", "--num", "8",
                  "--out", str(tmp_path / "s.npz")]) == 0
     assert "using the tuned consistency grid" in capsys.readouterr().out
-    assert main(["distill", "--run", str(tmp_path / "t"), "--method", "consistency", "--mu", "1",
+    assert main(["distill", "--run", str(teacher_run), "--method", "consistency", "--mu", "1",
                  "--out", str(tmp_path / "e")]) == 2
 
 
