@@ -66,6 +66,24 @@ def test_refuses_to_overwrite_and_resumes(toy_run, capsys):
     assert "was trained on 'toy:moons'" in capsys.readouterr().err
 
 
+def test_resume_without_data_uses_the_runs_folder_and_size(tmp_path, tiny_config):
+    from PIL import Image
+
+    from difflab.training.checkpoint import load_checkpoint
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "r"
+    cfg = tiny_config("unet")
+    assert run("train", "--data", folder, "--image-size", 8, "--out", out, "--steps", 2, "--config", cfg, "--quiet") == 0
+    assert run("train", "--out", out, "--steps", 4, "--resume", "--quiet") == 0  # folder and 8x8 from config.json
+    assert load_checkpoint(out).step == 4
+    assert json.loads((out / "config.json").read_text())["shape"] == [1, 8, 8]
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "--data", "/no/such/folder", "--out", "{tmp}/r", "--steps", "1"], "no such file or directory"),
     (["train", "--data", "toy:nope", "--out", "{tmp}/r", "--steps", "1"], "unknown toy distribution"),
@@ -75,6 +93,8 @@ def test_refuses_to_overwrite_and_resumes(toy_run, capsys):
     (["train", "--data", "digits", "--out", "{tmp}/r", "--config", "{tmp}/missing.json"], "does not exist"),
     (["train", "--data", "digits", "--out", "{tmp}/r", "--config", "{tmp}/notjson.json"], "not valid JSON"),
     (["train", "--data", "digits", "--out", "{tmp}/r", "--resume"], "holds no checkpoint"),
+    (["train", "--out", "{tmp}/r", "--steps", "1"], "--data is required"),
+    (["train", "--out", "{tmp}/r", "--steps", "1", "--resume"], "--data is required"),
     (["sample", "--run", "{tmp}/nothing", "--out", "{tmp}/x.png"], "does not exist"),
     (["sample", "--run", "{tmp}/nothing", "--out", "{tmp}/x.gif"], "must end in .png or .npz"),
     (["sample", "--run", "{tmp}/nothing", "--num", "0", "--out", "{tmp}/x.png"], "--num must be at least 1"),

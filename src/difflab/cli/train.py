@@ -18,9 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a diffusion model", description=(
         "Train a denoiser (L_simple / denoising score matching) and write a run folder with config.json, "
         "checkpoint.safetensors, log.csv, loss.png and samples.png."))
-    p.add_argument("--data", required=True, metavar="SPEC",
+    p.add_argument("--data", metavar="SPEC",
                    help="digits | toy:NAME (swiss_roll, moons, 8gaussians, 25gaussians, checkerboard, pinwheel, rings) | "
-                        "mnist:DIR | path to a folder of PNG/JPEG images")
+                        "mnist:DIR | path to a folder of PNG/JPEG images (with --resume: the run's own data by default)")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder to create (or resume)")
     p.add_argument("--family", choices=["diffusion", "gan", "vae", "ddgan", "lsgm", "cld"], default="diffusion",
                    help="model family (default diffusion; see docs/families.md)")
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         return launch(args.nproc)
     if args.image_size < 4:
         raise ConfigError(f"--image-size must be at least 4, got {args.image_size}")
+    if args.data is None:
+        _data_of_run(args)
     if args.family != "diffusion":
         return run_family(args)
     overrides = _engine_overrides(args) | {
@@ -134,6 +136,19 @@ def run_family(args: argparse.Namespace) -> int:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in res.losses.items())
         print(f"trained {args.family} {res.step} steps in {res.seconds:.0f} s ({losses}); run folder {res.run_dir}")
     return 143 if res.stopped == "terminated" else 0  # 128 + SIGTERM: stopped at a checkpoint
+
+
+def _data_of_run(args: argparse.Namespace) -> None:
+    """``--resume`` without ``--data``: the run's own data spec, image size and channels (from its config.json)."""
+    if not (args.resume and (args.out / CONFIG).is_file()):
+        raise UserError("--data is required (it may be left out only with --resume of an existing run)")
+    stored = read_json(args.out / CONFIG)
+    if "data" not in stored:
+        raise UserError(f"{args.out / CONFIG} names no data; pass --data")
+    args.data = stored["data"]
+    shape = stored.get("shape") or []
+    if len(shape) == 3:  # images: the size and channels a folder is loaded at
+        args.channels, args.image_size = args.channels or int(shape[0]), int(shape[1])
 
 
 def _config_sets(path: Path | None, key: str) -> bool:
