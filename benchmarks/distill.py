@@ -1,10 +1,11 @@
-"""Distilled students on digits: FD / recall of progressive and consistency students at 1-4 calls against the teacher's DDPM at 100 calls.
+"""Distilled students on digits or MNIST: FD / recall of progressive and consistency students at 1-4 calls against the teacher's DDPM at 100 calls.
 
     python benchmarks/distill.py --teacher RUN --student OUT1 --student OUT2 [--num 500] [--out docs/benchmarks/distill.md]
 
 Each student is a run written by ``difflab distill``; it is sampled with the sampler and grids stored in its
 grids.json (``ddim`` for progressive students, ``consistency`` for consistency students), from x_T of seed 0,
-denoised predictions clipped to [-1, 1], scored in the digits feature net against the training digits.
+denoised predictions clipped to [-1, 1], scored in the digits feature net against the training digits (MNIST
+teachers: the MNIST feature net against 10000 training images).
 """
 from __future__ import annotations
 
@@ -43,19 +44,21 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from difflab.data import load
-    from difflab.evaluation import get_extractor
+    from difflab.evaluation import features_for, get_extractor, reference_features
     from difflab.training import load_run
 
-    ex = get_extractor("digits")
-    ref = ex(load("digits").x)
     la = os.getloadavg()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t = load_run(args.teacher, device="cpu")
+    feat = features_for(t.config["data"])  # digits or mnist
+    ex = get_extractor(feat)
+    ref = reference_features(t.config["data"], "train", max_n=10000)  # MNIST: 10000 training images, seed 0
+    ref_text = (f"digits feature net against the {len(ref)} training digits" if feat == "digits"
+                else f"MNIST feature net against {len(ref)} training images (seed 0)")
     lines = [f"Command: `python {' '.join(sys.argv)}`  ", f"Date: {now}  ",
              f"Load (`uptime`) at the start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}  ",
              f"Teacher: {args.teacher} ({t.step} steps, prediction {t.config['prediction']}); {args.num} samples per "
-             "row, x_T from seed 0, x_0 clipped to [-1, 1], digits feature net against the 1497 training digits.", "",
+             f"row, x_T from seed 0, x_0 clipped to [-1, 1], {ref_text}.", "",
              "| model | sampler | calls | FD | FD / DDPM-100 | KID | precision | recall | coverage |",
              "|---|---|---|---|---|---|---|---|---|"]
     base = None

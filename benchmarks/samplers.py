@@ -371,25 +371,30 @@ DIGITS_METHODS = ("ddpm:100,ddim:10,ddim:20,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:20,h
                   "ipndm:5,ipndm:10,ipndm:20,euler:10")
 
 
-def digits(run: str, methods: str, num: int, command: str) -> str:
-    """FD / precision / recall of samplers on a digits run, default grids and the run's tuned grids (grids.json)."""
+def images(run: str, methods: str, num: int, command: str) -> tuple[str, str]:
+    """FD / precision / recall of samplers on an image run (digits or MNIST), default grids and the run's tuned
+    grids (grids.json); returns (markdown, data name)."""
     from difflab.cli.tune_steps import tuned_sigmas
-    from difflab.data import load
-    from difflab.evaluation import evaluate_features, get_extractor
+    from difflab.evaluation import evaluate_features, features_for, get_extractor, reference_features
     from difflab.models.denoiser import Clamped
     from difflab.training import load_run
 
     r = load_run(run, device="cpu")
     model = Clamped(r.model)
-    ex = get_extractor("digits")
-    ref = ex(load("digits").x)
+    spec = r.config["data"]
+    data_name = features_for(spec)  # digits or mnist
+    ex = get_extractor(data_name)
+    ref = reference_features(spec, "train", max_n=10000)  # MNIST: 10000 training images drawn with seed 0
+    ref_text = (f"the {len(ref)} training digits in the digits feature net" if data_name == "digits"
+                else f"{len(ref)} MNIST training images (seed 0) in the MNIST feature net")
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     la = os.getloadavg()
-    lines = ["# Few-call samplers on a digits run", "", f"Command: `{command}`  ", f"Date: {now}  ",
+    lines = [f"# Few-call samplers on a{'' if data_name == 'digits' else 'n'} {'digits' if data_name == 'digits' else 'MNIST'} run",
+             "", f"Command: `{command}`  ", f"Date: {now}  ",
              f"Load (`uptime`) at the start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}  ",
              f"Run: {run} ({r.step} steps, schedule {r.config['schedule']}, prediction {r.config['prediction']}); "
              f"{num} samples per row from the same x_T (seed 0), denoised predictions clipped to [-1, 1]; reference: "
-             "the 1497 training digits in the digits feature net; KID over 10 subsets.", "",
+             f"{ref_text}; KID over 10 subsets.", "",
              "| sampler | grid | calls | FD | KID | precision | recall | coverage |", "|---|---|---|---|---|---|---|---|"]
     rows = []
     for item in methods.split(","):
@@ -414,7 +419,7 @@ def digits(run: str, methods: str, num: int, command: str) -> str:
         lines += ["", f"Target: some solver at 10 calls within 1.2x of DDPM's {base[0]:.2f} at 100+ calls: best "
                   f"{best10[1]} at {best10[0]:.2f} = {best10[0] / base[0]:.2f}x, "
                   + ("met." if best10[0] <= 1.2 * base[0] else "**missed**.")]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", data_name
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -425,9 +430,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fresh", type=int, metavar="K", help="only the fresh-mixture comparison on K mixtures")
     ap.add_argument("--seed", type=int, help="base seed of --fresh (default: drawn from os.urandom)")
     ap.add_argument("--threads", type=int, help="torch threads")
-    ap.add_argument("--digits", metavar="RUN_DIR", help="only the digits FD table of this run (with its grids.json)")
-    ap.add_argument("--methods", default=DIGITS_METHODS, help="sampler:calls list for --digits")
-    ap.add_argument("--num", type=int, default=500, help="samples per row for --digits")
+    ap.add_argument("--digits", "--images", dest="images", metavar="RUN_DIR",
+                    help="only the FD table of this digits or MNIST run (with its grids.json), written to "
+                         "samplers_digits.md or samplers_mnist.md")
+    ap.add_argument("--methods", default=DIGITS_METHODS, help="sampler:calls list for --images")
+    ap.add_argument("--num", type=int, default=500, help="samples per row for --images")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -438,10 +445,10 @@ def main(argv: list[str] | None = None) -> None:
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "samplers_grid.md").write_text(text)
         return
-    if args.digits:
-        text = digits(args.digits, args.methods, args.num, command)
+    if args.images:
+        text, name = images(args.images, args.methods, args.num, command)
         print(text)
-        (OUT / "samplers_digits.md").write_text(text)
+        (OUT / f"samplers_{name}.md").write_text(text)
         return
     if args.fresh:
         text = fresh(args.fresh, 64 if args.quick else min(args.batch, 500), 32 if args.quick else 256, command, args.seed)

@@ -250,7 +250,8 @@ def cascade_section(base: Path, aug: list[Path], plain: list[Path], ref: Feature
 
 def colorize_section(run: Path, spec: str, n: int, sampler: str, steps: int, figure: Path) -> dict:
     """A colorization run on held-out colour images: RMSE to the true colours (RGB, [-1, 1] units) and FD of the
-    shipped digits net's features of R, G and B concatenated, against the grayscale input copied to RGB."""
+    shipped feature net's features of R, G and B concatenated (digits net on color:digits, MNIST net against 10000
+    training images on color:mnist), against the grayscale input copied to RGB."""
     from difflab.training.conditioning import grayscale
 
     loaded = load_run(run, device="cpu")
@@ -258,15 +259,17 @@ def colorize_section(run: Path, spec: str, n: int, sampler: str, steps: int, fig
     x = test.batch(torch.arange(min(n, len(test))))
     gray = grayscale(x)
     train = datasets.load(spec, "train")
-    xt = train.batch(torch.arange(len(train)))
-    ref = FeatureRef(xt, "digits", per_channel=True)
+    feat = "digits" if spec == "color:digits" else "mnist"
+    idx = (torch.arange(len(train)) if feat == "digits"
+           else torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:10000])
+    ref = FeatureRef(train.batch(idx), feat, per_channel=True)
 
     def scores(y: torch.Tensor) -> dict:
         y = y.clamp(-1, 1)
         return {"color_rmse": float((y - x).pow(2).mean().sqrt()), "fd_rgb": ref.fd(y),
                 "luma_rmse": float((grayscale(y) - gray).pow(2).mean().sqrt())}
 
-    out: dict = {"run": str(run), "run_step": loaded.step, "num": len(x), "methods": {}}
+    out: dict = {"run": str(run), "run_step": loaded.step, "num": len(x), "data": spec, "features": feat, "methods": {}}
     out["methods"]["gray_as_rgb"] = scores(gray.expand(-1, 3, -1, -1))
     out["methods"]["real"] = scores(x)
     rows = [gray.expand(-1, 3, -1, -1)]
@@ -295,31 +298,35 @@ def write_md(r: dict, path: Path) -> None:
          "(bicubic, regression U-Net, SR3); the cascade with and without noise-conditioning augmentation; "
          "colorization.", ""]
     targets = []
-    if "inpaint" in r:
-        L += ["## Inpainting (held-out digits test split)", ""] + _meta_line(r)
-        L += [f"Unconditional run: {r['run_step']} training steps; sampler {r['sampler']}, {r['steps']} steps per pass; "
-              f"mask-conditioned run (`--task inpaint`): {r.get('palette_run_step', '?')} steps. Real held-out digits "
-              f"score FD {r['fd_test_split']:.2f} on the same {r.get('num', 300)} images.", "",
+    for name, ri in r.get("inpaint_sets", {}).items():
+        suffix, title = ("", "digits test split") if name == "digits" else ("_mnist", "MNIST test images")
+        blocks = ("2x2" if name == "digits" else f"{ri.get('pool', 4)}x{ri.get('pool', 4)}")
+        L += [f"## Inpainting ({name}: held-out {title})", ""] + _meta_line(ri)
+        L += [f"Unconditional run `{ri['run']}`: {ri['run_step']} training steps; sampler {ri['sampler']}, "
+              f"{ri['steps']} steps per pass; mask-conditioned run (`--task inpaint`): "
+              f"{ri.get('palette_run_step', '?')} steps. Real held-out images score FD {ri['fd_test_split']:.2f} on "
+              f"the same {ri.get('num', 300)} images.", "",
               "Masked RMSE: error on the generated pixels against the true image ([-1, 1] units). FD of the completed "
               "images (known pixels included).", "",
               "| mask | method | masked RMSE | FD | seconds |", "|---|---|---|---|---|"]
-        for mname, by in r["inpaint"].items():
+        for mname, by in ri["inpaint"].items():
             for meth, v in by.items():
                 L.append(f"| {mname} | {meth} | {v['masked_rmse']:.3f} | {v['fd']:.2f} | {v['seconds']:.0f} |")
         L += ["", "Rows of each figure: masked input (holes grey), truth, then one row per method in the table's "
               "order.", ""]
-        L += [f"![{m}](tasks_inpaint_{m}.png)" for m in r["inpaint"]]
-        L += ["", "## SDEdit: faithfulness vs realism", "",
-              "Guides: the test digits averaged over 2x2 blocks (blocky strokes). L2: per-image distance to the guide.",
-              "", "| strength | L2 to guide | FD |", "|---|---|---|"]
-        for s_, v in r["sdedit"].items():
+        L += [f"![{name} {m}](tasks_inpaint{suffix}_{m}.png)" for m in ri["inpaint"]]
+        L += ["", f"## SDEdit: faithfulness vs realism ({name})", "",
+              f"Guides: the held-out images averaged over {blocks}-pixel blocks (blocky strokes). L2: per-image "
+              "distance to the guide. DDIM, the same steps.", "", "| strength | L2 to guide | FD |", "|---|---|---|"]
+        for s_, v in ri["sdedit"].items():
             L.append(f"| {s_} | {v['l2_to_guide']:.2f} | {v['fd']:.2f} |")
-        L += ["", "Rows: guide, then strength 0, 0.2, ..., 1.", "", "![sdedit](tasks_sdedit.png)", ""]
-        rp = [k for k in next(iter(r["inpaint"].values())) if k.startswith("repaint")][0]
-        met = all(by[rp]["fd"] < by["replacement"]["fd"] for by in r["inpaint"].values())
-        targets.append(f"- RePaint beats plain replacement on the FD of completed images: **{'met' if met else 'not met'}** "
-                       "(every mask: " + ", ".join(f"{m} {by[rp]['fd']:.2f} vs {by['replacement']['fd']:.2f}"
-                                                   for m, by in r["inpaint"].items()) + ").")
+        L += ["", "Rows: guide, then strength 0, 0.2, ..., 1.", "", f"![sdedit {name}](tasks_sdedit{suffix}.png)", ""]
+        rp = [k for k in next(iter(ri["inpaint"].values())) if k.startswith("repaint")][0]
+        met = all(by[rp]["fd"] < by["replacement"]["fd"] for by in ri["inpaint"].values())
+        targets.append(f"- RePaint beats plain replacement on the FD of completed images ({name}): "
+                       f"**{'met' if met else 'not met'}** (every mask: "
+                       + ", ".join(f"{m} {by[rp]['fd']:.2f} vs {by['replacement']['fd']:.2f}"
+                                   for m, by in ri["inpaint"].items()) + ").")
     if "superres_all" in r:
         sa = r["superres_all"]
         L += ["## Super-resolution x2 (digits 4x4 -> 8x8, MNIST 14x14 -> 28x28)", ""]
@@ -370,18 +377,22 @@ def write_md(r: dict, path: Path) -> None:
             if aug is not None:
                 targets.append(f"- The cascade with augmentation beats it without ({name}, level 0.2): "
                                f"**{'met' if aug < plain else 'not met'}** (FD {aug:.2f} vs {plain:.2f}).")
-    if "colorize" in r:
-        co = r["colorize"]
-        L += ["## Colorization (color:digits held-out test split)", ""] + _meta_line(co["meta"])
-        L += [f"Run `{co['run']}` (`--task colorize` on color:digits): {co['run_step']} steps; {co['num']} held-out "
-              "images. Colour RMSE: RGB error against the true colours ([-1, 1] units); FD (RGB): the digits net's "
-              "features of R, G and B concatenated (so the joint colours count), against the training split; luma RMSE: how far the output's "
+    for name, co in r.get("colorize_sets", {}).items():
+        spec = co.get("data", "color:digits")
+        suffix = "" if name == "digits" else "_mnist"
+        net = "digits" if name == "digits" else "MNIST"
+        L += [f"## Colorization ({spec.split(':')[0]}:{name} held-out test split)", ""] + _meta_line(co["meta"])
+        L += [f"Run `{co['run']}` (`--task colorize` on color:{name}): {co['run_step']} steps; {co['num']} held-out "
+              f"images. Colour RMSE: RGB error against the true colours ([-1, 1] units); FD (RGB): the {net} net's "
+              "features of R, G and B concatenated (so the joint colours count), against the training split"
+              + ("" if name == "digits" else " (10000 images)") + "; luma RMSE: how far the output's "
               "grayscale is from the input. The data's foreground and background colours are drawn at random per "
               "image, so the gray input determines them only up to its luma.", "",
               "| method | colour RMSE | FD (RGB) | luma RMSE |", "|---|---|---|---|"]
         for k, v in co["methods"].items():
             L.append(f"| {k} | {v['color_rmse']:.3f} | {v['fd_rgb']:.2f} | {v['luma_rmse']:.3f} |")
-        L += ["", "Rows: input (gray), colorized with each sampler, truth.", "", "![colorize](tasks_colorize.png)", ""]
+        L += ["", "Rows: input (gray), colorized with each sampler, truth.", "",
+              f"![colorize {name}](tasks_colorize{suffix}.png)", ""]
     if "cascade" in r:
         L += ["## Reading the cascade figures", "", CASCADE_NOTE, ""]
     L += ["## Targets", "", "RePaint's FD is that of the completed images, whose known pixels equal the input: "
@@ -434,29 +445,42 @@ def meta(args: argparse.Namespace) -> dict:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s)"}
 
 
-def inpaint_sdedit(args: argparse.Namespace, results: dict) -> None:
-    """The inpainting (replacement, RePaint, mask-conditioned) and SDEdit sections on held-out digits."""
+def inpaint_sdedit(args: argparse.Namespace, results: dict, spec: str = "digits",
+                   ref_for=None) -> None:
+    """The inpainting (replacement, RePaint, mask-conditioned) and SDEdit sections on held-out images of ``spec``
+    (digits: the whole test split and the digits net; MNIST: the first --num test images and the MNIST net against
+    10000 training images)."""
+    name = "digits" if spec == "digits" else "mnist"
+    suffix = "" if name == "digits" else "_mnist"
     if not (args.run / "config.json").is_file():
-        subprocess.run([sys.executable, "-m", "difflab", "train", "--data", "digits", "--out", str(args.run),
+        subprocess.run([sys.executable, "-m", "difflab", "train", "--data", spec, "--out", str(args.run),
                         "--minutes", str(args.train_minutes), "--threads", str(args.threads), "--quiet"], check=True)
     loaded = load_run(args.run, device="cpu")
     model = Clamped(loaded.model)
-    test = datasets.load("digits", "test")
-    x = test.batch(torch.arange(min(args.num, len(test))))
+    if name == "digits":
+        test = datasets.load("digits", "test")
+        x = test.batch(torch.arange(min(args.num, len(test))))
+        train = datasets.load("digits", "train")
+        dref = extract(train.batch(torch.arange(len(train))), "digits")
+
+        def fd_(y):
+            return fd(y, dref)
+    else:
+        fref, xt = ref_for(spec)
+        x = xt[:args.num]
+        fd_ = fref.fd
     n, (c, h, w) = len(x), x.shape[1:]
-    train = datasets.load("digits", "train")
-    ref = extract(train.batch(torch.arange(len(train))), "digits")
-    results.update({"inpaint": {}, "sdedit": {}, "fd_test_split": fd(x, ref)})
+    res: dict = {"inpaint": {}, "sdedit": {}, "fd_test_split": fd_(x)}
     methods = {"replacement": dict(resample=1), f"repaint_r{args.resample}_j{args.jump}":
                dict(resample=args.resample, jump=args.jump)}
     palette = None
     if args.palette_run is not None:
         if not (args.palette_run / "config.json").is_file():
-            subprocess.run([sys.executable, "-m", "difflab", "train", "--data", "digits", "--task", "inpaint", "--out",
+            subprocess.run([sys.executable, "-m", "difflab", "train", "--data", spec, "--task", "inpaint", "--out",
                             str(args.palette_run), "--minutes", str(args.palette_minutes), "--threads",
                             str(args.threads), "--quiet"], check=True)
         palette = load_run(args.palette_run, device="cpu")
-        results["palette_run_step"] = palette.step
+        res["palette_run_step"] = palette.step
     for mname, m in masks(h, w, n).items():
         m = m.expand(n, 1, h, w) if m.ndim == 2 else m
         rows = [x * m + (1 - m) * 0.0, x]
@@ -466,32 +490,47 @@ def inpaint_sdedit(args: argparse.Namespace, results: dict) -> None:
                                 generator=torch.Generator().manual_seed(0), **opts)
             miss = 1 - m
             rmse = float((((out - x) ** 2) * miss).sum() / (miss.sum() * c)) ** 0.5
-            results["inpaint"].setdefault(mname, {})[meth] = {"masked_rmse": rmse, "fd": fd(out, ref),
-                                                               "seconds": time.time() - t0}
+            res["inpaint"].setdefault(mname, {})[meth] = {"masked_rmse": rmse, "fd": fd_(out),
+                                                           "seconds": time.time() - t0}
             rows.append(out)
-            print(mname, meth, results["inpaint"][mname][meth], flush=True)
+            print(name, mname, meth, res["inpaint"][mname][meth], flush=True)
         if palette is not None:
             t0 = time.time()
             out = tasks.inpaint_conditioned(Clamped(palette.model), x, m, palette.conditioning, sampler=args.sampler,
                                             steps=args.steps, generator=torch.Generator().manual_seed(0))
             miss = 1 - m
             rmse = float((((out - x) ** 2) * miss).sum() / (miss.sum() * c)) ** 0.5
-            results["inpaint"][mname]["mask_conditioned"] = {"masked_rmse": rmse, "fd": fd(out, ref),
-                                                             "seconds": time.time() - t0}
+            res["inpaint"][mname]["mask_conditioned"] = {"masked_rmse": rmse, "fd": fd_(out),
+                                                         "seconds": time.time() - t0}
             rows.append(out)
-            print(mname, "mask_conditioned", results["inpaint"][mname]["mask_conditioned"], flush=True)
-        save_png(rows, args.out / f"tasks_inpaint_{mname}.png")
-    coarse = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+            print(name, mname, "mask_conditioned", res["inpaint"][mname]["mask_conditioned"], flush=True)
+        save_png(rows, args.out / f"tasks_inpaint{suffix}_{mname}.png")
+    pool = 2 if h <= 8 else 4  # blocky strokes: 2x2-pixel blocks on 8x8 digits, 4x4-pixel blocks on 28x28 MNIST
+    coarse = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, pool), scale_factor=pool, mode="nearest")
     strip = [coarse]
     for s in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
         t0 = time.time()
         out = tasks.sdedit(model, coarse, s, sampler="ddim", steps=args.steps, generator=torch.Generator().manual_seed(0))
         l2 = float(((out - coarse) ** 2).flatten(1).sum(1).sqrt().mean())
-        results["sdedit"][f"{s:.1f}"] = {"l2_to_guide": l2, "fd": fd(out, ref), "seconds": time.time() - t0}
+        res["sdedit"][f"{s:.1f}"] = {"l2_to_guide": l2, "fd": fd_(out), "seconds": time.time() - t0}
         strip.append(out)
-        print("sdedit", s, results["sdedit"][f"{s:.1f}"], flush=True)
-    save_png(strip, args.out / "tasks_sdedit.png")
-    results.update(meta(args), run=str(args.run), run_step=loaded.step, sampler=args.sampler, steps=args.steps, num=n)
+        print(name, "sdedit", s, res["sdedit"][f"{s:.1f}"], flush=True)
+    save_png(strip, args.out / f"tasks_sdedit{suffix}.png")
+    res.update(meta(args), run=str(args.run), run_step=loaded.step, sampler=args.sampler, steps=args.steps, num=n,
+               pool=pool, size=[h, w])
+    results.setdefault("inpaint_sets", {})[name] = res
+
+
+def migrate(r: dict) -> dict:
+    """Results of the earlier digits-only layout (inpaint/SDEdit and colorize at the top level) moved under their
+    data set's name."""
+    if "inpaint" in r and "inpaint_sets" not in r:
+        keys = ["inpaint", "sdedit", "fd_test_split", "palette_run_step", "command", "date", "uptime", "machine",
+                "run", "run_step", "sampler", "steps", "num"]
+        r["inpaint_sets"] = {"digits": {k: r.pop(k) for k in keys if k in r}}
+    if "colorize" in r and "colorize_sets" not in r:
+        r["colorize_sets"] = {"digits": r.pop("colorize")}
+    return r
 
 
 def main() -> int:
@@ -522,6 +561,8 @@ def main() -> int:
     p.add_argument("--cascade-num", type=int, default=500)
     p.add_argument("--color-run", type=Path, help="colorize: a --task colorize run on color:digits")
     p.add_argument("--mnist", default="mnist:/work/shared/data/mnist")
+    p.add_argument("--data", choices=["digits", "mnist"], default="digits",
+                   help="inpaint and colorize: held-out digits or MNIST (--mnist; color:MNIST for colorize)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=DOCS)
     p.add_argument("--markdown-only", action="store_true", help="rewrite tasks.md from OUT/tasks.json")
@@ -530,7 +571,7 @@ def main() -> int:
         train_regression(args.like, args.train_regression, args.minutes, args.threads)
         return 0
     path = args.out / "tasks.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = migrate(json.loads(path.read_text()) if path.is_file() else {})
     if args.markdown_only:
         write_md(results, args.out / "tasks.md")
         return 0
@@ -553,7 +594,7 @@ def main() -> int:
         return refs[spec]
 
     if "inpaint" in sections:
-        inpaint_sdedit(args, results)
+        inpaint_sdedit(args, results, "digits" if args.data == "digits" else args.mnist, ref_for)
     if "superres" in sections:
         results["superres_all"] = {"meta": meta(args), "runs": {}}
         for i, run in enumerate(args.sr_run):
@@ -581,8 +622,10 @@ def main() -> int:
             results["cascade"]["cascades"][name]["fd_real"] = ref.fd(ref_for("digits" if name.startswith("digits") else args.mnist)[1])
             results["cascade"]["cascades"][name]["meta"] = meta(args)
     if "colorize" in sections:
-        results["colorize"] = {"meta": meta(args), **colorize_section(args.color_run, "color:digits", args.num,
-                                                                       args.sampler, args.steps, args.out / "tasks_colorize.png")}
+        spec = "color:digits" if args.data == "digits" else f"color:{args.mnist}"
+        figure = args.out / ("tasks_colorize.png" if args.data == "digits" else "tasks_colorize_mnist.png")
+        results.setdefault("colorize_sets", {})[args.data] = {
+            "meta": meta(args), **colorize_section(args.color_run, spec, args.num, args.sampler, args.steps, figure)}
     path.write_text(json.dumps(results, indent=1))
     write_md(results, args.out / "tasks.md")
     return 0
