@@ -43,8 +43,11 @@ def _train_args(run: Path, cfg: Path, steps: int = STEPS, *extra: str) -> list[s
 
 @contextmanager
 def _child(cmd: list[str], cwd: Path):
-    """A child process with captured output, killed on the way out whatever happens."""
-    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A child process with captured output, killed on the way out whatever happens.  SIGINT is reset to its
+    default in the child: a test run started in the background by a non-interactive shell inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt."""
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         yield p
     finally:
