@@ -26,7 +26,7 @@ import torch
 
 from difflab import data as datasets
 from difflab import tasks
-from difflab.evaluation import evaluate_features, extract
+from difflab.evaluation import evaluate_features, extract, reference_images
 from difflab.models.denoiser import Clamped
 from difflab.training import load_run
 from difflab.utils.images import image_grid
@@ -258,11 +258,8 @@ def colorize_section(run: Path, spec: str, n: int, sampler: str, steps: int, fig
     test = datasets.load(spec, "test")
     x = test.batch(torch.arange(min(n, len(test))))
     gray = grayscale(x)
-    train = datasets.load(spec, "train")
     feat = "digits" if spec == "color:digits" else "mnist"
-    idx = (torch.arange(len(train)) if feat == "digits"
-           else torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:10000])
-    ref = FeatureRef(train.batch(idx), feat, per_channel=True)
+    ref = FeatureRef(reference_images(spec, "train", max_n=10000), feat, per_channel=True)
 
     def scores(y: torch.Tensor) -> dict:
         y = y.clamp(-1, 1)
@@ -602,10 +599,9 @@ def main() -> int:
         """(train-split reference, held-out test images) of digits or MNIST."""
         if spec not in refs:
             feat = "digits" if spec == "digits" else "mnist"
-            train = datasets.load(spec, "train")
-            idx = torch.arange(len(train)) if feat == "digits" else torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:10000]
             test = datasets.load(spec, "test")
-            refs[spec] = (FeatureRef(train.batch(idx), feat), test.batch(torch.arange(min(args.cascade_num, len(test)))))
+            refs[spec] = (FeatureRef(reference_images(spec, "train", max_n=10000), feat),
+                          test.batch(torch.arange(min(args.cascade_num, len(test)))))
         return refs[spec]
 
     if "inpaint" in sections:

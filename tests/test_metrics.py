@@ -304,3 +304,20 @@ def test_reference_features_for_a_data_spec() -> None:
     ref = reference_features("digits", "train", max_n=100)
     assert ref.features.shape == (100, 128) and ref.logits is not None and ref.logits.shape == (100, 10)
     assert np.array_equal(ref.knn_radii(3), M.knn_radii(ref.features, 3))
+
+
+def test_reference_images_are_a_seeded_subset_of_the_split() -> None:
+    import torch
+
+    from difflab import data
+    from difflab.evaluation import reference_images
+
+    full = data.load("digits", "train").x
+    assert torch.equal(reference_images("digits", "train", max_n=10**6), full)  # not larger than max_n: all, in order
+    a = reference_images("digits", "train", max_n=50, seed=3)
+    assert a.shape == (50, 1, 8, 8) and torch.equal(a, reference_images("digits", "train", max_n=50, seed=3))
+    assert not torch.equal(a, reference_images("digits", "train", max_n=50, seed=4))
+    rows = {tuple(r.flatten().tolist()) for r in full}
+    assert all(tuple(r.flatten().tolist()) in rows for r in a)  # drawn from the split
+    with pytest.raises(EvaluationError):
+        reference_images("toy:moons")

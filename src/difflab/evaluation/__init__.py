@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from . import metrics
 from .features import (
@@ -51,10 +52,9 @@ def features_for(spec: str) -> str:
     raise EvaluationError(f"no built-in feature net for data {spec!r}; pass features=<torch module or callable>")
 
 
-def reference_features(
-    spec: str, split: str = "train", features: FeatureSpec | None = None, max_n: int | None = None, seed: int = 0
-) -> Features:
-    """Features of a dataset split (seeded random subset of max_n images if given), for use as ``reference``."""
+def reference_images(spec: str, split: str = "train", max_n: int | None = None, seed: int = 0) -> Tensor:
+    """Images [N, C, H, W] in [-1, 1] of a dataset split: all of them, or a seeded random subset of max_n if the
+    split is larger (the same subset for the same seed)."""
     from .. import data
 
     x = data.load(spec, split).x  # type: ignore[arg-type]
@@ -62,6 +62,14 @@ def reference_features(
         raise EvaluationError(f"data {spec!r} is not an image dataset; use evaluate_points")
     if max_n is not None and len(x) > max_n:
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_n]]
+    return x
+
+
+def reference_features(
+    spec: str, split: str = "train", features: FeatureSpec | None = None, max_n: int | None = None, seed: int = 0
+) -> Features:
+    """Features of a dataset split (seeded random subset of max_n images if given), for use as ``reference``."""
+    x = reference_images(spec, split, max_n, seed)
     return extract(x, features if features is not None else features_for(spec))
 
 
@@ -185,6 +193,7 @@ __all__ = [
     "extract",
     "features_for",
     "reference_features",
+    "reference_images",
     "Features",
     "Extractor",
     "FeatureNet",
