@@ -9,7 +9,6 @@ read only from a local file (``--inception-weights PATH`` or ``DIFFLAB_INCEPTION
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -212,13 +211,4 @@ def load_inception(path: str | Path | None = None, device: torch.device | str | 
     return net.eval().to(device or "cpu")
 
 
-def digest(net: nn.Module) -> str:
-    """Short hash of a network's weights (names reference statistics in the cache)."""
-    h = hashlib.sha256()
-    for k, v in sorted(net.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-__all__ = ["FIDInception", "load_inception", "weights_path", "read_state_dict", "digest", "ENV", "DIM"]
+__all__ = ["FIDInception", "load_inception", "weights_path", "read_state_dict", "ENV", "DIM"]
