@@ -36,6 +36,7 @@ from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, restore_optimizer, 
 from .config import FitConfig
 from .distributed import World
 from .ema import EMA
+from .monitor import open_logger
 
 LOG = "log.csv"
 
@@ -290,7 +291,9 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
             save_checkpoint(run_dir, family.modules, ema_modules(), opts, step, extra)
 
     log = _Log(run_dir / LOG, start) if files else None
+    board = open_logger(cfg.logger, run_dir if files else None)  # TensorBoard beside log.csv (training/monitor.py)
     t0, step, last, stopped = time.monotonic(), start, {}, "done"
+    shown_at = (start, t0)
     bar = _progress(cfg, start, progress and world.main)
     for mod in family.modules.values():
         mod.train()
@@ -348,11 +351,18 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     shown = log.flush(step, opts[phases[0][0].optimizer].param_groups[0]["lr"], time.monotonic() - t0)
                     bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items() if not k.startswith("grad_norm")})
+                    if board is not None:
+                        rate = B * (step - shown_at[0]) / max(time.monotonic() - shown_at[1], 1e-9)
+                        board.scalars(step, {**shown, "lr": opts[phases[0][0].optimizer].param_groups[0]["lr"],
+                                             "samples_per_s": rate})
+                        shown_at = (step, time.monotonic())
             if step % cfg.checkpoint_every == 0:
                 checkpoint(step)
             if sample_every and step % sample_every == 0 and files:
                 (run_dir / "samples").mkdir(exist_ok=True)
                 family.preview(ema_modules(), run_dir / "samples" / f"step_{step:07d}.png")
+                if board is not None and (run_dir / "samples" / f"step_{step:07d}.png").is_file():
+                    board.image(step, run_dir / "samples" / f"step_{step:07d}.png")
             if summed[-1] > 0:
                 stopped = "terminated"
                 break
@@ -360,6 +370,8 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
                 stopped = "budget"
                 break
     bar.close()
+    if board is not None:
+        board.close()
     if log is not None and log.window:
         log.flush(step, opts[phases[0][0].optimizer].param_groups[0]["lr"], time.monotonic() - t0)
     checkpoint(step)
