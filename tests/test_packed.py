@@ -49,6 +49,25 @@ def test_prepare_data_folder_round_trip(tmp_path):
     assert not list(tmp_path.glob(".packed.partial-*"))
 
 
+def test_messy_folder_packs_like_it_loads(tmp_path):
+    """Mixed modes and sizes, 16-bit, CMYK, a truncated JPEG and a corrupt PNG (skipped with warnings by both)."""
+    from test_image_folder_cli import _messy_folder
+
+    _messy_folder(tmp_path / "imgs")
+    with pytest.warns(UserWarning) as record:
+        pack(str(tmp_path / "imgs"), tmp_path / "p", ["train", "test", "all"], image_size=8, workers=2)
+    messages = [str(w.message) for w in record]
+    assert any("truncated.jpg" in m for m in messages) and any("corrupt.png" in m for m in messages)
+    assert any("mixes 2 grayscale and 4 colour images" in m for m in messages)
+    for split in ("train", "test", "all"):
+        with pytest.warns(UserWarning):
+            ref = load(str(tmp_path / "imgs"), split, image_size=8)
+        _same(load(str(tmp_path / "p"), split), ref)
+    assert sorted(q.name for q in (tmp_path / "p").iterdir()) == [
+        "images-all.npy", "images-test.npy", "images-train.npy", "labels-all.npy", "labels-test.npy",
+        "labels-train.npy", META]
+
+
 def test_packed_batches_and_training_equal_in_memory(tmp_path):
     pack("digits", tmp_path / "d", ["train", "test", "all"])
     mem, packed = load("digits", "train"), load(f"packed:{tmp_path / 'd'}", "train")

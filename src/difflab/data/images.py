@@ -125,16 +125,13 @@ def list_images(root: str | Path, channels: int | None = None) -> tuple[list[Pat
     return files, [index[q[0]] if len(q) > 1 else 0 for q in parts], classes or ["all"]
 
 
-def read_image(path: Path, size: int, channels: int | None = None, mode_only: bool = False) -> np.ndarray:
-    """One file as uint8 [size, size] (grayscale) or [size, size, 3], resized and centre-cropped;
-    ``mode_only``: only the header is read and an empty array of the right rank returned."""
+def read_image(path: Path, size: int, channels: int | None = None) -> np.ndarray:
+    """One file as uint8 [size, size] (grayscale) or [size, size, 3], resized and centre-cropped."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             gray = channels == 1 or (channels is None and im.mode in GRAY_MODES)
-            if mode_only:
-                return np.empty((0, 0) if gray else (0, 0, 3), np.uint8)
             im.load()
             return _resize_crop(_to_8bit(im, "L" if gray else "RGB"), size)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -90,10 +90,15 @@ def pack(spec: str, out: str | Path, splits: Sequence[str] = ("train", "test"), 
     tmp.mkdir()
     try:
         meta: dict[str, Any] = {"format": FORMAT, "source": spec, "splits": {}, "class_names": None}
-        for split in dict.fromkeys(splits):
-            shape, classes = _pack_split(spec, split, tmp, image_size, channels, workers, progress)
-            meta["splits"][split] = {"shape": list(shape)}
-            meta["class_names"] = classes
+        path = Path(spec)
+        if path.is_dir() and not is_packed(path):  # an image folder: streamed, never whole in memory
+            shapes, meta["class_names"] = _pack_folder(path, list(dict.fromkeys(splits)), tmp, image_size, channels,
+                                                       workers, progress)
+        else:
+            shapes = {}
+            for split in dict.fromkeys(splits):
+                shapes[split], meta["class_names"] = _pack_loaded(spec, split, tmp, image_size, channels)
+        meta["splits"] = {k: {"shape": list(v)} for k, v in shapes.items()}
         meta["shape"] = meta["splits"][splits[0]]["shape"][1:]
         (tmp / META).write_text(json.dumps(meta, indent=1))
         if out.exists():
@@ -105,80 +110,100 @@ def pack(spec: str, out: str | Path, splits: Sequence[str] = ("train", "test"), 
     return meta
 
 
-def _pack_split(spec: str, split: str, root: Path, image_size: int, channels: int | None, workers: int,
-                progress: bool) -> tuple[tuple[int, ...], list[str] | None]:
-    """Write one split's arrays under root; returns the images' shape and the class names."""
-    from . import _split, load
-
+def _write(root: Path, split: str, x: Any, y: np.ndarray, chunk: int = 4096) -> tuple[int, ...]:
+    """images-SPLIT.npy and labels-SPLIT.npy from x (an array-like [N, C, H, W] read ``chunk`` rows at a time)."""
     images, labels = _arrays(root, split)
-    path = Path(spec)
-    if path.is_dir() and not is_packed(path):  # an image folder: streamed, never whole in memory
-        from .images import list_images
+    out = np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8, shape=tuple(x.shape))
+    for s in range(0, len(x), chunk):
+        out[s:s + chunk] = x[s:s + chunk]
+    out.flush()
+    del out
+    np.save(labels, np.asarray(y, dtype=np.int64))
+    return tuple(x.shape)
 
-        files, y, classes = list_images(path, channels)
-        files, y, c = _readable(files, y, channels)
-        if len(files) > 1 and split != "all":
-            idx = _split(len(files), split, test_fraction=0.1)
-            files, y = [files[i] for i in idx], [y[i] for i in idx]
-        elif split == "test":
-            raise DataError(f"image folder {spec} has 1 image: no held-out test split (pack --splits train or all)")
-        x = np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8, shape=(len(files), c, image_size, image_size))
-        _decode_into(x, files, image_size, channels, workers, progress)
-        x.flush()
-        shape = x.shape
-        del x
-        np.save(labels, np.asarray(y, dtype=np.int64))
-        return shape, classes
+
+def _pack_loaded(spec: str, split: str, root: Path, image_size: int, channels: int | None
+                 ) -> tuple[tuple[int, ...], list[str] | None]:
+    """A source other than a folder: loaded as ``load`` does, then written."""
+    from . import load
+
     data = load(spec, split, image_size=image_size, channels=channels)
     if data.kind != "image":
         raise DataError(f"prepare-data {spec}: only image sets are packed ({spec} holds points)")
-    x = np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8, shape=tuple(data.stored.shape))
-    x[:] = data.stored.numpy()
-    x.flush()
-    del x
     y = data.y if data.y is not None else torch.zeros(len(data), dtype=torch.long)
-    np.save(labels, y.numpy().astype(np.int64))
-    return tuple(data.stored.shape), data.class_names
+    return _write(root, split, data.stored.numpy(), y.numpy()), data.class_names
 
 
-def _readable(files: list[Path], labels: list[int], channels: int | None) -> tuple[list[Path], list[int], int]:
-    """The files whose header reads (others skipped with a warning, as ``image_folder`` skips them) and the channel
-    count ``image_folder`` would choose: 3 when any is in colour."""
-    from .images import UnreadableImage, read_image
+class _Rows:
+    """Rows ``idx`` of a decoded [N, 3, H, W] array, first ``c`` channels, as an array-like for ``_write``."""
 
-    keep, ys, n_gray = [], [], 0
-    for p, y in zip(files, labels):
-        try:
-            n_gray += read_image(p, 0, channels, mode_only=True).ndim == 2
-        except UnreadableImage as e:
-            warnings.warn(str(e), stacklevel=3)
-            continue
-        keep.append(p)
-        ys.append(y)
-    if not keep:
-        raise DataError(f"none of the {len(files)} image files could be read")
-    c = channels or (1 if n_gray == len(keep) else 3)
-    if channels is None and 0 < n_gray < len(keep):
-        warnings.warn(f"the folder mixes {n_gray} grayscale and {len(keep) - n_gray} colour images: packing all "
-                      "with 3 channels (RGB)", stacklevel=3)
-    return keep, ys, c
+    def __init__(self, x: np.ndarray, idx: np.ndarray, c: int):
+        self.x, self.idx, self.c = x, idx, c
+        self.shape = (len(idx), c, *x.shape[2:])
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return self.x[self.idx[s], : self.c]
+
+
+def _pack_folder(root: Path, splits: list[str], out: Path, size: int, channels: int | None, workers: int,
+                 progress: bool) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Decode a folder once into a temporary 3-channel memory map, then write each split's rows: the examples,
+    order, labels, channel count, warnings and held-out split of ``image_folder`` + ``load``."""
+    from . import _split
+    from .images import list_images
+
+    files, labels, classes = list_images(root, channels)
+    decoded = np.lib.format.open_memmap(out / ".decoded.npy", mode="w+", dtype=np.uint8,
+                                        shape=(len(files), 3, size, size))
+    gray = _decode_into(decoded, files, size, channels, workers, progress)
+    ok = np.flatnonzero(gray >= 0)
+    if len(ok) == 0:
+        raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
+    n_gray = int((gray[ok] == 1).sum())
+    c = channels or (1 if n_gray == len(ok) else 3)
+    if channels is None and 0 < n_gray < len(ok):
+        warnings.warn(f"image folder {root} mixes {n_gray} grayscale and {len(ok) - n_gray} colour images: "
+                      "packing all with 3 channels (RGB)", stacklevel=3)
+    y = np.asarray(labels, dtype=np.int64)[ok]
+    shapes = {}
+    for split in splits:
+        if split == "test" and len(ok) == 1:
+            raise DataError(f"image folder {root} has 1 image: no held-out test split (pack --splits train or all)")
+        idx = _split(len(ok), split, test_fraction=0.1) if len(ok) > 1 and split != "all" else np.arange(len(ok))
+        shapes[split] = _write(out, split, _Rows(decoded, ok[idx], c), y[idx])
+    del decoded
+    (out / ".decoded.npy").unlink()
+    return shapes, classes
 
 
 def _decode_into(x: np.ndarray, files: list[Path], size: int, channels: int | None, workers: int,
-                 progress: bool) -> None:
-    """Decode files into the rows of x, ``workers`` threads at a time (Pillow releases the GIL while decoding);
-    grey files broadcast to R = G = B in a colour set, as in ``image_folder``."""
+                 progress: bool) -> np.ndarray:
+    """Decode files into the rows of x [N, 3, H, W] (grey broadcast to R = G = B), ``workers`` threads at a time
+    (Pillow releases the GIL while decoding).  Returns per file 1 (grey), 0 (colour) or -1 (unreadable: skipped
+    with a warning naming it, as ``image_folder`` skips it)."""
     from tqdm.auto import tqdm
 
-    from .images import chw, read_image
+    from .images import UnreadableImage, chw, read_image
 
-    def one(i: int) -> None:
-        x[i] = chw(read_image(files[i], size, channels))
+    def one(i: int) -> int | str:
+        try:
+            a = read_image(files[i], size, channels)
+        except UnreadableImage as e:
+            return str(e)
+        x[i] = chw(a)
+        return int(a.ndim == 2)
 
+    kinds = np.empty(len(files), np.int64)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for _ in tqdm(pool.map(one, range(len(files)), chunksize=64), total=len(files), disable=not progress,
-                      desc="pack", unit="img"):
-            pass
+        for i, r in enumerate(tqdm(pool.map(one, range(len(files)), chunksize=64), total=len(files),
+                                   disable=not progress, desc="decode", unit="img")):
+            if isinstance(r, str):
+                warnings.warn(r, stacklevel=4)
+            kinds[i] = -1 if isinstance(r, str) else r
+    return kinds
 
 
 __all__ = ["pack", "open_packed", "is_packed", "read_meta", "META"]
