@@ -74,19 +74,20 @@ def metrics_for(x: torch.Tensor | Path, ref: Dataset, features: str | None, args
     """Image or point metrics of samples x (or a folder of shards) against the reference data."""
     from ..evaluation import evaluate_images, evaluate_points
 
-    if features == "inception" or isinstance(x, Path):  # FID's Inception, or shards read one at a time
+    if not isinstance(x, Path) and tuple(x.shape[1:]) != ref.shape:
+        raise UserError(f"samples have shape {tuple(x.shape[1:])} but {ref.spec} has {ref.shape}")
+    name = features or FEATURE_NETS.get(ref.shape)
+    if name is None and ref.kind == "image":
+        raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features "
+                        "digits|mnist|inception or use difflab.evaluation.evaluate_images with your own extractor")
+    if name == "inception" or isinstance(x, Path):  # FID's Inception, or shards read one at a time
         from ..evaluation.shards import evaluate_samples
 
-        return evaluate_samples(x, ref, args.split, features or FEATURE_NETS.get(ref.shape) or "digits",
-                                weights=args.inception_weights, ref_num=args.ref_num, device=args.device)
-    if tuple(x.shape[1:]) != ref.shape:
-        raise UserError(f"samples have shape {tuple(x.shape[1:])} but {ref.spec} has {ref.shape}")
+        opt = {k: getattr(args, k, None) for k in ("inception_weights", "ref_num", "device")}
+        return evaluate_samples(x, ref, getattr(args, "split", "train"), name, weights=opt["inception_weights"],
+                                ref_num=opt["ref_num"] or 50_000, device=opt["device"])
     if ref.kind == "points":
         return evaluate_points(x, ref.x)
-    name = features or FEATURE_NETS.get(ref.shape)
-    if name is None:
-        raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features digits|mnist "
-                        "or use difflab.evaluation.evaluate_images with your own extractor")
     return evaluate_images(x, ref.x, features=name)
 
 
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {}
     if args.nll_num_t < 0:
         raise UserError(f"--nll-num-t must be >= 0, got {args.nll_num_t}")
-    for name in ("num", "steps", "nll_num"):
+    for name in ("num", "steps", "nll_num", "ref_num"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     from ..training.families import is_family_run
