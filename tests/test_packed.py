@@ -131,3 +131,26 @@ def test_packed_memory_does_not_grow_with_the_data(tmp_path):
     grown, size = map(int, r.stdout.split())
     assert size == n * 64 * 64
     assert grown < size / 8, f"RSS grew by {grown / 2**20:.0f} MB for a {size / 2**20:.0f} MB array"
+
+
+def test_latents_stored_once_and_mapped_by_latent_runs(tmp_path):
+    from difflab.training.autoencoder import load_autoencoder
+    from difflab.training.latent import LatentDataset, encode_dataset
+
+    (tmp_path / "ae.json").write_text(json.dumps({"network": {"channels": 8, "channel_mult": [1, 2], "groups": 4},
+                                                  "batch_size": 16, "warmup_steps": 2}))
+    assert main(["prepare-data", "digits", "--out", str(tmp_path / "d")]) == 0
+    assert main(["train-autoencoder", "--data", f"packed:{tmp_path / 'd'}", "--out", str(tmp_path / "ae"), "--steps",
+                 "2", "--config", str(tmp_path / "ae.json"), "--quiet"]) == 0
+    assert main(["prepare-data", f"packed:{tmp_path / 'd'}", "--autoencoder", str(tmp_path / "ae"), "--device",
+                 "cpu"]) == 0
+    ae = load_autoencoder(tmp_path / "ae", device="cpu")
+    data = load(f"packed:{tmp_path / 'd'}", "test")
+    stored = encode_dataset(ae, data)
+    assert not isinstance(stored, LatentDataset)  # mapped from latents-*.npy, not encoded again
+    lazy = LatentDataset(ae, data)
+    torch.testing.assert_close(stored.x, lazy.x, rtol=1e-5, atol=1e-5)  # batch composition only changes rounding
+    assert isinstance(encode_dataset(ae, load("digits", "test")), LatentDataset)  # unpacked data: encoded lazily
+    (tmp_path / "ldm.json").write_text(json.dumps({"network": TINY_UNET, "batch_size": 8, "sample_steps": 2}))
+    assert main(["train", "--data", f"packed:{tmp_path / 'd'}", "--autoencoder", str(tmp_path / "ae"), "--out",
+                 str(tmp_path / "ldm"), "--steps", "2", "--config", str(tmp_path / "ldm.json"), "--quiet"]) == 0

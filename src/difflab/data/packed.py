@@ -14,7 +14,7 @@ import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,10 +66,71 @@ def open_packed(root: str | Path, split: str, spec: str) -> "Any":
         raise DataError(f"--data {spec}: unreadable packed array in {root} ({e})") from None
     if x.dtype != np.uint8 or x.ndim != 4 or list(x.shape) != meta["splits"][split]["shape"] or len(y) != len(x):
         raise DataError(f"--data {spec}: {images.name} does not match {META} (shape {x.shape}, {len(y)} labels)")
-    with warnings.catch_warnings():  # the map is read-only and difflab never writes into a dataset
+    data = Dataset(_tensor(x), torch.from_numpy(np.asarray(y, dtype=np.int64)), spec, meta.get("class_names"))
+    data.packed = (root, split)  # type: ignore[attr-defined]  (where packed_latents looks for stored latents)
+    return data
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only memory map (no copy; difflab never writes into a dataset)."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        stored = torch.from_numpy(x)
-    return Dataset(stored, torch.from_numpy(np.asarray(y, dtype=np.int64)), spec, meta.get("class_names"))
+        return torch.from_numpy(x)
+
+
+def _latents_file(root: Path, sha256: str, split: str) -> Path:
+    return root / f"latents-{sha256[:16]}-{split}.npy"
+
+
+def pack_latents(root: str | Path, encode: Callable[[torch.Tensor], torch.Tensor], sha256: str,
+                 record: dict[str, Any], batch_size: int = 256, progress: bool = False) -> None:
+    """Encode every split of a packed folder once (``encode``: images in [-1, 1] -> latents, an autoencoder's scaled
+    posterior means as a latent run uses them, Rombach et al. 2022) into ``latents-SHA-SPLIT.npy``, recorded in
+    packed.json under the checkpoint's ``sha256`` with ``record``; a latent run with that checkpoint maps them."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    meta = read_meta(root)
+    for split in meta["splits"]:
+        data = open_packed(root, split, f"packed:{root}")
+        path = _latents_file(root, sha256, split)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.npy")
+        z = None
+        try:
+            for s in tqdm(range(0, len(data), batch_size), disable=not progress, desc=f"encode {split}", unit="batch"):
+                part = encode(data.batch(torch.arange(s, min(len(data), s + batch_size)))).detach().cpu().numpy()
+                if z is None:
+                    z = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(data), *part.shape[1:]))
+                z[s:s + batch_size] = part
+            z.flush()
+            del z
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    meta.setdefault("latents", {})[sha256] = record
+    tmp_meta = root / f".{META}.{os.getpid()}"
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, root / META)
+
+
+def packed_latents(data: Any, sha256: str) -> Any:
+    """The latents ``pack_latents`` stored for this split and autoencoder checkpoint as a memory-mapped Dataset,
+    or None (not a packed set, or no latents of that checkpoint)."""
+    from . import Dataset
+
+    where = getattr(data, "packed", None)
+    if where is None:
+        return None
+    root, split = where
+    meta = read_meta(root)
+    path = _latents_file(root, sha256, split)
+    if sha256 not in meta.get("latents", {}) or not path.is_file():
+        return None
+    z = np.load(path, mmap_mode="r")
+    if len(z) != len(data):
+        raise DataError(f"{path} holds {len(z)} latents for {len(data)} images; pack the latents again")
+    return Dataset(_tensor(z), data.y, data.spec, data.class_names)
 
 
 def pack(spec: str, out: str | Path, splits: Sequence[str] = ("train", "test"), image_size: int = 32,
@@ -206,4 +267,4 @@ def _decode_into(x: np.ndarray, files: list[Path], size: int, channels: int | No
     return kinds
 
 
-__all__ = ["pack", "open_packed", "is_packed", "read_meta", "META"]
+__all__ = ["pack", "pack_latents", "packed_latents", "open_packed", "is_packed", "read_meta", "META"]
