@@ -99,3 +99,12 @@ def test_sample_points_into_a_folder(tmp_path):
     with np.load(tmp_path / "s.npz") as f:
         assert np.array_equal(f["samples"], merge(tmp_path / "s", 5))
     assert main([*base[:-1], "3", "--out", str(tmp_path / "s")]) == 2  # a folder of other settings is refused
+
+
+def test_family_runs_sample_into_one_file(tmp_path, capsys):
+    (tmp_path / "vae.json").write_text(json.dumps({"network": {"width": 8}, "batch_size": 16}))
+    assert main(["train", "--data", "digits", "--family", "vae", "--steps", "1", "--config", str(tmp_path / "vae.json"),
+                 "--out", str(tmp_path / "vae"), "--quiet"]) == 0
+    assert main(["sample", "--run", str(tmp_path / "vae"), "--num", "3", "--out", str(tmp_path / "folder")]) == 2
+    assert "shard folders and several processes are for diffusion runs" in capsys.readouterr().err
+    assert main(["sample", "--run", str(tmp_path / "vae"), "--num", "3", "--out", str(tmp_path / "s.npz")]) == 0

@@ -63,14 +63,17 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    from ..training import distributed
     from ..training.cascade import is_cascade
+    from ..training.families import is_family_run
 
+    if (is_cascade(args.run) or is_family_run(args.run)) and (not suffix or distributed.launched()):
+        raise UserError(f"{args.run}: shard folders and several processes are for diffusion runs; sample it into "
+                        "one .png or .npz in one process")
     if is_cascade(args.run):  # a cascade folder: the base run, then its super-resolution stages
         from .cascade import sample_cascade
 
         return sample_cascade(args)
-    from ..training.families import is_family_run
-
     if is_family_run(args.run):  # gan / vae / ddgan: the family's own sampler
         from ._families import sample_family
 
@@ -79,8 +82,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sampler not in SAMPLERS:
         raise UserError(f"--sampler {args.sampler} samples cld runs only; {args.run} is a diffusion run")
-    from ..training import distributed
-
     loaded = load_run(args.run, ema=not args.no_ema, device=distributed.init(args.device).device)
     model, shape = loaded.model, loaded.shape
     image = len(shape) == 3
