@@ -53,6 +53,9 @@ def test_shards_over_processes_and_batch_sizes(tmp_path):
         merge(tmp_path / "one", 10)
     generate(_noise, 10, 3, seed=1, folder=tmp_path / "one")  # an interrupted folder: the missing batch is redrawn
     assert np.array_equal(one, merge(tmp_path / "one", 10))
+    (tmp_path / "one" / "000000006.npz").write_bytes(b"garbage")
+    with pytest.raises(ShardError, match="000000006.npz is not a readable sample shard"):
+        merge(tmp_path / "one", 10)
 
 
 def _gen(folder, seed):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -152,9 +153,12 @@ def read_shards(folder: str | Path, num: int | None = None) -> Iterator[np.ndarr
     checks that the shards are consecutive from sample 0 (and, given ``num``, that they hold num samples)."""
     expected = 0
     for p in shard_files(folder):
-        with np.load(p) as f:
-            first = int(f["first"])
-            x = f["images"] if "images" in f else f["samples"]
+        try:
+            with np.load(p, allow_pickle=False) as f:
+                first = int(f["first"])
+                x = f["images"] if "images" in f else f["samples"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise ShardError(f"{p} is not a readable sample shard ({e}); delete it to draw it again") from None
         if first != expected:
             raise ShardError(f"{folder}: samples {expected}..{first - 1} are missing (no shard starts at {expected})")
         expected += len(x)
