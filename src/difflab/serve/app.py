@@ -142,7 +142,7 @@ def _queue(service: Service, kind: str, body: bytes) -> JSONResponse:
 
 async def submit(request: Request) -> Response:
     try:
-        body = await read_body(request)
+        body = await read_body(request, request.app.state.max_body)
     except ClientDisconnect:  # the client went away before sending the whole body: nothing is queued
         return Response(status_code=400)
     kind = request.url.path.rsplit("/", 1)[1]
@@ -239,14 +239,14 @@ class Guard:
 
 
 def build_app(service: Service, allowed_hosts: Collection[str] | None, debug: bool = False,
-              verbose: bool = False) -> ASGIApp:
+              verbose: bool = False, max_body: int = MAX_BODY) -> ASGIApp:
     """The page and the API around ``service``, behind the Guard."""
     routes = [Route("/", page), Route("/api/info", info), Route("/api/jobs/{id}", job_view),
               Route("/api/jobs/{id}/{name}", job_file),
               Route("/api/generate", submit, methods=["POST"]), Route("/api/edit", submit, methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={
         Refused: _refused, HTTPException: _not_allowed, Exception: _internal})
-    app.state.service = service
+    app.state.service, app.state.max_body = service, max_body
     return Guard(app, None if allowed_hosts is None else {h.lower() for h in allowed_hosts}, debug, verbose)
 
 

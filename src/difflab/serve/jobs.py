@@ -229,7 +229,7 @@ class Service:
 
         sampler = req.get("sampler", "ddim")
         if sampler not in names():
-            raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(names())}")
+            raise UserError(f"unknown sampler {_shown(sampler)}; choose one of {', '.join(names())}")
         return sampler, _int(req, "steps", 50, 1, MAX_STEPS), _int(req, "seed", 0, 0, MAX_SEED)
 
     def _guided(self, req: Mapping[str, Any]) -> tuple[Any, Callable[[int, torch.device], Any]]:
@@ -318,7 +318,7 @@ class Service:
         task = req.get("task")
         info = self.info()
         if task not in EDIT_TASKS:
-            raise UserError(f"unknown task {task!r}; choose one of {', '.join(EDIT_TASKS)}")
+            raise UserError(f"unknown task {_shown(task)}; choose one of {', '.join(EDIT_TASKS)}")
         if task not in info["tasks"]:
             raise UserError(f"task {task}: this run ({self.conditioning.kind} conditioning) supports "
                             + (", ".join(info["tasks"]) or "no editing task"))

@@ -7,6 +7,7 @@ connection opening or of the previous answer, so a slow or stalled client costs 
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .app import build_app
+from .app import MAX_BODY, build_app
 from .jobs import Service
 
 REQUEST_TIMEOUT = 10.0  # seconds for a request's headers and body to arrive
@@ -48,6 +49,15 @@ class DeadlineH11(H11Protocol):
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm()  # the next request on this connection gets its own deadline
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (no Host, bad framing, 16 KiB of headers): a JSON 400, then close."""
+        body = json.dumps({"error": f"invalid HTTP request ({msg.rstrip('.').lower()})"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
@@ -92,13 +102,14 @@ class Server:
     """``difflab serve``'s server: a Service behind the page's application, served by uvicorn on one socket."""
 
     def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False, *,
-                 debug: bool = False, allow_hosts: Collection[str] = (), request_timeout: float = REQUEST_TIMEOUT):
+                 debug: bool = False, allow_hosts: Collection[str] = (), request_timeout: float = REQUEST_TIMEOUT,
+                 max_body: int = MAX_BODY):
         self.service = service
         self.socket = listen(host, port)
         self.server_address = self.socket.getsockname()
         self.allowed_hosts = allowed_hosts(host, allow_hosts)
         protocol = type("DeadlineH11", (DeadlineH11,), {"request_timeout": request_timeout})
-        config = uvicorn.Config(build_app(service, self.allowed_hosts, debug=debug, verbose=verbose), http=protocol,
+        config = uvicorn.Config(build_app(service, self.allowed_hosts, debug, verbose, max_body), http=protocol,
                                 lifespan="off", log_config=None, log_level="info" if verbose else "error",
                                 access_log=False, proxy_headers=False, server_header=False, backlog=BACKLOG,
                                 timeout_keep_alive=KEEP_ALIVE, timeout_graceful_shutdown=2)
