@@ -8,10 +8,15 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import select
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import zlib
 
 import numpy as np
@@ -337,6 +342,29 @@ def test_ipv6_loopback_listens(server):
     assert status == 200 and r["shape"] == [1, 8, 8]
     status, r = request(srv, "GET", "/api/info", headers={"Host": "evil.example"})
     assert status == 403
+
+
+def test_the_cli_serves_on_ipv6_loopback_and_stops_on_ctrl_c(tmp_path):
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here ({e})")
+    cmd = [sys.executable, "-m", "difflab", "serve", "--run", str(make_run(tmp_path / "run")), "--port", "0",
+           "--host", "::1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("serving ") and "http://[::1]:" in line, (line, proc.poll())
+        url = line.split(" on ", 1)[1].split()[0]
+        with urllib.request.urlopen(url + "api/info", timeout=TIMEOUT) as r:
+            assert json.loads(r.read())["shape"] == [1, 8, 8]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out.strip() == "stopped" and "Traceback" not in err, (out, err)
 
 
 # ---- the last resort ---------------------------------------------------------------------------------------------

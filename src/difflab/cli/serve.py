@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("stopped")
+        pass
     finally:
         service.close()
         server.server_close()
+    print("stopped", flush=True)
     return 0
