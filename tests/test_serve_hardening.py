@@ -380,12 +380,15 @@ def test_unexpected_exceptions_are_one_line_500s(server, capfd, monkeypatch, deb
     for method, path, body in (("POST", "/api/generate", b"{}"), ("GET", "/api/info", None)):
         status, r = request(srv, method, path, body, {"Content-Type": "application/json"})
         assert status == 500 and r["error"] == f"internal error on {method} {path}: RuntimeError: boom"
+    monkeypatch.setattr(srv.service, "job", boom)
+    status, r = request(srv, "GET", "/api/jobs/%0A%1B[31m%C3%A9")  # control characters stay out of the log line
+    assert status == 500 and r["error"] == "internal error on GET /api/jobs/??[31m\\xe9: RuntimeError: boom"
     monkeypatch.undo()
     assert request(srv, "GET", "/api/info")[0] == 200  # still serving
     err = capfd.readouterr().err
     assert "difflab: error: internal error on POST /api/generate: RuntimeError: boom" in err
     assert ("Traceback (most recent call last)" in err) == debug
-    assert ("second line" in err) == debug
+    assert ("second line" in err) == debug and "\x1b" not in err
 
 
 def test_unknown_pages_and_methods_are_json(server):

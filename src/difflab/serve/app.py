@@ -154,11 +154,16 @@ def _refused(request: Request, exc: Exception) -> JSONResponse:
     return error(status, str(exc), {"Connection": "close"} if status == 413 else None)
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, non-ASCII escaped and control characters shown as '?' (safe in a log line)."""
+    text = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def internal_line(scope: Scope, exc: BaseException) -> str:
     """One printable line naming the request and an unexpected exception."""
-    text = (str(exc).splitlines() or [""])[0][:200]
-    line = f"internal error on {scope['method']} {scope['path'][:80]}: {type(exc).__name__}: {text}"
-    return line.encode("ascii", "backslashreplace").decode("ascii")
+    text = (str(exc).splitlines() or [""])[0]
+    return f"internal error on {scope['method']} {printable(scope['path'], 80)}: {type(exc).__name__}: {printable(text)}"
 
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:
@@ -220,8 +225,8 @@ class Guard:
                 status.append(message["status"])
             await send(message)
 
-        why = check_origin(headers, self.allowed_hosts, scope["method"])
         try:
+            why = check_origin(headers, self.allowed_hosts, scope["method"])
             if why is not None:
                 await error(403, f"refused: {why}")(scope, receive, sending)
             else:
@@ -234,7 +239,7 @@ class Guard:
             if not status:
                 await error(500, line)(scope, receive, sending)
         if self.verbose:
-            print(f"{(scope.get('client') or ('-',))[0]} {scope['method']} {scope['path'][:200]} "
+            print(f"{(scope.get('client') or ('-',))[0]} {scope['method']} {printable(scope['path'])} "
                   f"{status[0] if status else '-'}", file=sys.stderr, flush=True)
 
 
