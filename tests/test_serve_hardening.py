@@ -399,6 +399,39 @@ def test_unknown_pages_and_methods_are_json(server):
     assert status == 404
     status, r = post(srv, "/api/nothing", "{}")
     assert status == 404 and "no such page /api/nothing" in r["error"]
+    status, r = request(srv, "GET", "/api/info", headers={"X-Big": "x" * 20000})
+    assert status == 431 and "headers larger than 16384 bytes" in r["error"]
+    status, r = request(srv, "POST", "/api/generate", b"{}", {"Content-Type": "application/json",
+                                                              "Content-Length": "2, 3"})
+    assert status == 400 and r["error"].startswith("invalid HTTP request")
+
+
+@pytest.mark.parametrize("argv,env,debug", [([], "", False), (["--debug"], "", True), ([], "1", True),
+                                            ([], "0", False)])
+def test_the_cli_passes_debug_and_allowed_hosts_to_the_server(tmp_path, monkeypatch, argv, env, debug):
+    import difflab.serve
+    from difflab.cli.main import main
+
+    seen = {}
+
+    class Fake:
+        allowed_hosts = {"127.0.0.1"}
+        url = "http://127.0.0.1:1/"
+
+        def __init__(self, service, host, port, **kw):
+            seen.update(kw, host=host)
+
+        def serve_forever(self):
+            pass
+
+        def server_close(self):
+            pass
+
+    monkeypatch.setattr(difflab.serve, "Server", Fake)
+    monkeypatch.setenv("DIFFLAB_DEBUG", env)
+    run = make_run(tmp_path / "run")
+    assert main(["serve", "--run", str(run), "--allow-host", "box", "--allow-host", "box.lan", *argv]) == 0
+    assert seen["debug"] is debug and seen["allow_hosts"] == ["box", "box.lan"] and seen["host"] == "127.0.0.1"
 
 
 # ---- a small fuzz of the request JSON ----------------------------------------------------------------------------

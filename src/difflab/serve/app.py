@@ -34,6 +34,7 @@ from .jobs import Busy, Service
 from .page import PAGE
 
 MAX_BODY = 4 << 20  # bytes of a request body (two small images as base64 JSON fit easily)
+MAX_HEADERS = 16 << 10  # bytes of a request's header names and values
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
            "Referrer-Policy": "no-referrer", "Content-Security-Policy": "frame-ancestors 'none'"}
 
@@ -227,7 +228,9 @@ class Guard:
 
         try:
             why = check_origin(headers, self.allowed_hosts, scope["method"])
-            if why is not None:
+            if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADERS:
+                await error(431, f"request headers larger than {MAX_HEADERS} bytes")(scope, receive, sending)
+            elif why is not None:
                 await error(403, f"refused: {why}")(scope, receive, sending)
             else:
                 await self.app(scope, receive, sending)

@@ -1,6 +1,6 @@
 """Serving the page's application (serve/app.py) with uvicorn: one listening socket, IPv4 or IPv6, with timeouts.
 
-uvicorn (with h11) parses HTTP: chunked bodies, keep-alive, a listen backlog of 1024 and a 16 KiB header limit.
+uvicorn (with h11) parses HTTP: chunked bodies, keep-alive, a listen backlog of 1024.
 On top of it each request must arrive whole (headers and body) within ``request_timeout`` seconds of the
 connection opening or of the previous answer, so a slow or stalled client costs one socket for that long.
 """
@@ -51,7 +51,7 @@ class DeadlineH11(H11Protocol):
             self._arm()  # the next request on this connection gets its own deadline
 
     def send_400_response(self, msg: str) -> None:
-        """A request h11 cannot parse (no Host, bad framing, 16 KiB of headers): a JSON 400, then close."""
+        """A request h11 cannot parse (no Host, bad framing, over 16 KiB of headers still arriving): a JSON 400, then close."""
         body = json.dumps({"error": f"invalid HTTP request ({msg.rstrip('.').lower()})"}).encode()
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
         for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
