@@ -36,7 +36,8 @@ def server(tmp_path):
     servers = []
 
     def start(num_classes=0, host="127.0.0.1", workers=2, max_queued=8, **kw):
-        service = Service(make_run(tmp_path / f"run{len(servers)}", num_classes), workers=workers, max_queued=max_queued)
+        run = make_run(tmp_path / f"run{len(servers)}", num_classes)
+        service = Service(run, workers=workers, max_queued=max_queued)
         srv = Server(service, host, 0, **kw)
         srv.start()
         servers.append(srv)
@@ -219,8 +220,8 @@ def test_check_origin_rules():
     assert check_origin({"host": "127.0.0.1:8000"}, allowed, "POST") is None
     assert check_origin({"host": "localhost:8000", "origin": "http://localhost:8000"}, allowed, "POST") is None
     assert "Host 'evil.example'" in check_origin({"host": "evil.example:8000"}, allowed, "GET")
-    assert "cross-origin" in check_origin({"host": "localhost:8000", "origin": "https://localhost:8000"}, allowed, "GET")
-    assert "cross-origin" in check_origin({"host": "localhost:8000", "origin": "http://localhost:8000/x"}, allowed, "GET")
+    for origin in ("https://localhost:8000", "http://localhost:8000/x", "http://localhost:8001", "http://127.0.0.1:8000"):
+        assert "cross-origin" in check_origin({"host": "localhost:8000", "origin": origin}, allowed, "GET")
     assert "cross-origin" in check_origin({"host": "localhost", "origin": "http://localhost:81"}, allowed, "GET")
     assert check_origin({"host": "localhost", "origin": "http://localhost"}, allowed, "GET") is None
     assert check_origin({"host": "anything:1"}, None, "GET") is None  # a wildcard address without --allow-host
@@ -446,7 +447,8 @@ FIELDS = {"sampler": ["ddim", "euler", "heun", "nope"], "steps": [1, 2, "2"], "s
 def fuzz_body(rng: random.Random, path: str, images: list[str]) -> bytes:
     """A random request: plausible fields, 0-2 of them odd; now and then a body that is not a JSON object."""
     if rng.random() < 0.05:
-        return rng.choice([b"[]", b'"x"', b"1", b"null", b"{", b'{"steps": 2,}', bytes(rng.randrange(256) for _ in range(8))])
+        junk = bytes(rng.randrange(256) for _ in range(8))
+        return rng.choice([b"[]", b'"x"', b"1", b"null", b"{", b'{"steps": 2,}', junk])
     req: dict = {"steps": rng.choice([1, 2, "2"]), "num": rng.choice([1, 2])}
     if path == "/api/edit":
         req.update(task=rng.choice(FIELDS["task"]), image=rng.choice(images), mask=rng.choice(images))

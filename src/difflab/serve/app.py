@@ -109,7 +109,7 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
-    """The JSON object of a request body; Refused(400) for anything else (bad JSON, NaN, 5000-digit numbers, 100000 brackets)."""
+    """The JSON object of a request body; Refused(400) for bad JSON, NaN, 5000-digit numbers, 100000 brackets."""
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
@@ -156,7 +156,7 @@ def _refused(request: Request, exc: Exception) -> JSONResponse:
 
 
 def printable(text: str, limit: int = 200) -> str:
-    """``text`` cut to ``limit`` characters, non-ASCII escaped and control characters shown as '?' (safe in a log line)."""
+    """``text`` cut to ``limit`` characters, non-ASCII escaped, control characters as '?' (safe in a log line)."""
     text = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
     return "".join(c if c.isprintable() else "?" for c in text)
 
@@ -164,7 +164,8 @@ def printable(text: str, limit: int = 200) -> str:
 def internal_line(scope: Scope, exc: BaseException) -> str:
     """One printable line naming the request and an unexpected exception."""
     text = (str(exc).splitlines() or [""])[0]
-    return f"internal error on {scope['method']} {printable(scope['path'], 80)}: {type(exc).__name__}: {printable(text)}"
+    where = f"{scope['method']} {printable(scope['path'], 80)}"
+    return f"internal error on {where}: {type(exc).__name__}: {printable(text)}"
 
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -51,7 +51,7 @@ class DeadlineH11(H11Protocol):
             self._arm()  # the next request on this connection gets its own deadline
 
     def send_400_response(self, msg: str) -> None:
-        """A request h11 cannot parse (no Host, bad framing, over 16 KiB of headers still arriving): a JSON 400, then close."""
+        """A request h11 cannot parse (no Host, bad framing, 16 KiB of unfinished headers): JSON 400, then close."""
         body = json.dumps({"error": f"invalid HTTP request ({msg.rstrip('.').lower()})"}).encode()
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
         for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
