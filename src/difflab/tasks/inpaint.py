@@ -22,8 +22,8 @@ from ..samplers import grids
 class Known:
     """D'(x_t, t) = m x_known + (1 - m) D(m x~_t + (1 - m) x_t, t): the known image is D's x_0 estimate where the
     mask m is 1, and the network sees there x~_t = alpha_t x_known + sigma_t eps, a fresh draw of q(x_t | x_0)
-    at every call (RePaint's re-noising of the known region, Lugmayr et al. 2022, eq. 8); ``generator=None`` with
-    ``fresh=False`` keeps the sampler's own state there instead."""
+    at every call (RePaint's re-noising of the known region, Lugmayr et al. 2022, eq. 8), eps from ``generator``;
+    ``fresh=False`` shows the network the sampler's own state there instead."""
 
     def __init__(self, model: Any, image: Tensor, mask: Tensor, generator: torch.Generator | None = None,
                  fresh: bool = True):
