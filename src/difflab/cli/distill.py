@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR", help="teacher run")
     p.add_argument("--method", choices=["progressive", "consistency"], default="progressive")
     p.add_argument("--prediction", choices=["v", "eps", "x0", "teacher"], default="v",
-                   help="the student's parametrisation (default v, as Salimans & Ho 2022; 'teacher' keeps the teacher's)")
+                   help="the student's parametrisation (default v, as Salimans & Ho 2022; the first student then reads "
+                        "the teacher's network as v, so it starts as the teacher only for a v teacher; 'teacher' keeps "
+                        "the teacher's and starts as the teacher exactly)")
     p.add_argument("--steps", type=int, default=4, help="student's sampling steps (default 4)")
     p.add_argument("--start", type=int, default=64, help="progressive: teacher's DDIM steps in the first round (default 64)")
     p.add_argument("--levels", type=int, default=18, help="consistency: Karras levels N of the discretisation (default 18)")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..samplers import grids
     from ..training.checkpoint import CHECKPOINT, CONFIG, read_json, write_json
     from ..training.config import FitConfig
-    from ..training.distill import as_student, distill_round
+    from ..training.distill import as_student, distill_round, starts_as_teacher
     from .tune_steps import GRIDS_FILE, key
 
     if (args.out / CHECKPOINT).exists():
@@ -69,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     teacher, sigmas = loaded.model, grids.karras(loaded.model.schedule, args.start)
     args.out.mkdir(parents=True, exist_ok=True)
     pred = loaded.model.prediction if args.prediction == "teacher" else args.prediction
+    if not starts_as_teacher(teacher, pred):
+        print(f"the first {pred} student reads the {loaded.model.prediction} teacher's network as {pred}: it starts from "
+              f"the teacher's weights, not from its function (--prediction teacher starts it as the teacher)")
     config = {**read_json(args.run / CONFIG), "prediction": pred, "distillation": {
         "method": "progressive", "teacher": str(args.run), "start": args.start, "steps": args.steps,
         "round": cfg.to_dict()}}
@@ -108,7 +113,7 @@ def _consistency(args: argparse.Namespace) -> int:
     from ..samplers import grids
     from ..training.checkpoint import CONFIG, read_json, write_json
     from ..training.config import FitConfig
-    from ..training.distill import as_student, distill_consistency
+    from ..training.distill import as_student, distill_consistency, starts_as_teacher
     from .tune_steps import GRIDS_FILE, key
 
     if args.steps < 1:
@@ -124,6 +129,9 @@ def _consistency(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     teacher = loaded.model
     pred = teacher.prediction if args.prediction == "teacher" else args.prediction
+    if not starts_as_teacher(teacher, pred):
+        print(f"the {pred} student reads the {teacher.prediction} teacher's network as {pred}: it starts from the "
+              f"teacher's weights, not from its function (--prediction teacher starts it as the teacher)")
     sigma_data = float(data.x.float().std())
     base = as_student(teacher, pred)
     student = ConsistencyDenoiser(base.net, base.schedule, pred, sigma_data=sigma_data)

@@ -51,9 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            help="t0 as a fraction of the schedule (0 = the input, 1 = ignore it; default 0.5)")
             q.add_argument("--mask", type=Path, metavar="MASK", help="optional: keep the white part of this mask")
         elif task not in ("superres", "colorize"):
-            q.add_argument("--jump", type=int, default=10, help="RePaint jump length j (default 10)")
-            q.add_argument("--resample", type=int, default=1,
-                           help="RePaint resamples r per block (default 1: plain replacement)")
+            r, j = (10, 5) if task == "inpaint" else (1, 10)
+            q.add_argument("--jump", type=int, default=j, help=f"RePaint jump length j (default {j})")
+            q.add_argument("--resample", type=int, default=r, help=f"RePaint resamples r per block (default {r}" + (
+                "; 1 is plain replacement, faster but biased)" if r > 1 else ": plain replacement)"))
         if task == "inpaint":
             q.add_argument("--mask", required=True, type=Path, metavar="MASK",
                            help="PNG (white = keep, black = generate) or a folder of masks named as the inputs")

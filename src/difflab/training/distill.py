@@ -55,17 +55,35 @@ class Round:
 
 
 def as_student(teacher: Any, prediction: str | None = "v") -> Denoiser:
-    """A copy of the teacher's network read as ``prediction`` (v by default: Salimans & Ho 2022, sec. 4; None keeps the teacher's)."""
-    base = teacher
-    while not isinstance(base, Denoiser) and hasattr(base, "model"):  # Clamped, Thresholded
-        base = base.model
-    if not isinstance(base, Denoiser):
-        raise TypeError(f"the teacher must be a Denoiser to copy its network, got {type(teacher).__name__}")
+    """A copy of the teacher's network read as ``prediction`` (v by default: Salimans & Ho 2022, sec. 4; None keeps the teacher's).
+
+    Read in the teacher's own parametrisation the copy is the teacher's function (:func:`starts_as_teacher`); read
+    in another one it is not (an eps network read as v gives another x_0): the first round then starts from the
+    teacher's weights only. No exact rewrite helps: an eps network turned into v = (eps - sigma x) / alpha keeps
+    eps's 1/alpha gain on the network output, the conditioning that v prediction is there to avoid (docs/samplers.md).
+    """
+    base = _base(teacher)
     return Denoiser(copy.deepcopy(base.net), base.schedule, prediction or base.prediction)
 
 
+def starts_as_teacher(teacher: Any, prediction: str | None) -> bool:
+    """Whether :func:`as_student` (teacher, prediction) computes the teacher's denoiser: the same parametrisation."""
+    return prediction is None or prediction == _base(teacher).prediction
+
+
+def _base(teacher: Any) -> Denoiser:
+    """The Denoiser under wrappers such as Clamped and Thresholded; TypeError if there is none."""
+    base = teacher
+    while not isinstance(base, Denoiser) and hasattr(base, "model"):
+        base = base.model
+    if not isinstance(base, Denoiser):
+        raise TypeError(f"the teacher must be a Denoiser to copy its network, got {type(teacher).__name__}")
+    return base
+
+
 class ProgressiveDistillation(Family):
-    """Student (by default the teacher's network read as v prediction) trained on the truncated-SNR-weighted x_0
+    """Student (by default the teacher's network read as v prediction, which is the teacher's function only for a v
+    teacher: :func:`as_student`) trained on the truncated-SNR-weighted x_0
     error max(SNR, 1) |D_student - x~_0|^2, SNR = 1/s^2, at the student's own levels (Salimans & Ho 2022, eq. 9).
 
     With v prediction the x_0 error is sigma times the v error, so the weight on the network output,
@@ -204,4 +222,4 @@ def distill_consistency(teacher: Any, data: Dataset, sigmas: Tensor, student: Co
 
 
 __all__ = ["ProgressiveDistillation", "as_student", "ConsistencyDistillation", "distill_consistency", "ode_step",
-           "consistency_metric", "Round", "halving_target", "distill_round"]
+           "consistency_metric", "Round", "halving_target", "distill_round", "starts_as_teacher"]
