@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from difflab.data import load
-from difflab.text import (DIGIT_NAMES, CaptionThresholds, SmallTextConfig, SmallTextEncoder, attributes, caption_table,
+from difflab.text import (DIGIT_NAMES, VOCABULARY, CaptionThresholds, SmallTextConfig, SmallTextEncoder, attributes, caption_table,
                           captions, get_encoder, minilm_available, tokenize_words)
 from difflab.training import TrainConfig
 from difflab.training import conditioning_for
@@ -57,7 +57,9 @@ def test_captions_are_deterministic_and_reflect_attributes(digits):
 def test_tokenizer_and_small_encoder_are_deterministic():
     ids, mask = tokenize_words(["a thick seven", "A Two!", "zzz"], max_len=16)
     assert ids.shape == (3, 3) and mask.tolist() == [[True] * 3, [True, True, False], [True, False, False]]
-    assert ids[2, 0] == 1  # unknown word
+    assert ids[2, 0] >= len(VOCABULARY)  # a word outside the vocabulary: a hashed bucket
+    ids2, _ = tokenize_words(["red", "blue", "RED"], max_len=16)
+    assert ids2[0, 0] == ids2[2, 0] != ids2[1, 0] and int(ids2.min()) >= len(VOCABULARY)
     e1, e2 = SmallTextEncoder(SmallTextConfig(seed=3)), SmallTextEncoder(SmallTextConfig(seed=3))
     s1, m1 = e1.encode(["a thick seven", "a two"])
     s2, m2 = e2.encode(["a thick seven", "a two"])
