@@ -65,6 +65,8 @@ def test_tokenizer_and_small_encoder_are_deterministic():
     s2, m2 = e2.encode(["a thick seven", "a two"])
     assert torch.equal(s1, s2) and torch.equal(m1, m2) and s1.shape == (2, 3, 64)
     assert torch.all(s1[1, 2] == 0)  # padding position
+    empty, empty_mask = e1.encode(["", "a two"])
+    assert torch.equal(empty[0], torch.zeros_like(empty[0])) and not empty_mask[0].any()  # zeros, not NaN
     # padding does not change the states of real tokens (key padding mask)
     alone, _ = e1.encode(["a two"])
     torch.testing.assert_close(alone[0], s1[1, :2])

@@ -89,12 +89,12 @@ class SmallTextEncoder(nn.Module):
             self.hashed = nn.Embedding(HASH_BUCKETS, cfg.dim)
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """ids [B, L] (L <= max_len), mask [B, L] bool -> [B, L, dim] (padding positions are zeroed)."""
+        """ids [B, L] (L <= max_len), mask [B, L] bool -> [B, L, dim] (padding positions, and empty prompts, are zeros)."""
         v = len(VOCABULARY)
         known = self.tokens(ids.clamp_max(v - 1)) * (ids < v)[..., None]
         h = known + self.hashed((ids - v).clamp_min(0)) * (ids >= v)[..., None] + self.positions[: ids.shape[1]]
         h = self.blocks(h, src_key_padding_mask=~mask)
-        return self.norm(h) * mask[..., None].to(h.dtype)
+        return torch.where(mask[..., None], self.norm(h), 0.0)  # an empty prompt's all-padding row is NaN inside
 
     def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Prompts -> (states [B, L, dim], mask [B, L])."""

@@ -102,8 +102,9 @@ class CaptionConditioning(Conditioning):
         return {"context": (ctx * keep[:, None, None]).to(device), "context_mask": (mask & keep[:, None]).to(device)}
 
     def null(self, n: int, device: torch.device | str) -> Cond:
-        ctx, mask = self.prompts([""], device)
-        return {"context": torch.zeros_like(ctx).expand(n, -1, -1), "context_mask": torch.zeros_like(mask).expand(n, -1)}
+        c = self.prompts([""], device)  # the empty caption: zero states, no tokens
+        return {"context": torch.zeros_like(c["context"]).expand(n, -1, -1),
+                "context_mask": torch.zeros_like(c["context_mask"]).expand(n, -1)}
 
     def preview(self, n: int, device: torch.device | str) -> Cond:
         from ..text import class_prompts
@@ -120,7 +121,8 @@ class CaptionConditioning(Conditioning):
         """A negative prompt for classifier-free guidance: (the condition function ``cond_fn`` (n, device) padded to
         the negative prompt's length, the map of a condition to the negative prompt's), so the unconditional
         branch of CFG asks for ``prompt`` instead of the empty caption.  Padding adds masked tokens only."""
-        neg_ctx, neg_mask = self.prompts([prompt], "cpu").values()
+        neg = self.prompts([prompt], "cpu")
+        neg_ctx, neg_mask = neg["context"], neg["context_mask"]
         L = neg_ctx.shape[1]
 
         def padded(c: dict[str, Tensor], length: int) -> dict[str, Tensor]:
