@@ -145,4 +145,4 @@ def test_prompt_guided_sdedit_moves_the_bar(trained, bars):
     g = torch.Generator().manual_seed(0)
     moved = sdedit(Clamped(ClassifierFreeGuidance(model, 3.0)), left, 0.8, sampler="ddim", steps=20, cond=cond,
                    generator=g)
-    assert float(side(moved).float().mean()) >= 0.7
+    assert float(side(moved).float().mean()) >= 0.8  # measured 1.0 (0.9 without guidance); the inputs are all 0
