@@ -110,3 +110,20 @@ def test_text_on_a_latent_run(text_run, tmp_path, data):
                "--negative-prompt", "a bar", "--out", tmp_path / "s.npz") == 0
     with np.load(tmp_path / "s.npz") as f:
         assert f["images"].shape == (2, 8, 8, 1)
+
+
+def test_text_cascade_samples_from_a_prompt(text_run, tmp_path, capsys):
+    """A text base at 4x4 (the folder shrunk, captions kept) and an 8x8 SR stage; sampled with --prompt and CFG."""
+    bars = text_run / "bars"
+    common = ["--steps", 1, "--config", text_run / "cfg.json", "--quiet", "--image-size", 8]
+    assert run("train", "--data", f"size:4:{bars}", "--text-encoder", "small", "--out", tmp_path / "base", *common) == 0
+    assert run("train", "--data", bars, "--task", "superres", "--out", tmp_path / "sr", *common) == 0
+    assert run("cascade", "--base", tmp_path / "base", "--stage", tmp_path / "sr", "--out", tmp_path / "c") == 0
+    out = tmp_path / "c.npz"
+    assert run("sample", "--run", tmp_path / "c", "--num", 2, "--steps", 2, "--prompt", "a bar on the left",
+               "--guidance-scale", 2, "--out", out) == 0
+    with np.load(out) as f:
+        assert f["images"].shape == (2, 8, 8, 1)
+    capsys.readouterr()
+    assert run("sample", "--run", tmp_path / "c", "--num", 2, "--steps", 2, "--guidance-scale", 2, "--out", out) == 2
+    assert "--guidance-scale needs --prompt" in capsys.readouterr().err
