@@ -113,11 +113,18 @@ def test_text_on_a_latent_run(text_run, tmp_path, data):
 
 
 def test_text_cascade_samples_from_a_prompt(text_run, tmp_path, capsys):
-    """A text base at 4x4 (the folder shrunk, captions kept) and an 8x8 SR stage; sampled with --prompt and CFG."""
+    """A text base at 4x4 (the folder shrunk, captions kept) and an 8x8 text-conditional SR stage with noise-
+    conditioning augmentation (Imagen); sampled with --prompt and CFG."""
+    from difflab.training import load_run
+
     bars = text_run / "bars"
     common = ["--steps", 1, "--config", text_run / "cfg.json", "--quiet", "--image-size", 8]
     assert run("train", "--data", f"size:4:{bars}", "--text-encoder", "small", "--out", tmp_path / "base", *common) == 0
-    assert run("train", "--data", bars, "--task", "superres", "--out", tmp_path / "sr", *common) == 0
+    assert run("train", "--data", bars, "--task", "superres", "--noise-aug", "--text-encoder", "small", "--out",
+               tmp_path / "sr", *common) == 0
+    sr = load_run(tmp_path / "sr")
+    assert sr.conditioning.kind == "superres" and sr.conditioning.text.encoder == "small"
+    assert sr.model.net.config.context_dim == 64 and sr.model.net.config.cond_channels == 2
     assert run("cascade", "--base", tmp_path / "base", "--stage", tmp_path / "sr", "--out", tmp_path / "c") == 0
     out = tmp_path / "c.npz"
     assert run("sample", "--run", tmp_path / "c", "--num", 2, "--steps", 2, "--prompt", "a bar on the left",

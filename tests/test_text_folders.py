@@ -146,3 +146,29 @@ def test_prompt_guided_sdedit_moves_the_bar(trained, bars):
     moved = sdedit(Clamped(ClassifierFreeGuidance(model, 3.0)), left, 0.8, sampler="ddim", steps=20, cond=cond,
                    generator=g)
     assert float(side(moved).float().mean()) >= 0.8  # measured 1.0 (0.9 without guidance); the inputs are all 0
+
+
+def test_text_superres_condition_joins_the_low_res_image_and_the_caption(bars):
+    """Imagen's SR condition: the (augmented) low-res image concatenated, the caption cross-attended and dropped
+    with p_uncond; at sampling the prompts (or the empty caption) join the low-res image."""
+    from difflab.training.conditioning import SuperResConditioning, TextSuperResConditioning, downsampled
+    from difflab.utils.random import BatchRandom
+
+    data = load(str(bars), "all", image_size=8)
+    cfg = TrainConfig(task="superres", conditional=True, text_encoder="small", noise_aug=True, p_uncond=0.0)
+    c = conditioning_for(cfg, data)
+    assert isinstance(c, TextSuperResConditioning) and c.network_options() == {"cond_channels": 2, "num_classes": 0,
+                                                                               "context_dim": 64}
+    idx = torch.arange(6)
+    cond = c.draw(idx, BatchRandom(torch.Generator().manual_seed(0), 0, 6), "cpu")
+    plain = SuperResConditioning(2, 1, data, augment=True, blur=cfg.aug_blur)
+    alone = plain.draw(idx, BatchRandom(torch.Generator().manual_seed(0), 0, 6), "cpu")
+    assert torch.equal(cond["image"], alone["image"])  # the image part draws first, as without text
+    want = c.prompts([PROMPTS[i % 2] for i in range(6)], "cpu")
+    torch.testing.assert_close(cond["context"], want["context"], rtol=0, atol=1e-5)
+    low = downsampled(data.batch(idx), 2)
+    asked = c.of_low(low, "cpu", prompts=["a bar on the right"] * 6)
+    assert asked["image"].shape == (6, 2, 8, 8) and asked["context_mask"].all()
+    assert not c.of_low(low, "cpu")["context_mask"].any()  # no prompt: the empty caption
+    dropped = conditioning_for(cfg.replace(p_uncond=0.999), data).draw(idx, BatchRandom(torch.Generator().manual_seed(0), 0, 6), "cpu")
+    assert not dropped["context_mask"].any() and torch.equal(dropped["image"], cond["image"])

@@ -107,8 +107,8 @@ class Cascade:
                **options: Any) -> Tensor | list[Tensor]:
         """n samples of the final size: the base's samples, then each SR stage conditioned on the previous output
         augmented to its level (Ho et al. 2022, Alg. 1-2).  ``levels`` overrides the folder's; ``label`` is the
-        class of a class-conditional base, ``prompt`` the caption of a text-conditional one, with classifier-free
-        guidance at ``guidance_scale``; ``intermediates`` returns every stage's output, base first."""
+        class of a class-conditional base, ``prompt`` the caption of a text-conditional base and SR stages, with
+        classifier-free guidance at ``guidance_scale``; ``intermediates`` returns every stage's output, base first."""
         from ..guidance import ClassifierFreeGuidance
         from ..models.denoiser import Clamped
 
@@ -133,9 +133,12 @@ class Cascade:
         outs = [x]
         for stage, level in zip(self.stages, levels):
             x = x.clamp(-1, 1).to(next(stage.model.parameters()).device)
+            text = hasattr(stage.conditioning, "text")  # Imagen's text-conditional SR: the prompt and CFG again
+            sr = ClassifierFreeGuidance(stage.model, guidance_scale) if text and guidance_scale else stage.model
+            words = {"prompts": [prompt] * n} if text and prompt is not None else {}
             with torch.no_grad():
-                x = superres(wrap(stage.model), x, stage.conditioning, sampler=sampler, steps=steps,
-                             generator=generator, level=float(level), **options)
+                x = superres(wrap(sr), x, stage.conditioning, sampler=sampler, steps=steps,
+                             generator=generator, level=float(level), **words, **options)
             outs.append(x)
         return outs if intermediates else x
 

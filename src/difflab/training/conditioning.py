@@ -239,6 +239,39 @@ class SuperResConditioning(Conditioning):
         return self.of_low(downsampled(x, self.scale), device)
 
 
+class TextSuperResConditioning(SuperResConditioning):
+    """Imagen's text-conditional super-resolution (Saharia et al. 2022, sec. 2.5): SR3's low-res condition (with
+    noise-conditioning augmentation if asked) and the caption's states cross-attended, the caption dropped with
+    p_uncond for classifier-free guidance.  ``text`` is the caption conditioning; ``of_low`` takes the prompts."""
+
+    def __init__(self, scale: int, channels: int, text: CaptionConditioning, data: Any = None, augment: bool = False,
+                 blur: float = 0.0):
+        super().__init__(scale, channels, data, augment, blur)
+        self.text = text
+
+    def network_options(self) -> dict[str, Any]:
+        return {**super().network_options(), **self.text.network_options()}
+
+    def of_low(self, low: Tensor, device: torch.device | str, level: float = 0.0,
+               generator: torch.Generator | None = None, prompts: Sequence[str] | None = None) -> Cond:
+        """The SR condition of ``low`` asking for captions ``prompts`` (one per image; None: the empty caption)."""
+        cond = super().of_low(low, device, level, generator)
+        words = self.text.prompts(list(prompts), device) if prompts is not None else self.text.null(len(low), device)
+        return {**cond, **words}
+
+    def draw(self, idx: Tensor, rng: BatchRandom, device: torch.device | str) -> Cond:
+        return {**super().draw(idx, rng, device), **self.text.draw(idx, rng, device)}
+
+    def preview(self, n: int, device: torch.device | str) -> Cond:
+        """The low-res versions of the first n training images and their (first) captions (at training time only)."""
+        cond = super().preview(n, device)
+        ctx, mask = self.text.table.gather(torch.arange(n) % len(self.data))
+        return {**cond, "context": ctx.to(device), "context_mask": mask.to(device)}
+
+    def prompts(self, texts: Sequence[str], device: torch.device | str) -> Cond:
+        return self.text.prompts(texts, device)
+
+
 def training_masks(rng: BatchRandom, n: int, h: int, w: int) -> Tensor:
     """Palette's training masks [n, 1, h, w] (1 = keep): a random box, two brush strokes or a half, one kind each
     in turn at random (Saharia et al. 2022, sec. 4); a fixed number of draws per row whatever its kind."""
@@ -350,6 +383,11 @@ def conditioning_for(cfg: Any, data: Any) -> Conditioning:
         c, h, w = data.shape
         if h % cfg.scale or w % cfg.scale:
             raise UserError(f"--scale {cfg.scale} does not divide the {h}x{w} images of {data.spec}")
+        if cfg.text_encoder != "none":  # Imagen's text-conditional super-resolution
+            from ..text import caption_table
+
+            text = CaptionConditioning(cfg.text_encoder, cfg.p_uncond, 0, caption_table(data, cfg.text_encoder))
+            return TextSuperResConditioning(cfg.scale, c, text, data, augment=cfg.noise_aug, blur=cfg.aug_blur)
         return SuperResConditioning(cfg.scale, c, data, augment=cfg.noise_aug, blur=cfg.aug_blur)
     if getattr(cfg, "task", "generate") == "colorize":
         if data.kind != "image" or data.shape[0] != 3:
@@ -397,6 +435,10 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     train = run_config.get("train", {})
     net = run_config.get("network", {}).get("config", {})
     p = float(train.get("p_uncond", 0.1))
+    if train.get("task", "generate") == "superres" and int(net.get("context_dim", 0)) > 0:
+        return TextSuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]),
+                                        CaptionConditioning(train["text_encoder"], p, 0),
+                                        augment=bool(train.get("noise_aug", False)), blur=float(train.get("aug_blur", 0.0)))
     if train.get("task", "generate") == "superres":
         return SuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]),
                                     augment=bool(train.get("noise_aug", False)),
@@ -413,5 +455,6 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     return Conditioning()
 
 
-__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "with_negative_prompt", "SuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
+__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "with_negative_prompt", "SuperResConditioning",
+           "TextSuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
            "training_masks", "gaussian_blur", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]
