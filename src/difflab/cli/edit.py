@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edit", help="inpaint, SDEdit, uncrop or extend images with a trained run", description=(
         "Image-to-image tasks on a trained run: inpaint (RePaint), sdedit, uncrop, panorama (training-free, on "
         "any unconditional run), superres and colorize (--task superres / colorize runs); inpaint on a --task inpaint run uses its "
-        "mask conditioning. "
+        "mask conditioning; sdedit and inpaint on a text run take --prompt (with --guidance-scale, --negative-prompt). "
         "--input and --out are PNG/JPEG files, or folders (same file names out). Masks: white = keep, "
         "black = generate."))
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -55,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--jump", type=int, default=j, help=f"RePaint jump length j (default {j})")
             q.add_argument("--resample", type=int, default=r, help=f"RePaint resamples r per block (default {r}" + (
                 "; 1 is plain replacement, faster but biased)" if r > 1 else ": plain replacement)"))
+        if task in ("sdedit", "inpaint"):
+            _prompt_arguments(q)
         if task == "inpaint":
             q.add_argument("--mask", required=True, type=Path, metavar="MASK",
                            help="PNG (white = keep, black = generate) or a folder of masks named as the inputs")
@@ -67,6 +69,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if task == "panorama":
             q.add_argument("--width", type=int, required=True, help="width of the strip in pixels")
         q.set_defaults(handler=run)
+
+
+def _prompt_arguments(q: argparse.ArgumentParser) -> None:
+    """--prompt, --guidance-scale and --negative-prompt of edits on a text run (docs/tasks.md)."""
+    q.add_argument("--prompt", help="text runs: the caption the edit asks for (default: the empty caption)")
+    q.add_argument("--guidance-scale", type=float, default=0.0, metavar="W",
+                   help="with --prompt: classifier-free guidance weight (default 0 = off)")
+    q.add_argument("--negative-prompt", metavar="TEXT", help="with --guidance-scale: guide away from this caption")
+
+
+def _text_guided(args: argparse.Namespace, loaded) -> tuple[object, object]:
+    """(denoiser, condition of one image) of an edit on a text run: the prompt's condition, with CFG if asked."""
+    from ..guidance import ClassifierFreeGuidance
+    from ..training.conditioning import with_negative_prompt
+
+    prompt, negative = getattr(args, "prompt", None), getattr(args, "negative_prompt", None)
+    w = getattr(args, "guidance_scale", 0.0)
+    if loaded.conditioning.kind != "captions":
+        if prompt is not None or negative is not None or w:
+            raise UserError(f"--prompt: the run in {args.run} is not text-conditional (train it with --text-encoder)")
+        return loaded.model, None
+    if w < 0:
+        raise UserError(f"--guidance-scale must be >= 0, got {w}")
+    if w and prompt is None:
+        raise UserError("--guidance-scale needs --prompt: the caption to guide towards")
+    model = ClassifierFreeGuidance(loaded.model, w) if w else loaded.model
+    cond_fn = (lambda n, device: loaded.conditioning.prompts([prompt] * n, device)) if prompt is not None \
+        else loaded.conditioning.null
+    if negative is not None:
+        cond_fn = with_negative_prompt(model, loaded.conditioning, negative, cond_fn)
+    return model, cond_fn(1, next(loaded.model.parameters()).device)
 
 
 def _files(path: Path) -> list[Path]:
@@ -186,12 +219,15 @@ def run(args: argparse.Namespace) -> int:
     kind = loaded.conditioning.kind
     if args.task in ("superres", "colorize") and kind != args.task:
         raise UserError(f"--run {args.run} is not a {args.task} run (train it with --task {args.task})")
-    if args.task not in ("superres", "colorize") and kind != "none" and not (args.task == "inpaint" and kind == "inpaint"):
+    text = kind == "captions" and args.task in ("sdedit", "inpaint")  # a text run: the prompt is the condition
+    if args.task not in ("superres", "colorize") and kind != "none" and not (args.task == "inpaint" and kind == "inpaint") \
+            and not text:
         raise UserError(f"--run {args.run} is conditional ({kind}); edit {args.task} needs an unconditional run")
     c, h, w = shape
     if args.task == "superres":
         h, w = h // loaded.conditioning.scale, w // loaded.conditioning.scale
-    model = Clamped(loaded.model)
+    guided, cond = _text_guided(args, loaded)
+    model = Clamped(guided)
     device = next(loaded.model.parameters()).device
     g = torch.Generator().manual_seed(args.seed)
     common = {"sampler": args.sampler, "steps": args.steps, "generator": g}
@@ -207,9 +243,11 @@ def run(args: argparse.Namespace) -> int:
             if args.task == "inpaint" and kind == "inpaint":  # a mask-conditioned run (Palette)
                 y = tasks.inpaint_conditioned(model, x, mask.to(device), loaded.conditioning, **common)
             elif args.task == "inpaint":
-                y = tasks.inpaint(model, x, mask.to(device), jump=args.jump, resample=args.resample, **common)
+                y = tasks.inpaint(model, x, mask.to(device), jump=args.jump, resample=args.resample, cond=cond,
+                                  **common)
             elif args.task == "sdedit":
-                y = tasks.sdedit(model, x, args.strength, mask=None if mask is None else mask.to(device), **common)
+                y = tasks.sdedit(model, x, args.strength, mask=None if mask is None else mask.to(device), cond=cond,
+                                 **common)
             elif args.task == "uncrop":
                 y = tasks.uncrop(model, x, left=args.left, right=args.right, top=args.top, bottom=args.bottom,
                                  jump=args.jump, resample=args.resample, **common)

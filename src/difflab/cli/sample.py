@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     guide.add_arguments(p)
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="text runs with --guidance-scale: guide away from this caption instead of the empty one")
     p.set_defaults(handler=run)
 
 
@@ -82,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--label {args.label}: the run in {args.run} "
                         + (f"has classes 0..{num_classes - 1}" if num_classes else "is not class-conditional"))
     model, make_cond = guide.guided(args, loaded)
+    if args.negative_prompt is not None:
+        from ..training.conditioning import with_negative_prompt
+
+        make_cond = with_negative_prompt(model, loaded.conditioning, args.negative_prompt, make_cond)
     device = next(model.parameters()).device
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")

@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, metavar="FILE", help="JSON file with TrainConfig fields")
     p.add_argument("--conditional", action="store_true", default=None, help="train on the dataset's class labels")
     p.add_argument("--text-encoder", choices=["small", "minilm"],
-                   help="with --conditional: condition on generated captions through this text encoder")
+                   help="condition on captions through this text encoder (implies --conditional): a captioned "
+                        "folder's own (docs/data.md), or captions made from digit labels")
     p.add_argument("--sample-every", type=int, metavar="N", help="write a preview grid every N steps")
     p.add_argument("--task", choices=["generate", "superres", "inpaint", "colorize"],
                    help="superres: SR3, conditioned on the 1/--scale image upsampled; inpaint: conditioned on a masked "
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.family != "diffusion":
         return run_family(args)
     overrides = _engine_overrides(args) | {
-        "conditional": args.conditional, "sample_every": args.sample_every, "text_encoder": args.text_encoder,
+        "conditional": True if args.text_encoder else args.conditional, "sample_every": args.sample_every, "text_encoder": args.text_encoder,
         "autoencoder": args.autoencoder, "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug,
         "aug_blur": args.aug_blur}
     overrides = {k: v for k, v in overrides.items() if v is not None}

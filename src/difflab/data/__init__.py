@@ -1,6 +1,7 @@
 """Datasets by spec: ``digits``, ``toy:NAME``, ``mnist:DIR`` or a path to a folder of images; ``color:SPEC`` colours a
 grayscale image set with a seeded foreground/background pair per image (for colorization); ``size:N:SPEC`` shrinks
-any image set to N x N (the base and middle stages of a cascade, e.g. ``size:7:mnist:DIR``).
+any image set to N x N (the base and middle stages of a cascade, e.g. ``size:7:mnist:DIR``).  An image folder with
+``metadata.jsonl``, ``metadata.csv`` or ``.txt`` sidecars carries captions (:mod:`difflab.data.captions`).
 
 Images are held as uint8 [N, C, H, W] and converted per batch to float32 in [-1, 1] (``Dataset.batch``), a
 quarter of the memory of float storage; 2-D toy data is float32 [N, 2].
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from . import captions as _captions
 from . import images as _images
 from .toy import TOYS, toy
 
@@ -24,13 +26,15 @@ _CHUNK = 1 << 22  # elements converted at a time by Dataset.x (bounds the int64 
 
 
 class Dataset:
-    """Training data: images [N, C, H, W] or points [N, D], with labels ``y`` [N] or None.
+    """Training data: images [N, C, H, W] or points [N, D], with labels ``y`` [N] or None and, for a captioned
+    image folder (docs/data.md), ``captions``: a tuple of one or more captions per example.
 
     ``stored`` holds the examples as given: uint8 images (0..255) stay uint8 and are converted to [-1, 1] per
     batch; floating tensors (points, or images already in [-1, 1]) are kept as float32 and used as given.
     """
 
-    def __init__(self, x: Tensor, y: Tensor | None, spec: str, class_names: list[str] | None = None):
+    def __init__(self, x: Tensor, y: Tensor | None, spec: str, class_names: list[str] | None = None,
+                 captions: list[tuple[str, ...]] | None = None):
         if x.dtype == torch.uint8:
             if x.ndim != 4:
                 raise DataError(f"{spec}: uint8 data must be images [N, C, H, W], got shape {tuple(x.shape)}")
@@ -41,7 +45,10 @@ class Dataset:
             raise DataError(f"{spec}: examples must be uint8 images or floating-point tensors, got {x.dtype}")
         if y is not None and len(y) != len(x):
             raise DataError(f"{spec}: {len(x)} examples but {len(y)} labels")
+        if captions is not None and len(captions) != len(x):
+            raise DataError(f"{spec}: {len(x)} examples but {len(captions)} captions")
         self.y = y
+        self.captions = captions  # each example's captions (one or more), from a captioned image folder
         self.spec = spec
         self.class_names = class_names
 
@@ -150,10 +157,10 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
         inner = load(rest, split, image_size, channels, seed)
         if inner.kind != "image":
             raise DataError(f"--data {spec}: size: applies to images, and {rest!r} holds points")
-        return Dataset(shrink(inner.stored, int(n_text), spec), inner.y, spec, inner.class_names)
+        return Dataset(shrink(inner.stored, int(n_text), spec), inner.y, spec, inner.class_names, inner.captions)
     if spec.startswith("color:"):  # a grayscale set coloured deterministically (colorization)
         inner = load(spec[6:], split, image_size, 1, seed)
-        return Dataset(colored(inner.stored, seed), inner.y, spec, inner.class_names)
+        return Dataset(colored(inner.stored, seed), inner.y, spec, inner.class_names, inner.captions)
     if spec == "digits":
         x, y = _images.digits()
         idx = _split(len(x), split, test_fraction=1 / 6)
@@ -176,13 +183,16 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
     path = Path(spec)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or directory (expected digits, toy:NAME, mnist:DIR or an image folder)")
-    x, y, classes = _images.image_folder(path, image_size or 32, channels)
+    kept: list[Path] = []
+    x, y, classes = _images.image_folder(path, image_size or 32, channels, kept=kept)
+    caps = _captions.folder_captions(path, kept) if _captions.is_captioned(path, kept) else None
     if len(x) == 1 and split == "test":
         raise DataError(f"image folder {spec} has 1 image: no held-out test split (add images, or use split all)")
     if len(x) > 1 and split != "all":
         idx = _split(len(x), split, test_fraction=0.1)
         x, y = x[idx], y[idx]
-    return Dataset(torch.from_numpy(x), torch.from_numpy(y), spec, classes)
+        caps = None if caps is None else [caps[i] for i in idx]
+    return Dataset(torch.from_numpy(x), torch.from_numpy(y), spec, classes, caps)
 
 
 __all__ = ["Dataset", "load", "shrink", "toy", "TOYS", "to_unit", "to_uint8"]

@@ -179,8 +179,10 @@ class TrainConfig(FitConfig):
         self.require_ints(("scale",), 2)
         require(not self.noise_aug or self.task == "superres", f"{n}.noise_aug needs task='superres'")
         require(self.aug_blur >= 0, f"{n}.aug_blur must be >= 0, got {self.aug_blur!r}")
-        require(self.task == "generate" or not self.conditional,
-                f"{n}.task={self.task!r} is conditioned on an image; it cannot also be conditional=true")
+        text_sr = self.task == "superres" and self.text_encoder != "none"
+        require(self.task == "generate" or not self.conditional or text_sr,
+                f"{n}.task={self.task!r} is conditioned on an image; it cannot also be conditional=true "
+                f"(task='superres' may take a text_encoder: Imagen's text-conditional super-resolution)")
         require(not self.autoencoder or self.task == "generate",
                 f"{n}.autoencoder: latent diffusion supports task='generate' only, not {self.task!r}")
         require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
