@@ -246,3 +246,34 @@ def reconstruct(run_dir: str | Path, sigma_rel: float, step: int | None = None) 
         module, k = name.split(".", 1)
         out.setdefault(module, {})[k] = v
     return out, step
+
+
+def write_posthoc_run(run_dir: str | Path, sigma_rel: float, out: str | Path | None = None,
+                      step: int | None = None) -> Path:
+    """Copy RUN to ``out`` (default RUN-ema<sigma_rel>) with its EMA weights replaced by the post-hoc EMA of length
+    ``sigma_rel``; config.json records it.  The source run is left as it is; an existing run at ``out`` is refused."""
+    from .checkpoint import CHECKPOINT, CONFIG, atomic_write, read_json, write_json
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / CONFIG).is_file():
+        raise UserError(f"--run: {run_dir} is not a run folder (no {CHECKPOINT} or {CONFIG})")
+    out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-ema{sigma_rel:g}")
+    if (out / CHECKPOINT).exists() or (out / CONFIG).exists():
+        raise UserError(f"--out: {out} already holds a run; choose another folder")
+    weights, step = reconstruct(run_dir, sigma_rel, step)
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / CHECKPOINT), "pt") as f:
+        metadata = f.metadata() or {}
+    flat = load_file(str(run_dir / CHECKPOINT))
+    for module, sd in weights.items():
+        for k, v in sd.items():
+            key = f"ema.{module}.{k}"
+            if key not in flat:
+                raise CheckpointError(f"{run_dir / CHECKPOINT} has no {key}: the snapshots belong to another model")
+            flat[key] = v.to(flat[key].dtype).contiguous()
+    config = read_json(run_dir / CONFIG)
+    config["posthoc_ema"] = {"sigma_rel": float(sigma_rel), "step": step, "source": str(run_dir)}
+    atomic_write(out / CHECKPOINT, lambda p: save_file(flat, str(p), metadata=metadata))
+    write_json(out / CONFIG, config)
+    return out
