@@ -71,13 +71,14 @@ def compare(args: argparse.Namespace) -> list[dict]:
 
 
 def outliers(args: argparse.Namespace) -> list[dict]:
-    """VE on moons: fraction of samples with |x| > 3 for eps, x0 and edm prediction under ODE and SDE samplers."""
+    """VE on moons: fraction of samples with |x| > 3 for eps, x0 and edm prediction (log-normal and uniform
+    noise levels) under ODE and SDE samplers."""
     from difflab.data import load
     from difflab.samplers import sample
     from difflab.training import TrainConfig, load_run, train
 
     data, rows = load("toy:moons"), []
-    for pred, extra in [("eps", {}), ("x0", {}), ("edm", {"noise": "lognormal", "weighting": "edm"})]:
+    for pred, extra in [("eps", {}), ("x0", {}), ("edm", {"noise": "lognormal", "weighting": "edm"}), ("edm", {})]:
         with tempfile.TemporaryDirectory() as d:
             cfg = TrainConfig.from_dict({"schedule": {"kind": "ve"}, "prediction": pred, "steps": args.steps,
                                          "batch_size": 256, "seed": args.seed, "checkpoint_every": 10**9,
@@ -90,7 +91,7 @@ def outliers(args: argparse.Namespace) -> list[dict]:
                     x = sample(model, model.schedule.sample_prior((4000, 2), generator=g), sampler=sampler,
                                steps=50, generator=g)
                 a = x.abs().amax(1)
-                rows.append({"prediction": pred, "sampler": sampler, "max_abs": float(a.max()),
+                rows.append({"prediction": pred, "noise": extra.get("noise", "uniform"), "sampler": sampler, "max_abs": float(a.max()),
                              "outliers": float((a > 3).float().mean())})
                 print(rows[-1], flush=True)
     return rows

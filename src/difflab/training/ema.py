@@ -1,10 +1,22 @@
-"""Exponential moving average of weights."""
+"""Exponential moving averages of weights: the classic EMA, and EDM2's power-function EMAs with snapshots from
+which any EMA length is reconstructed after training (Karras et al. 2024, "Analyzing and improving the training
+dynamics of diffusion models", sec. 3)."""
 from __future__ import annotations
 
 import copy
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..errors import CheckpointError, UserError
 
 
 class EMA:
@@ -23,22 +35,10 @@ class EMA:
             e.copy_(b)
 
 
-# ---- post-hoc EMA (Karras et al. 2024, "Analyzing and improving the training dynamics of diffusion models", sec. 3) ----
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-from safetensors import SafetensorError  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from ..errors import CheckpointError, UserError  # noqa: E402
-
+# ---- post-hoc EMA ----
 EMA_DIR = "ema"
 SNAPSHOT_FORMAT = "difflab-posthoc-ema-1"
-_SNAPSHOT = re.compile(r"snapshot-(\d{8})\.safetensors")
+_SNAPSHOT = re.compile(r"snapshot-(\d{8,})\.safetensors")
 #: sigma_rel of the largest power-function EMA, gamma = 0 (the plain average of all iterates): sqrt(1/12)
 SIGMA_REL_MAX = math.sqrt(1.0 / 12.0)
 
