@@ -307,3 +307,19 @@ def test_engine_snapshots_resume_exactly_and_difflab_ema_writes_a_run(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("difflab: error: ") for line in err)
     assert "already holds a run" in err[0] and "(0, 0.2887)" in err[1] and "not a run folder" in err[2]
+
+
+def test_difflab_train_flags_set_the_recipe(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "toy:moons", "--out", str(out), "--steps", "4", "--config", tiny_config(),
+                 "--schedule", "flow", "--prediction", "edm", "--noise", "logit_normal", "--weighting", "soft_min_snr",
+                 "--posthoc-ema", "0.05", "0.1", "--quiet"]) == 0
+    rc = difflab.training.checkpoint.read_json(out / "config.json")
+    assert rc["schedule"]["kind"] == "flow" and rc["prediction"] == "edm"
+    assert rc["train"]["noise"] == "logit_normal" and rc["train"]["weighting"] == "soft_min_snr"
+    assert rc["train"]["posthoc_ema"] == [0.05, 0.1] and 4 in list_snapshots(out)
+    assert main(["ema", "--run", str(out), "--length", "0.07", "--step", "4", "--out", str(tmp_path / "e")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", "toy:moons", "--out", str(tmp_path / "bad"), "--steps", "2",
+                 "--config", tiny_config(), "--posthoc-ema", "0.3", "--quiet"]) == 2
+    assert "posthoc_ema" in capsys.readouterr().err
