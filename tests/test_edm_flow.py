@@ -16,7 +16,7 @@ from difflab.models.gaussian_mixture import GaussianMixture
 from difflab.samplers import SAMPLERS, grids, sample
 from difflab.training import TrainConfig, train
 from difflab.training.ema import (PostHocEMA, PowerEMA, gamma_from_sigma_rel, list_snapshots, power_profile,
-                                  reconstruct, sigma_rel_from_gamma, solve_posthoc)
+                                  reconstruct, sigma_rel_from_gamma, fit_posthoc)
 from difflab.training.run import load_run
 from difflab.utils.config import ConfigError
 
@@ -264,14 +264,18 @@ def test_posthoc_ema_equals_the_ema_tracked_during_training(tmp_path):
             tracker.snapshot(t)
     assert sorted(list_snapshots(tmp_path)) == list(range(100, 2001, 100))
     for r, e in truth.items():
-        rec, step = reconstruct(tmp_path, r)
-        assert step == 2000
+        rec, step, residual = reconstruct(tmp_path, r)
+        assert step == 2000 and residual < 0.1
         spread = float((e.state["weight"] - m.weight.detach()).abs().max())  # how far the EMA is from the last iterate
         err = float((rec["model"]["weight"].float() - e.state["weight"]).abs().max())
         assert err < 0.02 * spread, (r, err, spread)
     # a tracked length at the last snapshot is reproduced exactly
-    x = solve_posthoc([(s, gamma_from_sigma_rel(r)) for s in (1000, 2000) for r in (0.05, 0.1)], 2000, gamma_from_sigma_rel(0.1))
-    assert x[3] == pytest.approx(1.0, abs=1e-6) and abs(x[:3]).max() < 1e-6
+    x, residual = fit_posthoc([(s, gamma_from_sigma_rel(r)) for s in (1000, 2000) for r in (0.05, 0.1)], 2000,
+                              gamma_from_sigma_rel(0.1))
+    assert x[3] == pytest.approx(1.0, abs=1e-6) and abs(x[:3]).max() < 1e-6 and residual < 1e-6
+    # a length far below the tracked ones is fitted poorly, and the residual says so (difflab ema warns above 0.1)
+    snaps = [(s, gamma_from_sigma_rel(r)) for s in range(100, 2001, 100) for r in (0.05, 0.1)]
+    assert fit_posthoc(snaps, 2000, gamma_from_sigma_rel(0.01))[1] > 0.1
 
 
 def _posthoc_cfg(steps: int) -> TrainConfig:
@@ -295,7 +299,7 @@ def test_engine_snapshots_resume_exactly_and_difflab_ema_writes_a_run(tmp_path, 
     out = tmp_path / "a-ema0.08"
     run, orig = load_run(out), load_run(tmp_path / "a")
     assert run.config["posthoc_ema"]["sigma_rel"] == 0.08
-    rec, _ = reconstruct(tmp_path / "a", 0.08)
+    rec = reconstruct(tmp_path / "a", 0.08).weights
     for k, v in run.model.state_dict().items():
         torch.testing.assert_close(v, rec["model"][k].to(v.dtype))
     assert any(not torch.equal(v, orig.model.state_dict()[k]) for k, v in run.model.state_dict().items())

@@ -21,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..training.ema import write_posthoc_run
 
-    out = write_posthoc_run(args.run, args.length, args.out, args.step)
-    print(f"wrote {out} with the post-hoc EMA sigma_rel = {args.length:g}")
+    out, result = write_posthoc_run(args.run, args.length, args.out, args.step)
+    print(f"wrote {out} with the post-hoc EMA sigma_rel = {args.length:g} at step {result.step} "
+          f"(profile fit: relative residual {result.residual:.3g})")
+    if result.residual > 0.1:
+        print("difflab: warning: the snapshots fit this EMA length poorly; lengths between the tracked ones "
+              "(posthoc_ema) and more frequent snapshots (posthoc_every) fit better")
     return 0

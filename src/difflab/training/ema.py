@@ -8,7 +8,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -70,20 +70,34 @@ def power_profile(gamma: float, t: int, upto: int | None = None, start: int = 1)
     return (np.minimum(tau, t) / t) ** (gamma + 1) - (np.minimum(tau - 1, t) / t) ** (gamma + 1)
 
 
-def solve_posthoc(snapshots: Sequence[tuple[int, float]], step: int, gamma: float, chunk: int = 1 << 16) -> np.ndarray:
-    """Coefficients x [n] with sum_i x_i profile(gamma_i, t_i) closest in least squares to profile(gamma, step),
-    for snapshots (t_i, gamma_i) (Karras et al. 2024, sec. 3.2 and app. C.3): x = lstsq(A, b), A = W W^T, b = W w,
-    accumulated over chunks of iterations so that memory stays O(n chunk)."""
+def fit_posthoc(snapshots: Sequence[tuple[int, float]], step: int, gamma: float,
+                chunk: int = 1 << 16) -> tuple[np.ndarray, float]:
+    """(x, r): coefficients x [n] with sum_i x_i profile(gamma_i, t_i) closest in least squares to w = profile(gamma,
+    step), for snapshots (t_i, gamma_i) (Karras et al. 2024, sec. 3.2 and app. C.3), and the relative residual
+    r = ||W^T x - w|| / ||w||.  x = lstsq(A, b) with A = W W^T, b = W w accumulated over chunks of iterations."""
     T = max(step, *(t for t, _ in snapshots))
     n = len(snapshots)
-    A, b = np.zeros((n, n)), np.zeros(n)
+    A, b, ww = np.zeros((n, n)), np.zeros(n), 0.0
     for lo in range(1, T + 1, chunk):
         hi = min(T, lo + chunk - 1)
         W = np.stack([power_profile(g, t, hi, lo) for t, g in snapshots])
-        A += W @ W.T
-        b += W @ power_profile(gamma, step, hi, lo)
+        w = power_profile(gamma, step, hi, lo)
+        A, b, ww = A + W @ W.T, b + W @ w, ww + float(w @ w)
     x, *_ = np.linalg.lstsq(A, b, rcond=None)
-    return x
+    return x, math.sqrt(max(0.0, float(x @ A @ x - 2 * x @ b) + ww) / ww)
+
+
+def solve_posthoc(snapshots: Sequence[tuple[int, float]], step: int, gamma: float) -> np.ndarray:
+    """The coefficients of :func:`fit_posthoc`."""
+    return fit_posthoc(snapshots, step, gamma)[0]
+
+
+class PostHocResult(NamedTuple):
+    """A reconstructed EMA: {module: state_dict} (float64), its step, and the profile fit's relative residual."""
+
+    weights: dict[str, dict[str, torch.Tensor]]
+    step: int
+    residual: float
 
 
 class PowerEMA:
@@ -214,9 +228,9 @@ def _snapshot_info(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is corrupt or not a post-hoc EMA snapshot ({str(e).splitlines()[0]})") from None
 
 
-def reconstruct(run_dir: str | Path, sigma_rel: float, step: int | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
-    """({module: state_dict}, step) of the power EMA of length ``sigma_rel`` at ``step`` (default: the last snapshot),
-    as the least-squares combination of the run's snapshots up to that step (Karras et al. 2024, sec. 3.2)."""
+def reconstruct(run_dir: str | Path, sigma_rel: float, step: int | None = None) -> PostHocResult:
+    """The power EMA of length ``sigma_rel`` at ``step`` (default: the last snapshot), as the least-squares
+    combination of the run's snapshots up to that step (Karras et al. 2024, sec. 3.2)."""
     try:
         check_sigma_rels([sigma_rel])
     except ValueError as e:
@@ -230,7 +244,7 @@ def reconstruct(run_dir: str | Path, sigma_rel: float, step: int | None = None) 
     if not use:
         raise UserError(f"--step {step}: the first post-hoc EMA snapshot of {run_dir} is at step {min(snaps)}")
     entries = [(s, i, g) for s, p in use.items() for i, g in enumerate(_snapshot_info(p)["gamma"])]
-    x = solve_posthoc([(s, g) for s, _, g in entries], step, gamma_from_sigma_rel(sigma_rel))
+    x, residual = fit_posthoc([(s, g) for s, _, g in entries], step, gamma_from_sigma_rel(sigma_rel))
     acc: dict[str, torch.Tensor] = {}
     for s, path in use.items():
         flat, _ = read_snapshot(path)
@@ -245,13 +259,14 @@ def reconstruct(run_dir: str | Path, sigma_rel: float, step: int | None = None) 
     for name, v in acc.items():
         module, k = name.split(".", 1)
         out.setdefault(module, {})[k] = v
-    return out, step
+    return PostHocResult(out, step, residual)
 
 
 def write_posthoc_run(run_dir: str | Path, sigma_rel: float, out: str | Path | None = None,
-                      step: int | None = None) -> Path:
+                      step: int | None = None) -> tuple[Path, PostHocResult]:
     """Copy RUN to ``out`` (default RUN-ema<sigma_rel>) with its EMA weights replaced by the post-hoc EMA of length
-    ``sigma_rel``; config.json records it.  The source run is left as it is; an existing run at ``out`` is refused."""
+    ``sigma_rel``; config.json records it.  The source run is left as it is; an existing run at ``out`` is refused.
+    Returns the folder and the reconstruction."""
     from .checkpoint import CHECKPOINT, CONFIG, atomic_write, read_json, write_json
 
     run_dir = Path(run_dir)
@@ -260,20 +275,21 @@ def write_posthoc_run(run_dir: str | Path, sigma_rel: float, out: str | Path | N
     out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-ema{sigma_rel:g}")
     if (out / CHECKPOINT).exists() or (out / CONFIG).exists():
         raise UserError(f"--out: {out} already holds a run; choose another folder")
-    weights, step = reconstruct(run_dir, sigma_rel, step)
+    result = reconstruct(run_dir, sigma_rel, step)
     from safetensors import safe_open
 
     with safe_open(str(run_dir / CHECKPOINT), "pt") as f:
         metadata = f.metadata() or {}
     flat = load_file(str(run_dir / CHECKPOINT))
-    for module, sd in weights.items():
+    for module, sd in result.weights.items():
         for k, v in sd.items():
             key = f"ema.{module}.{k}"
             if key not in flat:
                 raise CheckpointError(f"{run_dir / CHECKPOINT} has no {key}: the snapshots belong to another model")
             flat[key] = v.to(flat[key].dtype).contiguous()
     config = read_json(run_dir / CONFIG)
-    config["posthoc_ema"] = {"sigma_rel": float(sigma_rel), "step": step, "source": str(run_dir)}
+    config["posthoc_ema"] = {"sigma_rel": float(sigma_rel), "step": result.step, "residual": result.residual,
+                             "source": str(run_dir)}
     atomic_write(out / CHECKPOINT, lambda p: save_file(flat, str(p), metadata=metadata))
     write_json(out / CONFIG, config)
-    return out
+    return out, result
