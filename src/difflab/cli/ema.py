@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -26,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
           f"(profile fit: relative residual {result.residual:.3g})")
     if result.residual > 0.1:
         print("difflab: warning: the snapshots fit this EMA length poorly; lengths between the tracked ones "
-              "(posthoc_ema) and more frequent snapshots (posthoc_every) fit better")
+              "(posthoc_ema) and more frequent snapshots (posthoc_every) fit better", file=sys.stderr)
     return 0
