@@ -27,10 +27,11 @@ from . import cascade as cascade_cmd
 from . import export_diffusers as export_diffusers_cmd
 from . import import_diffusers as import_diffusers_cmd
 from . import serve as serve_cmd
+from . import ema as ema_cmd
 
 COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd, distill_cmd, cascade_cmd,
             train_autoencoder_cmd, import_diffusers_cmd, export_diffusers_cmd,
-            serve_cmd]
+            serve_cmd, ema_cmd]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -64,7 +64,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train with N processes on this machine (torchrun; gloo on CPU, NCCL on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _recipe_args(p)
     p.set_defaults(handler=run)
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    """The parameterisation of a diffusion run: schedule, prediction, training noise, weighting, post-hoc EMA."""
+    from ..losses import NOISE_DISTRIBUTIONS, WEIGHTINGS
+    from ..models.denoiser import PREDICTIONS
+
+    p.add_argument("--schedule", metavar="KIND", help="noise schedule kind, e.g. flow (rectified flow), vp, ve, cosine")
+    p.add_argument("--prediction", choices=PREDICTIONS, help="network output (edm: EDM preconditioning; flow: eps - x0)")
+    p.add_argument("--noise", choices=NOISE_DISTRIBUTIONS, help="training noise levels (lognormal: EDM; logit_normal: SD3)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, help="loss weighting (edm: Karras et al. 2022)")
+    p.add_argument("--posthoc-ema", type=float, nargs="+", metavar="SIGMA_REL",
+                   help="track power-function EMAs of these lengths for `difflab ema` (e.g. 0.05 0.1)")
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig fields of the _recipe_args options; a DDPM table kind (linear, cosine, ...) gets T = 1000 steps."""
+    from ..schedules import names
+
+    sched = None if args.schedule is None else \
+        {"kind": args.schedule, **({"T": 1000} if args.schedule in names(discrete=True) else {})}
+    return {"schedule": sched, "prediction": args.prediction, "noise": args.noise, "weighting": args.weighting,
+            "posthoc_ema": args.posthoc_ema}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = _engine_overrides(args) | {
         "conditional": True if args.text_encoder else args.conditional, "sample_every": args.sample_every, "text_encoder": args.text_encoder,
         "autoencoder": args.autoencoder, "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug,
-        "aug_blur": args.aug_blur}
+        "aug_blur": args.aug_blur} | _recipe_overrides(args)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.autoencoder is not None and not args.resume and not _config_sets(args.config, "schedule"):
         from ..training.latent import LATENT_SCHEDULE

@@ -10,13 +10,14 @@ import math
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from ..losses import NoiseDistribution, Weighting
 from ..models.denoiser import Prediction
 from ..utils.config import Config, ConfigError, read_config_file, require
 from .objectives import Objective
 
 Precision = Literal["fp32", "bf16", "fp16"]
 LRSchedule = Literal["constant", "cosine", "linear"]
-ScheduleKind = Literal["linear", "cosine", "quadratic", "sigmoid", "vp", "subvp", "ve", "learned", "custom"]
+ScheduleKind = Literal["linear", "cosine", "quadratic", "sigmoid", "vp", "subvp", "ve", "flow", "learned", "custom"]
 NetworkKind = Literal["auto", "unet", "mlp"]
 
 
@@ -151,9 +152,15 @@ class TrainConfig(FitConfig):
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
     prediction: Prediction = "eps"
     objective: Objective = "simple"
-    weighting: Literal["uniform", "min_snr"] = "uniform"
+    weighting: Weighting = "uniform"  # edm: Karras et al. 2022's lambda(sigma); soft_min_snr: k-diffusion's
     min_snr_gamma: float = 5.0
+    noise: NoiseDistribution = "uniform"  # training t: uniform, lognormal (EDM) or logit_normal (SD3) in sigma
+    noise_mean: float | None = None  # of log sigma (None: -1.2 for lognormal, 0 for logit_normal)
+    noise_std: float | None = None  # of log sigma (None: 1.2 for lognormal, 1 for logit_normal)
+    sigma_data: float = 0.5  # data std of EDM's preconditioning (prediction=edm) and of the edm / soft_min_snr weightings
     ema_decay: float = 0.999
+    posthoc_ema: tuple[float, ...] = ()  # sigma_rel of power-function EMAs snapshotted for post-hoc EMA (Karras et al. 2024)
+    posthoc_every: int = 100  # steps between post-hoc EMA snapshots (RUN/ema/)
     conditional: bool = False  # train on class labels (classifier-free: labels dropped with p_uncond)
     p_uncond: float = 0.1
     text_encoder: Literal["none", "small", "minilm"] = "none"  # with conditional: caption cross-attention, not labels
@@ -186,9 +193,30 @@ class TrainConfig(FitConfig):
         require(not self.autoencoder or self.task == "generate",
                 f"{n}.autoencoder: latent diffusion supports task='generate' only, not {self.task!r}")
         require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
+        self._check_edm_flow(n)
         from ..samplers import SAMPLERS
 
         require(self.sampler in SAMPLERS, f"{n}.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+
+    def _check_edm_flow(self, n: str) -> None:
+        """The noise distribution, sigma_data and post-hoc EMA fields; edm / noise only with the simple objective."""
+        from ..training.ema import check_sigma_rels
+
+        require(isinstance(self.sigma_data, (int, float)) and math.isfinite(self.sigma_data) and self.sigma_data > 0,
+                f"{n}.sigma_data must be > 0, got {self.sigma_data!r}")
+        for k in ("noise_mean", "noise_std"):
+            v = getattr(self, k)
+            require(v is None or (isinstance(v, (int, float)) and math.isfinite(v)), f"{n}.{k} must be a number or null, got {v!r}")
+        require(self.noise_std is None or self.noise_std > 0, f"{n}.noise_std must be > 0, got {self.noise_std!r}")
+        require(self.noise == "uniform" or self.objective == "simple",
+                f"{n}.noise={self.noise!r} needs objective='simple' (the {self.objective!r} objective draws its own t)")
+        require(self.prediction != "edm" or self.objective in ("simple", "vdm", "vdm_T"),
+                f"{n}.prediction='edm' does not combine with the learned-variance objective {self.objective!r}")
+        self.require_ints(("posthoc_every",), 1)
+        try:
+            check_sigma_rels(self.posthoc_ema)
+        except ValueError as e:
+            raise ConfigError(f"{n}.posthoc_ema: {e}") from None
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":

@@ -29,6 +29,8 @@ class DiffusionFamily(Family):
         self.cfg, self.data, self.decode = cfg, data, decode  # decode: latents -> images (latent diffusion)
         self.conditioning: Conditioning = conditioning_for(cfg, data)
         self.model: Denoiser = build_denoiser(cfg, data, self.conditioning)
+        if self.model.prediction == "edm":  # EDM's preconditioning for data of std sigma_data (saved as a buffer)
+            self.model.sigma_data.fill_(cfg.sigma_data)
         self.modules = {"model": self.model}
         self.optimizers = {"model": OptimizerSpec(("model",))}
         self.ema = ("model",)

@@ -35,7 +35,7 @@ from ..utils.random import BatchRandom
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, restore_optimizer, save_checkpoint, write_json
 from .config import FitConfig
 from .distributed import World
-from .ema import EMA
+from .ema import EMA, posthoc_for
 
 LOG = "log.csv"
 
@@ -274,6 +274,7 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
                 e.model.load_state_dict(ck.ema[name])
         except (KeyError, RuntimeError) as e:
             raise CheckpointError(f"{run_dir / CHECKPOINT} does not match this model ({str(e).splitlines()[0]})") from None
+    posthoc = posthoc_for({n: family.modules[n] for n in family.ema}, cfg, run_dir, files, start if resume else None)
     if cfg.compile:
         family.compile()
     phases = []
@@ -287,6 +288,8 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
     def checkpoint(step: int) -> None:
         if files:
             extra = {"grad_scaler": scaler.state_dict()} if scaler is not None else {}
+            if posthoc is not None:  # first, so that a checkpoint of step s always has its snapshot
+                posthoc.snapshot(step)
             save_checkpoint(run_dir, family.modules, ema_modules(), opts, step, extra)
 
     log = _Log(run_dir / LOG, start) if files else None
@@ -341,6 +344,10 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
                 raise TrainingDiverged(f"{bad[0]} became {means[bad[0]]} at step {step}; {where}")
             for name, e in emas.items():
                 e.update(family.modules[name], step)
+            if posthoc is not None:
+                posthoc.update(step + 1)
+                if (step + 1) % posthoc.every == 0 and (step + 1) % cfg.checkpoint_every:
+                    posthoc.snapshot(step + 1)
             step, last = step + 1, {k: v for k, v in means.items() if not k.startswith("grad_norm")}
             bar.update(min(round(time.monotonic() - t0, 1), bar.total) - bar.n if cfg.minutes else 1)
             if log is not None:
