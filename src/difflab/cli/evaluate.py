@@ -105,12 +105,15 @@ def run(args: argparse.Namespace) -> int:
         ref = load(spec, args.split)
         model = Clamped(loaded.model) if ref.kind == "image" and not loaded.latent else loaded.model
         from ..evaluation.report import draw
+        from ..samplers.tuned import denoised_mode, run_grid
 
         dev, c = next(loaded.model.parameters()).device, loaded.conditioning
+        grid = run_grid(args.run, args.sampler, args.steps, denoised_mode(len(loaded.shape) == 3))
         x, nfe, secs = draw(model, loaded.shape, args.num, args.sampler, args.steps, args.seed,
-                            cond=lambda n: c.preview(n, dev))  # a conditional run: the classes in turn
+                            cond=lambda n: c.preview(n, dev), grid=grid)  # a conditional run: the classes in turn
         x = loaded.to_data(x)  # a latent run: the decoded images
-        result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs)
+        result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs,
+                      tuned_grid=grid is not None)
         out_json = args.json or args.run / "evaluation.json"
     else:
         if args.nll:

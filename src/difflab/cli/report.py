@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_features, evaluate_points, get_extractor
     from ..evaluation.report import draw, parse_methods, write_report
     from ..samplers import names
+    from ..samplers.tuned import denoised_mode, run_grid
     from .evaluate import FEATURE_NETS
 
     if args.num < 10:
@@ -79,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     for path, r, sampler, steps in tqdm(jobs, desc="report", unit="method"):
         model = Clamped(r.model) if ref.kind == "image" and not r.latent else r.model  # latents are not clamped
         dev = next(r.model.parameters()).device
+        grid = run_grid(path, sampler, steps, denoised_mode(len(r.shape) == 3))  # a tuned or distilled grid
         x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed,  # classes in turn if conditional
-                            cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev))
+                            cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev), grid=grid)
         if r.latent:  # decoding is part of a latent run's sampling time
             t0 = time.perf_counter()
             x = r.to_data(x)
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         m = score(x)
         label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
         rows.append({"method": label, "run": str(path), "family": "diffusion", "sampler": sampler, "steps": steps,
-                     "nfe": nfe, "sec_per_1000": secs * 1000 / args.num,
+                     "nfe": nfe, "tuned_grid": grid is not None, "sec_per_1000": secs * 1000 / args.num,
                      "params": sum(p.numel() for p in r.model.parameters()), **m})
     command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_report(rows, args.out, f"Trilemma on {ref.spec} ({args.num} samples per method)", command)

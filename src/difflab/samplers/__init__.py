@@ -126,8 +126,45 @@ def sample(model: Any, x_T: Tensor, sampler: str = "dpmpp_2m", steps: int = 20, 
     return (x0, counted.calls) if return_nfe else x0
 
 
+def _device_of(model: Any) -> torch.device:
+    """The device of a denoiser's parameters (cpu for a parameter-free callable)."""
+    params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    return next(iter(params), torch.empty(0)).device
+
+
+def sample_batches(model: Any, shape: tuple[int, ...] | list[int], num: int, sampler: str = "ddim", steps: int = 50,
+                   *, seed: int = 0, batch_size: int = 500, grid: str | Tensor | None = None,
+                   cond: Callable[[int, torch.device], Any] | None = None, progress: bool = False,
+                   **options: Any) -> tuple[Tensor, int]:
+    """num samples of one example ``shape`` in batches: (samples on the CPU, most model calls of one batch).
+
+    One generator seeded with ``seed`` draws every batch's x_T (``schedule.sample_prior``) and sampler noise, so
+    the result depends on ``batch_size`` only through how the noise is split; ``cond(n, device)`` gives a batch's
+    condition; ``grid`` is as in :func:`sample` (e.g. the run's stored grid from :func:`tuned.run_grid`).
+    """
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"num and batch_size must be >= 1, got {num} and {batch_size}")
+    device = _device_of(model)
+    g = torch.Generator().manual_seed(seed)
+    starts = range(0, num, batch_size)
+    if progress and num > batch_size:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="sample", unit="batch")
+    chunks, calls = [], 0
+    for start in starts:
+        n = min(batch_size, num - start)
+        x_T = model.schedule.sample_prior((n, *shape), generator=g, device=device)
+        c = cond(n, device) if cond is not None else None
+        x, k = sample(model, x_T, sampler=sampler, steps=steps, grid=grid, cond=c, generator=g, return_nfe=True,
+                      **options)
+        chunks.append(x.cpu())
+        calls = max(calls, k)
+    return torch.cat(chunks), calls
+
+
 from .tuning import TunedGrid, tune_grid  # noqa: E402  (uses the registry above)
 
-__all__ = ["sample", "names", "tune_grid", "TunedGrid", "get", "nfe", "n_levels", "SAMPLERS", "SamplerInfo", "grids", "sample_ddpm", "sample_ddim",
+__all__ = ["sample", "sample_batches", "names", "tune_grid", "TunedGrid", "get", "nfe", "n_levels", "SAMPLERS", "SamplerInfo", "grids", "sample_ddpm", "sample_ddim",
            "sample_euler", "sample_heun", "sample_dopri5", "sample_dpm_solver_2", "sample_dpm_solver_3",
            "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_unipc", "sample_ipndm", "sample_euler_maruyama", "sample_pc"]
