@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.domain import domain_of
 from ..errors import UserError
 from ..samplers.tuned import GRIDS_FILE, denoised_mode, entry, key, merged, read_grids, run_grid, wrap
 from ..training.checkpoint import write_json
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
-    mode = denoised_mode(len(loaded.shape) == 3, args.no_clip, args.threshold)
-    model = wrap(loaded.model, mode)
+    domain = domain_of(loaded)  # images are clamped while sampling, latents and points never
+    mode = domain.denoised_mode(args.no_clip, args.threshold)
+    model = domain.denoiser(loaded.model, args.no_clip, args.threshold)
     device = next(loaded.model.parameters()).device
     x_T = model.schedule.sample_prior((args.num, *loaded.shape), generator=torch.Generator().manual_seed(args.seed),
                                       device=device)

@@ -216,9 +216,9 @@ def progressive_rounds(start: int, steps: int) -> int:
 
 def _targets(teacher: Any, data: Dataset) -> Any:
     """The teacher as sampling uses it: clamped x_0 on images (D at sigma_max is far off), as is on points."""
-    from ..models.denoiser import Clamped
+    from ..data.domain import domain_of
 
-    return Clamped(teacher) if data.kind == "image" else teacher
+    return domain_of(data).denoiser(teacher)
 
 
 def distill_progressive(teacher: Denoiser, data: Dataset, out: Path, run_config: dict[str, Any], cfg: FitConfig,
