@@ -247,5 +247,9 @@ def test_cli_train_and_sample_with_cld_samplers(tmp_path):
         assert main(["sample", "--run", str(run), "--sampler", sampler, "--steps", "3", "--num", "8",
                      "--out", str(tmp_path / "s.npz")]) == code
     assert np.load(tmp_path / "s.npz")["samples"].shape == (8, 2)
+    for sampler in ("euler_maruyama", "em"):  # the common name and the alias runs were first saved with: same draws
+        assert main(["sample", "--run", str(run), "--sampler", sampler, "--steps", "3", "--num", "8",
+                     "--out", str(tmp_path / f"{sampler}.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "em.npz")["samples"], np.load(tmp_path / "euler_maruyama.npz")["samples"])
     assert main(["train", "--family", "cld", "--data", "toy:moons", "--conditional", "--out",
                  str(tmp_path / "c")]) == 2
