@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
 from ..errors import UserError
-from ..utils.config import Config, ConfigError, require
+from ..utils.config import Config, require
 
 CondFn = Callable[[int, torch.device], Any]
 
@@ -142,4 +142,4 @@ def guided(options: Any, run: Any, where: str | Path | None = None) -> tuple[Any
     return wrap(GuidanceSpec.from_options(options), run, where=where)
 
 
-__all__ = ["GuidanceSpec", "wrap", "guided", "CondFn", "ConfigError"]
+__all__ = ["GuidanceSpec", "wrap", "guided", "CondFn"]
