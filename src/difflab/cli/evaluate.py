@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from ..data import Dataset, load, to_unit
+from ..data.domain import domain_of
 from ..errors import UserError
-from ..models.denoiser import Clamped
 from ..training import load_run
 from ..training.checkpoint import write_json
 
@@ -103,14 +103,18 @@ def run(args: argparse.Namespace) -> int:
                             "encoder (--nll-method elbo; docs/latent.md)")
         spec = args.data or loaded.config["data"]
         ref = load(spec, args.split)
-        model = Clamped(loaded.model) if ref.kind == "image" and not loaded.latent else loaded.model
+        domain = domain_of(loaded)
+        model = domain.denoiser(loaded.model)  # images clamped, latents and points never
         from ..evaluation.report import draw
+        from ..samplers.tuned import run_grid
 
         dev, c = next(loaded.model.parameters()).device, loaded.conditioning
+        grid = run_grid(args.run, args.sampler, args.steps, domain.denoised_mode())
         x, nfe, secs = draw(model, loaded.shape, args.num, args.sampler, args.steps, args.seed,
-                            cond=lambda n: c.preview(n, dev))  # a conditional run: the classes in turn
+                            cond=lambda n: c.preview(n, dev), grid=grid)  # a conditional run: the classes in turn
         x = loaded.to_data(x)  # a latent run: the decoded images
-        result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs)
+        result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs,
+                      tuned_grid=grid is not None)
         out_json = args.json or args.run / "evaluation.json"
     else:
         if args.nll:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ..data import load
 from ..errors import UserError
-from ..models.denoiser import Clamped
 from ..training import LoadedRun, load_run
 from ._families import family_row, points_extras
 from ..training.checkpoint import write_json
@@ -44,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_features, evaluate_points, get_extractor
     from ..evaluation.report import draw, parse_methods, write_report
     from ..samplers import names
+    from ..data.domain import domain_of
+    from ..samplers.tuned import run_grid
     from .evaluate import FEATURE_NETS
 
     if args.num < 10:
@@ -77,10 +78,12 @@ def run(args: argparse.Namespace) -> int:
             rows.append(family_row(path, r, args.num, args.seed, score, len(runs) > 1))
     jobs = [(path, r, s, k) for path, r in zip(args.run, runs) if isinstance(r, LoadedRun) for s, k in methods]
     for path, r, sampler, steps in tqdm(jobs, desc="report", unit="method"):
-        model = Clamped(r.model) if ref.kind == "image" and not r.latent else r.model  # latents are not clamped
+        domain = domain_of(r)
+        model = domain.denoiser(r.model)  # images clamped, latents and points never
         dev = next(r.model.parameters()).device
+        grid = run_grid(path, sampler, steps, domain.denoised_mode())  # a tuned or distilled grid
         x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed,  # classes in turn if conditional
-                            cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev))
+                            cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev), grid=grid)
         if r.latent:  # decoding is part of a latent run's sampling time
             t0 = time.perf_counter()
             x = r.to_data(x)
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         m = score(x)
         label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
         rows.append({"method": label, "run": str(path), "family": "diffusion", "sampler": sampler, "steps": steps,
-                     "nfe": nfe, "sec_per_1000": secs * 1000 / args.num,
+                     "nfe": nfe, "tuned_grid": grid is not None, "sec_per_1000": secs * 1000 / args.num,
                      "params": sum(p.numel() for p in r.model.parameters()), **m})
     command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_report(rows, args.out, f"Trilemma on {ref.spec} ({args.num} samples per method)", command)

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from .tune_steps import GRIDS_FILE, denoised_mode, tuned_sigmas
 
     tuned = None if args.no_tuned_grid else tuned_sigmas(args.run, args.sampler, args.steps,
-                                                         denoised_mode(image, args.no_clip, args.threshold))
+                                                         denoised_mode(pixels, args.no_clip, args.threshold))
     if tuned is not None:
         print(f"using the tuned {args.sampler} grid for {args.steps} calls from {args.run / GRIDS_FILE}")
     g = torch.Generator().manual_seed(args.seed)

@@ -110,14 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
         overrides["schedule"] = LATENT_SCHEDULE  # latent runs default to LDM's table (docs/latent.md)
     if args.resume and (args.out / CONFIG).is_file():
-        stored = read_json(args.out / CONFIG)
-        base = dict(stored.get("train", {}))
-        base.setdefault("aug_blur", 0.0)  # a run saved before the blur augmentation trained without it
-        if isinstance(stored.get("schedule"), dict):  # the schedule as built, with every parameter it used
-            base["schedule"] = stored["schedule"]
-        if args.minutes is not None and args.steps is None:  # more minutes on top of what the run has done
-            overrides["steps"] = max(int(base.get("steps", 0)), TrainConfig.steps)
-        cfg = TrainConfig.from_dict({**base, **overrides}, where=str(args.out / CONFIG))
+        cfg = TrainConfig.resumed(read_json(args.out / CONFIG), overrides, str(args.out / CONFIG),
+                                  more_minutes=args.minutes is not None and args.steps is None)
     elif args.config is not None:
         cfg = TrainConfig.load(args.config, **overrides)
     else:
@@ -149,12 +143,11 @@ def run_family(args: argparse.Namespace) -> int:
     overrides = _engine_overrides(args) | {"conditional": args.conditional, "timesteps": args.timesteps}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume and (args.out / CONFIG).is_file():
-        base, where = dict(read_json(args.out / CONFIG).get("train", {})), str(args.out / CONFIG)
+        cfg = cls.recipe.resumed(read_json(args.out / CONFIG), overrides, str(args.out / CONFIG))
     elif args.config is not None:
-        base, where = read_config_file(args.config), str(args.config)
+        cfg = cls.recipe.from_dict({**read_config_file(args.config), **overrides}, where=str(args.config))
     else:
-        base, where = {}, ""
-    cfg = cls.recipe.from_dict({**base, **overrides}, where=where)
+        cfg = cls.recipe.from_dict(overrides)
     res, main = _fit(args, lambda data, world: train_family(args.family, cfg, data, args.out, resume=args.resume,
                                                             progress=not args.quiet, world=world))
     if main and res.stopped != "terminated":

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from . import captions as _captions
+from ..utils.images import to_uint8
 from . import images as _images
 from .toy import TOYS, toy
 
@@ -97,12 +98,6 @@ def to_unit(x_uint8: np.ndarray) -> Tensor:
 def _chw(x_uint8: np.ndarray) -> Tensor:
     """uint8 [N, H, W, C] -> uint8 [N, C, H, W] (no scaling)."""
     return torch.from_numpy(np.ascontiguousarray(x_uint8)).permute(0, 3, 1, 2).contiguous()
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (values outside are clipped)."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
 
 
 # to_unit of every byte value: Dataset.batch looks values up here, so it equals to_unit bit for bit

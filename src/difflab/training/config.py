@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from ..losses import NoiseDistribution, Weighting
 from ..models.denoiser import Prediction
 from ..utils.config import Config, ConfigError, read_config_file, require
 from .objectives import Objective
+
+F = TypeVar("F", bound="FitConfig")
 
 Precision = Literal["fp32", "bf16", "fp16"]
 LRSchedule = Literal["constant", "cosine", "linear"]
@@ -132,6 +134,22 @@ class FitConfig(Config):
         decay = 0.5 * (1 + math.cos(math.pi * frac)) if self.lr_schedule == "cosine" else 1.0 - frac
         return self.lr * decay
 
+    #: values that runs saved before a field existed trained with, where they differ from today's defaults
+    saved_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def resumed(cls: type[F], stored: dict[str, Any], overrides: dict[str, Any], where: str = "",
+                more_minutes: bool = False) -> F:
+        """The recipe of a run continued from its config.json: its saved ``train`` fields (older runs completed with
+        ``saved_defaults``, a built ``schedule`` taken as built), then ``overrides``; ``more_minutes`` keeps the
+        step bound at least the default, so a --minutes budget adds time on top of what the run has done."""
+        base = {**cls.saved_defaults, **dict(stored.get("train", {}))}
+        if "schedule" in {f.name for f in dataclasses.fields(cls)} and isinstance(stored.get("schedule"), dict):
+            base["schedule"] = stored["schedule"]  # the schedule as built, with every parameter it used
+        if more_minutes:
+            overrides = {**overrides, "steps": max(int(base.get("steps", 0)), cls.steps)}
+        return cls.from_dict({**base, **overrides}, where=where)
+
 
 @dataclasses.dataclass(frozen=True)
 class NoisyModelConfig(FitConfig):
@@ -173,6 +191,8 @@ class TrainConfig(FitConfig):
     noise_aug: bool = False  # task = superres: noise-conditioning augmentation of the condition (Ho et al. 2022)
     aug_blur: float = 0.5  # noise_aug: Gaussian blur std of the low-res condition at level 1 (low-res pixels)
 
+
+    saved_defaults: ClassVar[dict[str, Any]] = {"aug_blur": 0.0}  # runs saved before the blur trained without it
 
     def check(self) -> None:
         super().check()
