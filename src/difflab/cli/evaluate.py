@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..models.denoiser import Clamped
 from ..training import load_run
 from ..training.checkpoint import write_json
+from . import _args
 
 FEATURE_NETS = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
 
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=int, default=1000, help="samples to draw from the run (default 1000)")
     p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS))
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
     p.add_argument("--nll", action="store_true", help="also report the negative log-likelihood on the test split")
     p.add_argument("--nll-method", default="elbo", choices=["elbo", "ode"])
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="DDPM bound: stratified steps per example, an unbiased estimate (default 100; 0 = all T)")
     p.add_argument("--json", type=Path, metavar="FILE", help="where to write the results (default next to the input)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
 
 

@@ -100,7 +100,12 @@ def load_run(run_dir: str | Path, ema: bool = True, device: torch.device | str |
     """Rebuild the denoiser of a run folder from its JSON and safetensors (no pickle)."""
 
     def build(rc: dict[str, Any]) -> Denoiser:
+        if rc.get("family", "diffusion") != "diffusion":
+            raise ValueError(f"family {rc['family']!r}: a {RUN_FORMAT} folder holds a diffusion run")
         net = build_network(rc["network"]["kind"], rc["network"]["config"])
+        channels = getattr(net.config, "in_channels", getattr(net.config, "dim", None))
+        if channels is not None and channels != rc["shape"][0]:
+            raise ValueError(f"shape {rc['shape']} does not match the network's {channels} input channels")
         return DENOISERS[rc.get("denoiser", "plain")](net, schedules.from_config(rc["schedule"]), rc["prediction"])
 
     model, rc, meta = load_folder(run_dir, RUN_FORMAT, "run", build, ema=ema)
