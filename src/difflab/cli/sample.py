@@ -92,7 +92,12 @@ def run(args: argparse.Namespace) -> int:
     if loaded.latent and args.threshold is not None:
         raise UserError(f"--threshold: {args.run} is a latent diffusion run; its latents are never thresholded "
                         "(the decoded image is clamped)")
-    if pixels and args.threshold is not None:
+    imported = loaded.config.get("imported") if pixels and args.threshold is None and not args.no_clip else None
+    if isinstance(imported, dict):  # the x0 clipping of the diffusers pipeline the run came from (docs/interop.md)
+        from ..interop.diffusers import clipped_as_imported
+
+        model = clipped_as_imported(model, imported)
+    elif pixels and args.threshold is not None:
         model = Thresholded(model, args.threshold)
     elif pixels and not args.no_clip:
         model = Clamped(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,23 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_folder(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp_dir) on a new temporary folder beside path, then rename it to path (which must be absent or an
+    empty folder): a failed write leaves no half-written folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes the folder private
+        if path.is_dir():
+            path.rmdir()  # empty, checked by the caller; OSError if something appeared meanwhile
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

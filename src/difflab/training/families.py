@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import CheckpointError, UserError
-from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_folder_config, read_json, stage_config, write_json
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_folder_config, read_json, stage_config
 from .cld import CLDFamily
 from .config import FitConfig
 from .ddgan import DDGANFamily
