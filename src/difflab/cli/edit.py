@@ -90,7 +90,7 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
-            _check_pixels(im.size, path)
+            _check_pixels(im.size, str(path))
             a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: not a readable image ({e})") from None
@@ -102,10 +102,10 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
 MAX_SIDE = 4096
 
 
-def _check_pixels(size: tuple[int, int], path: Path) -> None:
+def _check_pixels(size: tuple[int, int], name: str) -> None:
     """UserError if an image's header claims a side larger than MAX_SIDE (before any pixel is decoded)."""
     if max(size) > MAX_SIDE:
-        raise UserError(f"{path} is {size[1]}x{size[0]} pixels (height x width); edit reads images of at most "
+        raise UserError(f"{name} is {size[1]}x{size[0]} pixels (height x width); edit reads images of at most "
                         f"{MAX_SIDE} pixels a side")
 
 
@@ -115,7 +115,7 @@ def read_mask(path: Path, size: tuple[int, int], image: Path) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
-            _check_pixels(im.size, path)
+            _check_pixels(im.size, f"--mask {path}")
             a = np.asarray(im.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"--mask {path}: not a readable image ({e})") from None

@@ -271,7 +271,7 @@ def load_folder(path: str | Path, fmt: str, what: str, build: Callable[[dict[str
     name = module
     try:
         net = build(rc)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a config.json edited by hand
         raise CheckpointError(f"{path / CONFIG}: cannot rebuild the {what} ({e})") from None
     ck = load_checkpoint(path)
     load_weights(net, ck, name, ema, path)

@@ -9,7 +9,7 @@ import torch
 
 from .. import schedules
 from ..data import Dataset
-from ..errors import UserError
+from ..errors import CheckpointError, UserError
 from ..likelihood.variance import LearnedVarianceDenoiser
 from ..models.denoiser import ConsistencyDenoiser, Denoiser
 from ..models.mlp import mlp_toy
@@ -89,7 +89,12 @@ class LoadedRun:
     @property
     def conditioning(self) -> Conditioning:
         """The run's conditioning (labels, captions or none), rebuilt from its config."""
-        return conditioning_of_run(self.config)
+        try:
+            return conditioning_of_run(self.config)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:  # a config.json edited by hand
+            raise CheckpointError(f"the run's config.json: cannot rebuild its conditioning ({e})") from None
 
     @property
     def shape(self) -> tuple[int, ...]:
