@@ -188,6 +188,17 @@ def test_edited_run_config_is_one_line_before_anything_is_built(image_run, tmp_p
     assert not (tmp_path / "s.png").exists()
 
 
+@pytest.mark.parametrize("edits,words", [({"train": "x"}, ['"train"', "mapping"]),
+                                         ({"shape": [1, 16, 16]}, ['"shape"', "1x8x8"])])
+def test_resuming_an_edited_run_is_one_line_and_keeps_it(image_run, tmp_path, capsys, edits, words):
+    run = copy_run(image_run, tmp_path / "run", **edits)
+    before = {name: (run / name).read_bytes() for name in (CHECKPOINT, CONFIG)}
+    assert cli("train", "--out", run, "--resume", "--steps", 4, "--quiet") == 2
+    line = one_line(capsys)
+    assert all(w in line for w in words), line
+    assert {name: (run / name).read_bytes() for name in (CHECKPOINT, CONFIG)} == before
+
+
 def test_an_edited_schedule_length_is_refused_before_allocating(image_run, tmp_path, capsys):
     rc = json.loads((image_run / CONFIG).read_text())
     run = copy_run(image_run, tmp_path / "run", schedule={**rc["schedule"], "T": 1e15})

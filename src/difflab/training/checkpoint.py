@@ -91,8 +91,12 @@ def stage_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object of a run's file (CheckpointError otherwise)."""
-    return read_json_object(path, CheckpointError)
+    """The JSON object of a run's file (CheckpointError otherwise); a folder's config.json is checked by
+    :func:`check_record` as well."""
+    d = read_json_object(path, CheckpointError)
+    if Path(path).name == CONFIG:
+        check_record(d, Path(path))
+    return d
 
 
 def _optimizer_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[Any]]:
@@ -194,7 +198,6 @@ def read_folder_config(path: Path, fmt: str, what: str, hint: str = "") -> dict[
     rc = read_json(path / CONFIG)
     if rc.get("format") != fmt:
         raise CheckpointError(f"{path / CONFIG} is not a difflab {what}{hint}")
-    check_record(rc, path / CONFIG)
     return rc
 
 
