@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data import to_uint8
 from ..errors import UserError
+from ..interop.diffusers import clipped_as_imported
 from ..models.denoiser import Clamped, Thresholded
 from ..training import load_run
 from ..training.checkpoint import atomic_write
@@ -94,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
                         "(the decoded image is clamped)")
     imported = loaded.config.get("imported") if pixels and args.threshold is None and not args.no_clip else None
     if isinstance(imported, dict):  # the x0 clipping of the diffusers pipeline the run came from (docs/interop.md)
-        from ..interop.diffusers import clipped_as_imported
-
         model = clipped_as_imported(model, imported)
     elif pixels and args.threshold is not None:
         model = Thresholded(model, args.threshold)
