@@ -222,7 +222,7 @@ def test_cli_train_sample_evaluate(tmp_path):
                  "--out", str(tmp_path / "s.npz")]) == 0
     assert np.load(tmp_path / "s.npz")["samples"].shape == (20, 2)
     assert main(["sample", "--run", str(run), "--sampler", "ddim", "--out", str(tmp_path / "s.png")]) == 0
-    assert main(["sample", "--run", str(run), "--sampler", "heun", "--out", str(tmp_path / "s.png")]) == 2
+    assert main(["sample", "--run", str(run), "--sampler", "heun", "--out", str(tmp_path / "s.png"), "--overwrite"]) == 2
     assert main(["evaluate", "--run", str(run), "--sampler", "sscs", "--steps", "5", "--num", "50", "--nll",
                  "--nll-num", "4", "--json", str(tmp_path / "e.json")]) == 0
     import json
@@ -245,7 +245,7 @@ def test_cli_train_and_sample_with_cld_samplers(tmp_path):
                  "--out", str(run), "--quiet", "--config", str(_cfg(tmp_path))]) == 0
     for sampler, code in (("sscs", 0), ("ode", 0), ("dpmpp_2m", 2)):
         assert main(["sample", "--run", str(run), "--sampler", sampler, "--steps", "3", "--num", "8",
-                     "--out", str(tmp_path / "s.npz")]) == code
+                     "--out", str(tmp_path / "s.npz"), "--overwrite"]) == code
     assert np.load(tmp_path / "s.npz")["samples"].shape == (8, 2)
     for sampler in ("euler_maruyama", "em"):  # the common name and the alias runs were first saved with: same draws
         assert main(["sample", "--run", str(run), "--sampler", sampler, "--steps", "3", "--num", "8",

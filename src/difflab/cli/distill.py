@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--round-steps", type=int, default=500,
                         help="optimisation steps per round (consistency: in all; default 500)")
-    budget.add_argument("--minutes", type=float, help="wall-clock budget of all rounds, split evenly")
+    budget.add_argument("--minutes", type=_args.positive_float, help="wall-clock budget of all rounds, split evenly")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from . import _args
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 TASKS = ("inpaint", "sdedit", "uncrop", "panorama", "superres", "colorize")
@@ -40,12 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
         q.add_argument("--input", required=True, type=Path, metavar="IMG_OR_DIR")
         q.add_argument("--out", required=True, type=Path, metavar="OUT")
+        _args.add_overwrite(q)
         q.add_argument("--sampler", default="ddim", choices=names(), help="sampler (default ddim)")
         q.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=_args.seed, default=0)
         q.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
         q.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-        q.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+        q.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
         if task == "sdedit":
             q.add_argument("--strength", type=float, default=0.5,
                            help="t0 as a fraction of the schedule (0 = the input, 1 = ignore it; default 0.5)")
@@ -64,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             for side in ("left", "right", "top", "bottom"):
                 q.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
         if task == "superres":
-            q.add_argument("--aug-level", type=float,
+            q.add_argument("--aug-level", type=_args.finite_float,
                            help="noise-conditioning augmentation level of a --noise-aug run (default 0.2)")
         if task == "panorama":
             q.add_argument("--width", type=int, required=True, help="width of the strip in pixels")
@@ -122,11 +124,23 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
+            _check_pixels(im.size, str(path))
             a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: not a readable image ({e})") from None
     a = a[:, :, None] if a.ndim == 2 else a
     return torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
+#: Largest image side edit reads or writes (images are checked from their header, before decoding).
+MAX_SIDE = 4096
+
+
+def _check_pixels(size: tuple[int, int], name: str) -> None:
+    """UserError if an image's header claims a side larger than MAX_SIDE (before any pixel is decoded)."""
+    if max(size) > MAX_SIDE:
+        raise UserError(f"{name} is {size[1]}x{size[0]} pixels (height x width); edit reads images of at most "
+                        f"{MAX_SIDE} pixels a side")
 
 
 def read_mask(path: Path, size: tuple[int, int], image: Path) -> torch.Tensor:
@@ -135,8 +149,9 @@ def read_mask(path: Path, size: tuple[int, int], image: Path) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
+            _check_pixels(im.size, f"--mask {path}")
             a = np.asarray(im.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"--mask {path}: not a readable image ({e})") from None
     if a.shape != size:
         raise UserError(f"--mask {path} is {a.shape[0]}x{a.shape[1]} but the image {image} is {size[0]}x{size[1]} "
@@ -158,17 +173,22 @@ def write_image(x: torch.Tensor, path: Path) -> None:
 
 
 def _outputs(args: argparse.Namespace, files: list[Path]) -> list[Path]:
+    """The output file of each input; an existing one is refused unless --overwrite."""
     if args.input.is_dir():
         if args.out.exists() and not args.out.is_dir():
             raise UserError(f"--out {args.out}: --input is a folder, so --out must be a folder")
         if not args.out.parent.is_dir():
             raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+        outs = [args.out / f.name for f in files]
+        for out in outs:
+            _args.refuse_existing(out, args.overwrite)
         args.out.mkdir(exist_ok=True)
-        return [args.out / f.name for f in files]
+        return outs
     if args.out.suffix.lower() not in SUFFIXES:
         raise UserError(f"--out {args.out}: the file must end in .png, .jpg or .jpeg")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    _args.refuse_existing(args.out, args.overwrite)
     return [args.out]
 
 
@@ -197,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.task == "sdedit" and not 0.0 <= args.strength <= 1.0:
         raise UserError(f"--strength must lie in [0, 1], got {args.strength}")
+    for name, lo in (("left", 0), ("right", 0), ("top", 0), ("bottom", 0), ("width", 1)):
+        if not lo <= getattr(args, name, lo) <= MAX_SIDE:
+            raise UserError(f"--{name} must lie in [{lo}, {MAX_SIDE}] pixels, got {getattr(args, name)}")
     files = _files(args.input)
     from ..training.cascade import is_cascade
 

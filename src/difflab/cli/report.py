@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..training import LoadedRun, load_run
 from ._families import family_row, points_extras
 from ..training.checkpoint import write_json
+from . import _args
 
 DEFAULT_METHODS = "ddim:10,ddim:50,ddpm:100,dpmpp_2m:10,dpmpp_2m:20,unipc:10,ipndm:5,ipndm:10,heun:20"
 
@@ -28,12 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the first run's data)")
     p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md and trilemma.png")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--ref-num", type=int, default=10000, metavar="N",
                    help="score against the first N reference examples (default 10000; the k-NN metrics hold an "
                         "N x N distance matrix: all 60000 MNIST images need over 20 GB)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
 
 

@@ -10,11 +10,13 @@ from tqdm.auto import tqdm
 
 from ..data import to_uint8
 from ..errors import UserError
+from ..interop.diffusers import clipped_as_imported
 from ..models.denoiser import Clamped, Thresholded
 from ..training import load_run
 from ..training.checkpoint import atomic_write
 from ..utils.images import save_image_grid, save_scatter
 from . import guide
+from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS),
                    help="sampler (default ddim; a cld run: em | sscs | ode, default its recipe's)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
     p.add_argument("--label", type=int, help="class to generate (class-conditional runs)")
     p.add_argument("--no-clip", action="store_true",
@@ -41,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ignore a grid stored by 'difflab tune-steps' for this sampler and --steps")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .png or .npz")
+    _args.add_overwrite(p)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     guide.add_arguments(p)
     p.add_argument("--negative-prompt", metavar="TEXT",
                    help="text runs with --guidance-scale: guide away from this caption instead of the empty one")
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    _args.refuse_existing(args.out, args.overwrite)
     from ..training.cascade import is_cascade
 
     if is_cascade(args.run):  # a cascade folder: the base run, then its super-resolution stages
@@ -95,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if loaded.latent and args.threshold is not None:
         raise UserError(f"--threshold: {args.run} is a latent diffusion run; its latents are never thresholded "
                         "(the decoded image is clamped)")
-    if pixels and args.threshold is not None:
+    imported = loaded.config.get("imported") if pixels and args.threshold is None and not args.no_clip else None
+    if isinstance(imported, dict):  # the x0 clipping of the diffusers pipeline the run came from (docs/interop.md)
+        model = clipped_as_imported(model, imported)
+    elif pixels and args.threshold is not None:
         model = Thresholded(model, args.threshold)
     elif pixels and not args.no_clip:
         model = Clamped(model)

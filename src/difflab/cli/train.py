@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..training import TrainConfig, distributed, train
 from ..training.checkpoint import CONFIG, read_json
 from ..utils.config import ConfigError
+from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timesteps", type=int, metavar="T", help="--family ddgan: denoising steps (default 4)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="total optimisation steps")
-    budget.add_argument("--minutes", type=float, help="wall-clock budget of this invocation")
+    budget.add_argument("--minutes", type=_args.positive_float, help="wall-clock budget of this invocation")
     p.add_argument("--batch-size", type=int, help="examples per step (default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=_args.seed, help="random seed (default 0)")
     p.add_argument("--config", type=Path, metavar="FILE", help="JSON file with TrainConfig fields")
     p.add_argument("--conditional", action="store_true", default=None, help="train on the dataset's class labels")
     p.add_argument("--text-encoder", choices=["small", "minilm"],
@@ -55,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="channels of images loaded from a folder (default: 3 if any file is in colour, else 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--accumulate", type=int, metavar="K",
                    help="split each step's batch into K micro-batches (gradient accumulation; same result)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (fp16: CUDA only)")

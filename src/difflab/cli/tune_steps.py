@@ -11,6 +11,7 @@ from ..data.domain import domain_of
 from ..errors import UserError
 from ..samplers.tuned import GRIDS_FILE, denoised_mode, entry, key, merged, read_grids, run_grid, wrap
 from ..training.checkpoint import write_json
+from . import _args
 
 
 def tuned_sigmas(run: Path, sampler: str, nfe: int, mode: str) -> torch.Tensor | None:
@@ -31,13 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", required=True, choices=[n for n in names("ode") if n != "dopri5"])
     p.add_argument("--nfe", required=True, type=int, help="budget of model calls")
     p.add_argument("--num", type=int, default=64, help="calibration batch (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--max-evals", type=int, default=150, help="sampler runs in the search (default 150)")
     p.add_argument("--no-clip", action="store_true", help="tune for 'sample --no-clip'")
     p.add_argument("--threshold", type=float, metavar="P", help="tune for 'sample --threshold P'")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
 
 

@@ -5,6 +5,7 @@ happens here and nowhere else.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Literal, get_args
 
 import torch
@@ -195,18 +196,18 @@ class Clamped(nn.Module):
 class Thresholded(nn.Module):
     """Dynamic thresholding of D (Saharia et al. 2022, sec. 2.3): per sample s = max(1, quantile_p |x_0|), x_0 = clip(x_0, -s, s) / s."""
 
-    def __init__(self, model: Callable[..., Tensor], p: float = 0.995):
+    def __init__(self, model: Callable[..., Tensor], p: float = 0.995, max_value: float = math.inf):
         super().__init__()
         if not 0.0 < p <= 1.0:
             raise ValueError(f"threshold percentile p must lie in (0, 1], got {p}")
-        self.model, self.p = model, p
+        self.model, self.p, self.max_value = model, p, max_value  # max_value: s <= it (diffusers' sample_max_value)
         self.schedule = model.schedule
 
     def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         x0 = self.model(x, t, cond)
         flat = x0.abs().flatten(1)
         s = torch.quantile(flat.to(torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else flat.dtype),
-                           self.p, dim=1).clamp(min=1.0).to(x0.dtype)
+                           self.p, dim=1).clamp(min=1.0, max=max(self.max_value, 1.0)).to(x0.dtype)
         s = s.reshape(-1, *([1] * (x0.ndim - 1)))
         return torch.maximum(torch.minimum(x0, s), -s) / s
 

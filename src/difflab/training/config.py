@@ -21,6 +21,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 LRSchedule = Literal["constant", "cosine", "linear"]
 ScheduleKind = Literal["linear", "cosine", "quadratic", "sigmoid", "vp", "subvp", "ve", "flow", "learned", "custom"]
 NetworkKind = Literal["auto", "unet", "mlp"]
+MAX_T = 100_000  # the longest DDPM table (training/checkpoint.py bounds a run's stored schedule the same way)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +34,8 @@ class ScheduleConfig(Config):
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
-        require(self.T is None or (isinstance(self.T, int) and not isinstance(self.T, bool) and self.T >= 2),
-                f"schedule.T must be an integer >= 2 or null (continuous time), got {self.T!r}")
+        require(self.T is None or (isinstance(self.T, int) and not isinstance(self.T, bool) and 2 <= self.T <= MAX_T),
+                f"schedule.T must be an integer in [2, {MAX_T}] or null (continuous time), got {self.T!r}")
         require(isinstance(self.params, dict), f"schedule parameters must be a mapping, got {self.params!r}")
         self.build()  # the parameters must make a schedule
 
@@ -118,6 +120,7 @@ class FitConfig(Config):
         n = type(self).__name__
         self.require_ints(("batch_size", "steps", "log_every", "checkpoint_every", "accumulate"), 1)
         self.require_ints(("warmup_steps", "seed"), 0)
+        require(self.seed <= MAX_SEED, f"{n}.seed must be at most 2**63 - 1, got {self.seed!r}")
         require(math.isfinite(self.lr) and self.lr > 0, f"{n}.lr must be > 0, got {self.lr!r}")
         require(self.minutes >= 0 and math.isfinite(self.minutes), f"{n}.minutes must be >= 0, got {self.minutes!r}")
         require(0 <= self.weight_decay < 1, f"{n}.weight_decay must lie in [0, 1), got {self.weight_decay!r}")
