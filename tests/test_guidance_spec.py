@@ -23,7 +23,9 @@ def test_spec_round_trips_through_json():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(label=1, guidance_scale=-1.0), "must be >= 0"),
+    (dict(label=1, guidance_scale=-1.0), "must be finite and >= 0"),
+    (dict(label=1, classifier="c", classifier_scale=float("nan")), "must be finite and >= 0"),
+    (dict(label=1, guidance_scale=float("inf")), "must be finite and >= 0"),
     (dict(clip="c", guidance_scale=0.0), "--clip needs --prompt"),
     (dict(classifier="c"), "--classifier needs --label"),
     (dict(label=1, guidance_interval=(0.0, 1.0)), "needs --guidance-scale"),

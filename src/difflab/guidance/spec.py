@@ -8,6 +8,7 @@ Messages name the command-line spelling of each option, which the page's fields 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,8 +41,9 @@ class GuidanceSpec(Config):
         super().__post_init__()
 
     def check(self) -> None:
-        require(min(self.guidance_scale, self.classifier_scale, self.clip_scale) >= 0,
-                "--guidance-scale, --classifier-scale and --clip-scale must be >= 0")
+        scales = (self.guidance_scale, self.classifier_scale, self.clip_scale)
+        require(all(math.isfinite(w) and w >= 0 for w in scales),
+                f"--guidance-scale, --classifier-scale and --clip-scale must be finite and >= 0, got {scales}")
         require(self.clip is None or self.prompt is not None, "--clip needs --prompt: the caption to guide towards")
         require(self.classifier is None or self.label is not None,
                 "--classifier needs --label: the class to guide towards")
