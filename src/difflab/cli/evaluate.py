@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from ..data import Dataset, load, to_unit
+from ..data.domain import domain_of
 from ..errors import UserError
-from ..models.denoiser import Clamped
 from ..training import load_run
 from ..training.checkpoint import write_json
+from . import _args
 
 FEATURE_NETS = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
 
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=int, default=1000, help="samples to draw from the run (default 1000)")
     p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS))
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--features", choices=["digits", "mnist", "inception"],
                    help="feature network (default: by image size); inception: FID's Inception-v3 (docs/evaluation.md)")
     p.add_argument("--inception-weights", type=Path, metavar="PATH",
@@ -49,25 +50,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="DDPM bound: stratified steps per example, an unbiased estimate (default 100; 0 = all T)")
     p.add_argument("--json", type=Path, metavar="FILE", help="where to write the results (default next to the input)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
 
 
 def _load_samples(path: Path) -> torch.Tensor:
+    """The 'images' (uint8 N x H x W x C) or 'samples' (float N x D) of an .npz file, at least 2 and all finite."""
+    import zipfile
+
     if not path.is_file():
         raise UserError(f"--samples {path} does not exist")
+    if not zipfile.is_zipfile(path):  # e.g. an .npy renamed: never handed to np.load as something else
+        raise UserError(f"--samples {path} is not an .npz archive (write one with difflab sample --out FILE.npz)")
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             if "images" in f:
                 imgs = f["images"]
                 if imgs.dtype != np.uint8 or imgs.ndim != 4:
                     raise UserError(f"{path}: 'images' must be uint8 N x H x W x C, got {imgs.dtype} {imgs.shape}")
-                return to_unit(imgs)
-            if "samples" in f:
-                return torch.from_numpy(np.asarray(f["samples"], dtype=np.float32))
-    except (OSError, ValueError) as e:
+                x = to_unit(imgs)
+            elif "samples" in f:
+                x = torch.from_numpy(np.asarray(f["samples"], dtype=np.float32))
+            else:
+                raise UserError(f"{path} has neither 'images' nor 'samples'")
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UserError(f"{path} is not a readable .npz file ({e})") from None
-    raise UserError(f"{path} has neither 'images' nor 'samples'")
+    if x.ndim < 2 or len(x) < 2:
+        raise UserError(f"--samples {path} holds {len(x) if x.ndim else 0} examples; the metrics need at least 2")
+    return x
 
 
 def metrics_for(x: torch.Tensor | Path, ref: Dataset, features: str | None, args: Any = None) -> dict[str, float]:
@@ -76,6 +86,11 @@ def metrics_for(x: torch.Tensor | Path, ref: Dataset, features: str | None, args
 
     if not isinstance(x, Path) and tuple(x.shape[1:]) != ref.shape:
         raise UserError(f"samples have shape {tuple(x.shape[1:])} but {ref.spec} has {ref.shape}")
+    if not isinstance(x, Path):
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        if bad:
+            raise UserError(f"{bad} of {len(x)} samples hold NaN or infinite values (a diverged model?); no metric "
+                            "is computed from them")
     name = features or FEATURE_NETS.get(ref.shape)
     if name is None and ref.kind == "image":
         raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features "
@@ -115,14 +130,18 @@ def run(args: argparse.Namespace) -> int:
                             "encoder (--nll-method elbo; docs/latent.md)")
         spec = args.data or loaded.config["data"]
         ref = load(spec, args.split)
-        model = Clamped(loaded.model) if ref.kind == "image" and not loaded.latent else loaded.model
+        domain = domain_of(loaded)
+        model = domain.denoiser(loaded.model)  # images clamped, latents and points never
         from ..evaluation.report import draw
+        from ..samplers.tuned import run_grid
 
         dev, c = next(loaded.model.parameters()).device, loaded.conditioning
+        grid = run_grid(args.run, args.sampler, args.steps, domain.denoised_mode())
         x, nfe, secs = draw(model, loaded.shape, args.num, args.sampler, args.steps, args.seed,
-                            cond=lambda n: c.preview(n, dev))  # a conditional run: the classes in turn
+                            cond=lambda n: c.preview(n, dev), grid=grid)  # a conditional run: the classes in turn
         x = loaded.to_data(x)  # a latent run: the decoded images
-        result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs)
+        result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs,
+                      tuned_grid=grid is not None)
         out_json = args.json or args.run / "evaluation.json"
     else:
         if args.nll:

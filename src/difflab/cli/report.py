@@ -9,10 +9,10 @@ from pathlib import Path
 
 from ..data import load
 from ..errors import UserError
-from ..models.denoiser import Clamped
 from ..training import LoadedRun, load_run
 from ._families import family_row, points_extras
 from ..training.checkpoint import write_json
+from . import _args
 
 DEFAULT_METHODS = "ddim:10,ddim:50,ddpm:100,dpmpp_2m:10,dpmpp_2m:20,unipc:10,ipndm:5,ipndm:10,heun:20"
 
@@ -29,12 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the first run's data)")
     p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md and trilemma.png")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--ref-num", type=int, default=10000, metavar="N",
                    help="score against the first N reference examples (default 10000; the k-NN metrics hold an "
                         "N x N distance matrix: all 60000 MNIST images need over 20 GB)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
 
 
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_features, evaluate_points, get_extractor
     from ..evaluation.report import draw, parse_methods, write_report
     from ..samplers import names
+    from ..data.domain import domain_of
+    from ..samplers.tuned import run_grid
     from .evaluate import FEATURE_NETS
 
     if args.num < 10:
@@ -77,10 +79,12 @@ def run(args: argparse.Namespace) -> int:
             rows.append(family_row(path, r, args.num, args.seed, score, len(runs) > 1))
     jobs = [(path, r, s, k) for path, r in zip(args.run, runs) if isinstance(r, LoadedRun) for s, k in methods]
     for path, r, sampler, steps in tqdm(jobs, desc="report", unit="method"):
-        model = Clamped(r.model) if ref.kind == "image" and not r.latent else r.model  # latents are not clamped
+        domain = domain_of(r)
+        model = domain.denoiser(r.model)  # images clamped, latents and points never
         dev = next(r.model.parameters()).device
+        grid = run_grid(path, sampler, steps, domain.denoised_mode())  # a tuned or distilled grid
         x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed,  # classes in turn if conditional
-                            cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev))
+                            cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev), grid=grid)
         if r.latent:  # decoding is part of a latent run's sampling time
             t0 = time.perf_counter()
             x = r.to_data(x)
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         m = score(x)
         label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
         rows.append({"method": label, "run": str(path), "family": "diffusion", "sampler": sampler, "steps": steps,
-                     "nfe": nfe, "sec_per_1000": secs * 1000 / args.num,
+                     "nfe": nfe, "tuned_grid": grid is not None, "sec_per_1000": secs * 1000 / args.num,
                      "params": sum(p.numel() for p in r.model.parameters()), **m})
     command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_report(rows, args.out, f"Trilemma on {ref.spec} ({args.num} samples per method)", command)

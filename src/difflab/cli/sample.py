@@ -10,11 +10,13 @@ import numpy as np
 import torch
 from ..data import to_uint8, to_unit
 from ..errors import UserError
+from ..interop.diffusers import clipped_as_imported
 from ..models.denoiser import Clamped, Thresholded
 from ..training import load_run
 from ..training.checkpoint import atomic_write
 from ..utils.images import save_image_grid, save_scatter
 from . import guide
+from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS),
                    help="sampler (default ddim; a cld run: em | sscs | ode, default its recipe's)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
     p.add_argument("--label", type=int, help="class to generate (class-conditional runs)")
     p.add_argument("--no-clip", action="store_true",
@@ -44,9 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="output .png or .npz, or a folder: one .npz per batch (docs/evaluation.md)")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="sample with N processes on this machine (torchrun); the samples do not depend on N")
+    _args.add_overwrite(p)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     guide.add_arguments(p)
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="text runs with --guidance-scale: guide away from this caption instead of the empty one")
     p.set_defaults(handler=run)
 
 
@@ -63,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    if args.out.suffix:  # a shard folder is resumed instead (docs/evaluation.md)
+        _args.refuse_existing(args.out, args.overwrite)
     from ..training import distributed
     from ..training.cascade import is_cascade
     from ..training.families import is_family_run
@@ -90,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--label {args.label}: the run in {args.run} "
                         + (f"has classes 0..{num_classes - 1}" if num_classes else "is not class-conditional"))
     model, make_cond = guide.guided(args, loaded)
+    if args.negative_prompt is not None:
+        from ..training.conditioning import with_negative_prompt
+
+        make_cond = with_negative_prompt(model, loaded.conditioning, args.negative_prompt, make_cond)
     device = next(model.parameters()).device
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")
@@ -97,14 +108,17 @@ def run(args: argparse.Namespace) -> int:
     if loaded.latent and args.threshold is not None:
         raise UserError(f"--threshold: {args.run} is a latent diffusion run; its latents are never thresholded "
                         "(the decoded image is clamped)")
-    if pixels and args.threshold is not None:
+    imported = loaded.config.get("imported") if pixels and args.threshold is None and not args.no_clip else None
+    if isinstance(imported, dict):  # the x0 clipping of the diffusers pipeline the run came from (docs/interop.md)
+        model = clipped_as_imported(model, imported)
+    elif pixels and args.threshold is not None:
         model = Thresholded(model, args.threshold)
     elif pixels and not args.no_clip:
         model = Clamped(model)
     from .tune_steps import GRIDS_FILE, denoised_mode, tuned_sigmas
 
     tuned = None if args.no_tuned_grid else tuned_sigmas(args.run, args.sampler, args.steps,
-                                                         denoised_mode(image, args.no_clip, args.threshold))
+                                                         denoised_mode(pixels, args.no_clip, args.threshold))
     if tuned is not None:
         print(f"using the tuned {args.sampler} grid for {args.steps} calls from {args.run / GRIDS_FILE}")
     from ..evaluation.generate import PerSample

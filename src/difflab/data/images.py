@@ -67,14 +67,15 @@ def mnist(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # everything else loads as colour
 
 
-def image_folder(root: str | Path, size: int, channels: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def image_folder(root: str | Path, size: int, channels: int | None = None,
+                 kept: list[Path] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All images under root, resized (shorter side) and centre-cropped to size x size.
 
     Labels come from the first-level sub-folder (one class per sub-folder, with no images directly in root;
     a folder without sub-folders is one class).  ``channels`` 1 or 3 forces grayscale or RGB; by default the
     images load as RGB when any readable file is in colour, else as grayscale, with a warning when they mix.
     16-bit images are scaled by their bit depth.  Unreadable files are skipped with a warning naming them.
-    Returns uint8 [N, C, size, size], labels [N], class names.
+    Returns uint8 [N, C, size, size], labels [N], class names; ``kept`` (if given) receives the N files read.
     """
     files, labels_all, classes = list_images(root, channels)
     imgs, labels = [], []
@@ -85,6 +86,8 @@ def image_folder(root: str | Path, size: int, channels: int | None = None) -> tu
             warnings.warn(str(e), stacklevel=2)
             continue
         labels.append(label)
+        if kept is not None:
+            kept.append(p)
     if not imgs:
         raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
     n_gray = sum(a.ndim == 2 for a in imgs)

@@ -42,10 +42,12 @@ def autoencoder_record(ae: LoadedAutoencoder) -> dict[str, Any]:
 
 class LatentDataset(Dataset):
     """The scaled latents of an image dataset, encoded lazily: each example once, when a batch first needs it
-    (a short run never pays for encoding examples it does not reach), then cached; labels and spec are the data's."""
+    (a short run never pays for encoding examples it does not reach), then cached; labels, captions and spec are the
+    data's; text conditioning reads digit captions from ``images``, the pixels."""
 
     def __init__(self, ae: LoadedAutoencoder, data: Dataset):
-        super().__init__(torch.zeros(len(data), *ae.config["latent"]), data.y, data.spec, data.class_names)
+        super().__init__(torch.zeros(len(data), *ae.config["latent"]), data.y, data.spec, data.class_names,
+                         data.captions)
         self.ae, self.images = ae, data
         self.encoded = torch.zeros(len(data), dtype=torch.bool)
 
