@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--autoencoder", type=Path, metavar="AE_DIR",
                    help="also store the latents of this autoencoder folder (latent runs map them instead of "
                         "encoding); with SPEC packed:DATA and no --out, add them to DATA")
-    p.add_argument("--device", help="device that encodes the latents (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="device that encodes the latents (default: cuda if available)")
     p.add_argument("--splits", default="train,test", help="comma-separated splits to pack (default train,test)")
     p.add_argument("--image-size", type=int, default=32, help="side of images decoded from a folder (default 32)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="folders: force grayscale or RGB")
