@@ -163,7 +163,9 @@ def test_cli_tune_steps_stores_a_grid_that_sample_uses(toy_run, tmp_path, capsys
     assert main(["sample", *args, "--steps", "4", "--num", "8", "--no-tuned-grid", "--out", str(tmp_path / "b.npz")]) == 0
     assert "tuned" not in capsys.readouterr().out
     model = difflab.training.load_run(toy_run).model
-    x_T = model.schedule.sample_prior((8, 2), generator=torch.Generator().manual_seed(0))
+    from difflab.evaluation.generate import PerSample
+
+    x_T = PerSample(0, range(8)).prior(model.schedule, (2,))  # sample i's noise from its own seeded generator
     want = difflab.sample(model, x_T, "dpmpp_2m", grid=torch.tensor(stored["sigmas"], dtype=torch.float64))
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         assert np.allclose(a["samples"], want.numpy(), atol=1e-5) and not np.allclose(a["samples"], b["samples"])

@@ -132,5 +132,5 @@ def test_text_cascade_samples_from_a_prompt(text_run, tmp_path, capsys):
     with np.load(out) as f:
         assert f["images"].shape == (2, 8, 8, 1)
     capsys.readouterr()
-    assert run("sample", "--run", tmp_path / "c", "--num", 2, "--steps", 2, "--guidance-scale", 2, "--out", out) == 2
+    assert run("sample", "--run", tmp_path / "c", "--num", 2, "--steps", 2, "--guidance-scale", 2, "--out", out, "--overwrite") == 2
     assert "--guidance-scale needs --prompt" in capsys.readouterr().err

@@ -110,7 +110,7 @@ def evaluate_family(args: argparse.Namespace) -> int:
     if len(loaded.shape) == 3:
         x = x.clamp(-1, 1)
     result = {"source": str(args.run), "family": loaded.family, "nfe": loaded.nfe, "seconds": secs, "data": ref.spec,
-              "split": args.split, "metrics": metrics_for(x, ref, args.features)}
+              "split": args.split, "metrics": metrics_for(x, ref, args.features, args)}
     if args.nll and loaded.family == "cld":  # the probability-flow ODE bound on (x, v) (likelihood/cld.py)
         result["nll"] = loaded_cls(loaded).nll(loaded.modules, loaded.recipe, load(ref.spec, "test").x[:args.nll_num],
                                                seed=args.seed)

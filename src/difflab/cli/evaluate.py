@@ -29,14 +29,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "precision/recall. Prints a table and writes JSON."))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, metavar="RUN_DIR", help="sample from this run")
-    src.add_argument("--samples", type=Path, metavar="FILE.npz", help="samples written by `difflab sample`")
+    src.add_argument("--samples", type=Path, metavar="FILE.npz",
+                     help="samples written by `difflab sample` (an .npz, or a folder of shards, read one at a time)")
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the run's data)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"], help="reference split (default train)")
     p.add_argument("--num", type=int, default=1000, help="samples to draw from the run (default 1000)")
     p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS))
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=_args.seed, default=0)
-    p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
+    p.add_argument("--features", choices=["digits", "mnist", "inception"],
+                   help="feature network (default: by image size); inception: FID's Inception-v3 (docs/evaluation.md)")
+    p.add_argument("--inception-weights", type=Path, metavar="PATH",
+                   help="local file of the 2015-12-05 Inception weights (default $DIFFLAB_INCEPTION_WEIGHTS)")
+    p.add_argument("--ref-num", type=int, default=50_000,
+                   help="--features inception: reference images, a seeded subset if the split is larger (default 50000)")
     p.add_argument("--nll", action="store_true", help="also report the negative log-likelihood on the test split")
     p.add_argument("--nll-method", default="elbo", choices=["elbo", "ode"])
     p.add_argument("--nll-num", type=int, default=300, help="test examples for --nll (default 300)")
@@ -74,22 +80,29 @@ def _load_samples(path: Path) -> torch.Tensor:
     return x
 
 
-def metrics_for(x: torch.Tensor, ref: Dataset, features: str | None) -> dict[str, float]:
-    """Image or point metrics of samples x against the reference data."""
+def metrics_for(x: torch.Tensor | Path, ref: Dataset, features: str | None, args: Any = None) -> dict[str, float]:
+    """Image or point metrics of samples x (or a folder of shards) against the reference data."""
     from ..evaluation import evaluate_images, evaluate_points
 
-    if tuple(x.shape[1:]) != ref.shape:
+    if not isinstance(x, Path) and tuple(x.shape[1:]) != ref.shape:
         raise UserError(f"samples have shape {tuple(x.shape[1:])} but {ref.spec} has {ref.shape}")
-    bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
-    if bad:
-        raise UserError(f"{bad} of {len(x)} samples hold NaN or infinite values (a diverged model?); no metric "
-                        "is computed from them")
+    if not isinstance(x, Path):
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        if bad:
+            raise UserError(f"{bad} of {len(x)} samples hold NaN or infinite values (a diverged model?); no metric "
+                            "is computed from them")
+    name = features or FEATURE_NETS.get(ref.shape)
+    if name is None and ref.kind == "image":
+        raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features "
+                        "digits|mnist|inception or use difflab.evaluation.evaluate_images with your own extractor")
+    if name == "inception" or isinstance(x, Path):  # FID's Inception, or shards read one at a time
+        from ..evaluation.shards import evaluate_samples
+
+        opt = {k: getattr(args, k, None) for k in ("inception_weights", "ref_num", "device")}
+        return evaluate_samples(x, ref, getattr(args, "split", "train"), name, weights=opt["inception_weights"],
+                                ref_num=opt["ref_num"] or 50_000, device=opt["device"])
     if ref.kind == "points":
         return evaluate_points(x, ref.x)
-    name = features or FEATURE_NETS.get(ref.shape)
-    if name is None:
-        raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features digits|mnist "
-                        "or use difflab.evaluation.evaluate_images with your own extractor")
     return evaluate_images(x, ref.x, features=name)
 
 
@@ -97,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {}
     if args.nll_num_t < 0:
         raise UserError(f"--nll-num-t must be >= 0, got {args.nll_num_t}")
-    for name in ("num", "steps", "nll_num"):
+    for name in ("num", "steps", "nll_num", "ref_num"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     from ..training.families import is_family_run
@@ -135,11 +148,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--nll needs --run (a model), not --samples")
         if not args.data:
             raise UserError("--samples needs --data SPEC (the reference data)")
-        x = _load_samples(args.samples)
+        x = args.samples if args.samples.is_dir() else _load_samples(args.samples)
         ref = load(args.data, args.split)
         result.update(source=str(args.samples))
         out_json = args.json or args.samples.with_suffix(".json")
-    result.update(data=ref.spec, split=args.split, metrics=metrics_for(x, ref, args.features))
+    result.update(data=ref.spec, split=args.split, metrics=metrics_for(x, ref, args.features, args))
     if args.nll:
         from ..likelihood import evaluate_nll
 

@@ -30,10 +30,11 @@ from . import export_diffusers as export_diffusers_cmd
 from . import import_diffusers as import_diffusers_cmd
 from . import serve as serve_cmd
 from . import ema as ema_cmd
+from . import prepare_data as prepare_data_cmd
 
 COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd, distill_cmd, cascade_cmd,
             train_autoencoder_cmd, import_diffusers_cmd, export_diffusers_cmd,
-            serve_cmd, ema_cmd]
+            serve_cmd, ema_cmd, prepare_data_cmd]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
-from ..data import to_uint8
+from ..data import to_uint8, to_unit
 from ..errors import UserError
 from ..interop.diffusers import clipped_as_imported
 from ..models.denoiser import Clamped, Thresholded
@@ -42,7 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tuned-grid", action="store_true",
                    help="ignore a grid stored by 'difflab tune-steps' for this sampler and --steps")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .png or .npz")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE",
+                   help="output .png or .npz, or a folder: one .npz per batch (docs/evaluation.md)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="sample with N processes on this machine (torchrun); the samples do not depend on N")
     _args.add_overwrite(p)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
@@ -55,23 +58,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..samplers import sample
 
+    if args.nproc is not None:
+        return _launch(args.nproc)
     suffix = args.out.suffix.lower()
-    if suffix not in (".png", ".npz"):
-        raise UserError(f"--out {args.out}: the file must end in .png or .npz")
+    if suffix not in (".png", ".npz", ""):
+        raise UserError(f"--out {args.out}: the file must end in .png or .npz (or be a folder, without a suffix)")
     for name in ("num", "steps", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
-    _args.refuse_existing(args.out, args.overwrite)
+    if args.out.suffix:  # a shard folder is resumed instead (docs/evaluation.md)
+        _args.refuse_existing(args.out, args.overwrite)
+    from ..training import distributed
     from ..training.cascade import is_cascade
+    from ..training.families import is_family_run
 
+    if (is_cascade(args.run) or is_family_run(args.run)) and (not suffix or distributed.launched()):
+        raise UserError(f"{args.run}: shard folders and several processes are for diffusion runs; sample it into "
+                        "one .png or .npz in one process")
     if is_cascade(args.run):  # a cascade folder: the base run, then its super-resolution stages
         from .cascade import sample_cascade
 
         return sample_cascade(args)
-    from ..training.families import is_family_run
-
     if is_family_run(args.run):  # gan / vae / ddgan: the family's own sampler
         from ._families import sample_family
 
@@ -80,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sampler not in SAMPLERS:
         raise UserError(f"--sampler {args.sampler} samples cld runs only; {args.run} is a diffusion run")
-    loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
+    loaded = load_run(args.run, ema=not args.no_ema, device=distributed.init(args.device).device)
     model, shape = loaded.model, loaded.shape
     image = len(shape) == 3
     num_classes = int(model.net.config.num_classes) if hasattr(model.net, "config") else 0
@@ -112,18 +121,58 @@ def run(args: argparse.Namespace) -> int:
                                                          denoised_mode(pixels, args.no_clip, args.threshold))
     if tuned is not None:
         print(f"using the tuned {args.sampler} grid for {args.steps} calls from {args.run / GRIDS_FILE}")
-    g = torch.Generator().manual_seed(args.seed)
-    chunks = []
-    for start in tqdm(range(0, args.num, args.batch_size), desc="sample", unit="batch",
-                      disable=args.num <= args.batch_size):
-        n = min(args.batch_size, args.num - start)
-        x_T = model.schedule.sample_prior((n, *shape), generator=g, device=device)
-        cond = make_cond(n, device)
-        with torch.no_grad():
-            chunks.append(sample(model, x_T, sampler=args.sampler, steps=args.steps, grid=tuned, cond=cond,
-                                 generator=g).cpu())
-    write_samples(loaded.to_data(torch.cat(chunks)), args.out, image)
-    print(f"wrote {args.num} samples to {args.out}")
+    from ..evaluation.generate import PerSample
+
+    def draw(idx: torch.Tensor, rng: PerSample) -> torch.Tensor:
+        x = sample(model, rng.prior(model.schedule, shape, device), sampler=args.sampler, steps=args.steps,
+                   grid=tuned, cond=make_cond(len(idx), device), generator=rng)
+        return loaded.to_data(x).cpu()
+
+    return sharded(args, draw, image)
+
+
+def _launch(nproc: int) -> int:
+    """This command again under torchrun with nproc processes (the arguments without --nproc)."""
+    import sys
+
+    from ..training import distributed
+
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+    if distributed.launched():
+        raise UserError("--nproc inside torchrun: launch either with torchrun or with --nproc, not both")
+    argv = list(sys.argv[1:])
+    for i, a in enumerate(argv):
+        if a.startswith("--nproc="):
+            del argv[i]
+            break
+        if a == "--nproc":
+            del argv[i:i + 2]
+            break
+    return distributed.relaunch(nproc, argv)
+
+
+def sharded(args: argparse.Namespace, draw: Any, image: bool) -> int:
+    """Draw --num samples with a seed per sample over this command's processes into --out (docs/evaluation.md)."""
+    from ..evaluation.generate import generate, merge
+    from ..training import distributed
+
+    world = distributed.init(args.device)
+    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("handler", "out", "nproc", "threads",
+                                                                             "device")}
+    folder = args.out if not args.out.suffix else args.out.parent / f".{args.out.name}.shards"
+    ok = False
+    try:
+        generate(draw, args.num, args.batch_size, args.seed, folder, world, progress=world.main, settings=settings)
+        if world.main and args.out.suffix:
+            arrays = merge(folder, args.num)
+            write_samples(to_unit(arrays) if image else torch.from_numpy(arrays), args.out, image)
+            shutil.rmtree(folder)
+        ok = True
+    finally:
+        distributed.shutdown(ok)
+    if world.main:
+        print(f"wrote {args.num} samples to {args.out}" + (f" ({world.size} processes)" if world.distributed else ""))
     return 0
 
 

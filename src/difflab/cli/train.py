@@ -64,6 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="LR after warm-up (default constant)")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train with N processes on this machine (torchrun; gloo on CPU, NCCL on CUDA)")
+    p.add_argument("--logger", choices=["csv", "tensorboard"],
+                   help="tensorboard: also log losses, LR, samples/s and previews to RUN/tensorboard (extra 'tensorboard')")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _recipe_args(p)
     p.set_defaults(handler=run)
@@ -181,7 +183,7 @@ def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The engine's fields given on the command line; a --minutes budget makes the step count an upper bound."""
     out = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
            "seed": args.seed, "accumulate": args.accumulate, "precision": args.precision, "compile": args.compile,
-           "lr_schedule": args.lr_schedule}
+           "lr_schedule": args.lr_schedule, "logger": args.logger}
     if args.steps is not None:
         out["minutes"] = 0.0
     if args.minutes is not None and args.steps is None:

@@ -1,7 +1,9 @@
 """Datasets by spec: ``digits``, ``toy:NAME``, ``mnist:DIR`` or a path to a folder of images; ``color:SPEC`` colours a
 grayscale image set with a seeded foreground/background pair per image (for colorization); ``size:N:SPEC`` shrinks
-any image set to N x N (the base and middle stages of a cascade, e.g. ``size:7:mnist:DIR``).  An image folder with
-``metadata.jsonl``, ``metadata.csv`` or ``.txt`` sidecars carries captions (:mod:`difflab.data.captions`).
+any image set to N x N (the base and middle stages of a cascade, e.g. ``size:7:mnist:DIR``); ``packed:DIR`` (or a
+folder holding packed.json) opens a set packed by ``difflab prepare-data`` as a memory map (:mod:`.packed`).
+An image folder with ``metadata.jsonl``, ``metadata.csv`` or ``.txt`` sidecars carries captions
+(:mod:`difflab.data.captions`).
 
 Images are held as uint8 [N, C, H, W] and converted per batch to float32 in [-1, 1] (``Dataset.batch``), a
 quarter of the memory of float storage; 2-D toy data is float32 [N, 2].
@@ -176,6 +178,10 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
         return Dataset(_chw(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), spec,
                        [str(i) for i in range(10)])
     path = Path(spec)
+    if spec.startswith("packed:") or (path.is_dir() and (path / "packed.json").is_file()):
+        from .packed import open_packed
+
+        return open_packed(spec[7:] if spec.startswith("packed:") else spec, split, spec)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or directory (expected digits, toy:NAME, mnist:DIR or an image folder)")
     kept: list[Path] = []

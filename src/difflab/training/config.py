@@ -115,6 +115,7 @@ class FitConfig(Config):
     seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 500
+    logger: Literal["csv", "tensorboard"] = "csv"  # tensorboard: also RUN/tensorboard (training/monitor.py)
 
     def check(self) -> None:
         n = type(self).__name__

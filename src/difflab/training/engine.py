@@ -36,6 +36,7 @@ from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, restore_optimizer, 
 from .config import FitConfig
 from .distributed import World
 from .ema import EMA, posthoc_for
+from .monitor import open_logger
 
 LOG = "log.csv"
 
@@ -267,7 +268,9 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
             save_checkpoint(run_dir, family.modules, ema_modules(), opts, step, extra)
 
     log = _Log(run_dir / LOG, start) if files else None
+    board = open_logger(cfg.logger, run_dir if files else None)  # TensorBoard beside log.csv (training/monitor.py)
     t0, step, last, stopped = time.monotonic(), start, {}, "done"
+    shown_at = (start, t0)
     bar = _progress(cfg, start, progress and world.main)
     with _Terminate() as term:
         while step < cfg.steps:
@@ -284,15 +287,19 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
             step, last = step + 1, {k: v for k, v in means.items() if not k.startswith("grad_norm")}
             bar.update(min(round(time.monotonic() - t0, 1), bar.total) - bar.n if cfg.minutes else 1)
             if log is not None:
-                _log_step(log, bar, means, step, cfg, opt0, time.monotonic() - t0)
+                shown = _log_step(log, bar, means, step, cfg, opt0, time.monotonic() - t0)
+                if board is not None and shown is not None:
+                    shown_at = _board_scalars(board, shown, step, shown_at, cfg.batch_size, opt0)
             if step % cfg.checkpoint_every == 0:
                 checkpoint(step)
             if sample_every and step % sample_every == 0 and files:
-                _preview(family, ema_modules(), run_dir, step)
+                _preview(family, ema_modules(), run_dir, step, board)
             if stop:
                 stopped = stop
                 break
     bar.close()
+    if board is not None:
+        board.close()
     if log is not None:
         log.close(step, opt0.param_groups[0]["lr"], time.monotonic() - t0)
     checkpoint(step)
@@ -413,19 +420,33 @@ def _check_finite(means: dict[str, float], scaled: bool, run_dir: Path | None, s
         raise TrainingDiverged(f"{bad[0]} became {means[bad[0]]} at step {step}; {where}")
 
 
-def _preview(family: Family, ema: dict[str, nn.Module], run_dir: Path, step: int) -> None:
-    """The family's preview of the EMA weights into RUN/samples/step_N.png."""
+def _preview(family: Family, ema: dict[str, nn.Module], run_dir: Path, step: int, board: Any = None) -> None:
+    """The family's preview of the EMA weights into RUN/samples/step_N.png (and TensorBoard's ``samples``)."""
     (run_dir / "samples").mkdir(exist_ok=True)
-    family.preview(ema, run_dir / "samples" / f"step_{step:07d}.png")
+    path = run_dir / "samples" / f"step_{step:07d}.png"
+    family.preview(ema, path)
+    if board is not None and path.is_file():
+        board.image(step, path)
+
+
+def _board_scalars(board: Any, shown: dict[str, float], step: int, shown_at: tuple[int, float], batch: int,
+                   opt: torch.optim.Optimizer) -> tuple[int, float]:
+    """The logged row, the LR and samples/s since the last row to TensorBoard; returns the new (step, time) mark."""
+    now = time.monotonic()
+    rate = batch * (step - shown_at[0]) / max(now - shown_at[1], 1e-9)
+    board.scalars(step, {**shown, "lr": opt.param_groups[0]["lr"], "samples_per_s": rate})
+    return step, now
 
 
 def _log_step(log: "_Log", bar: tqdm, means: dict[str, float], step: int, cfg: FitConfig,
-              opt: torch.optim.Optimizer, seconds: float) -> None:
-    """Add the step's values to the log window; write a row every log_every steps and show it on the bar."""
+              opt: torch.optim.Optimizer, seconds: float) -> dict[str, float] | None:
+    """Add the step's values to the log window; write a row every log_every steps and show it on the bar (the row)."""
     log.add(means)
     if step % cfg.log_every == 0 or step == cfg.steps:
         shown = log.flush(step, opt.param_groups[0]["lr"], seconds)
         bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items() if not k.startswith("grad_norm")})
+        return shown
+    return None
 
 
 def fit_into(family: Family, n_examples: int, cfg: FitConfig, out: str | Path | None, config: dict[str, Any],
