@@ -36,8 +36,8 @@ RECIPES = {
 
 
 @torch.no_grad()
-def score(run: Path, data: str, num: int, nfe: int, seed: int) -> dict[str, float]:
-    """FD / precision / recall of ``num`` heun samples of a run against the test split."""
+def score(run: Path, data: str, num: int, nfe: int, seed: int, grid: Path | None = None) -> dict[str, float]:
+    """FD / precision / recall of ``num`` heun samples of a run against the test split (the first 64 to ``grid``)."""
     from difflab.data import load
     from difflab.evaluation import evaluate_features, get_extractor
     from difflab.models.denoiser import Clamped
@@ -48,7 +48,11 @@ def score(run: Path, data: str, num: int, nfe: int, seed: int) -> dict[str, floa
     g = torch.Generator().manual_seed(seed)
     x_T = loaded.model.schedule.sample_prior((num, *loaded.shape), generator=g)
     x = sample(Clamped(loaded.model), x_T, sampler="heun", steps=nfe, generator=g)
-    ex = get_extractor("mnist" if data == "mnist" else "digits")
+    if grid is not None:
+        from difflab.utils.images import save_image_grid
+
+        save_image_grid(x[:64], grid, nrow=8)
+    ex = get_extractor("mnist" if data.split(":")[0] == "mnist" else "digits")
     return evaluate_features(ex(x), ex(load(data, split="test").x))
 
 
@@ -57,6 +61,14 @@ def compare(args: argparse.Namespace) -> list[dict]:
     from difflab.training import TrainConfig, train
 
     data, rows = load(args.data), []
+    if args.real:  # the floor: as many real training images as samples, scored the same way
+        from difflab.evaluation import evaluate_features, get_extractor
+
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.num]
+        ex = get_extractor("mnist" if args.data.split(":")[0] == "mnist" else "digits")
+        rows.append({"recipe": "real training images", **evaluate_features(ex(data.batch(idx)),
+                                                                          ex(load(args.data, split="test").x))})
+        print(rows[-1], flush=True)
     for name in args.recipes:
         with tempfile.TemporaryDirectory() as d:
             cfg = TrainConfig.from_dict({**RECIPES[name], "minutes": args.minutes, "seed": args.seed,
@@ -64,7 +76,8 @@ def compare(args: argparse.Namespace) -> list[dict]:
             t0 = time.monotonic()
             res = train(cfg, data, Path(d) / "run", progress=False)
             row = {"recipe": name, "steps": res.step, "train_s": round(time.monotonic() - t0, 1),
-                   **score(Path(d) / "run", args.data, args.num, args.nfe, args.seed + 1)}
+                   **score(Path(d) / "run", args.data, args.num, args.nfe, args.seed + 1,
+                            OUT / f"edm_flow_{args.data.split(':')[0]}_{name}.png")}
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -108,11 +121,12 @@ def main() -> None:
     p.add_argument("--outliers", action="store_true", help="the VE outlier count instead of the comparison")
     p.add_argument("--steps", type=int, default=600, help="--outliers: training steps")
     p.add_argument("--tag", default="")
+    p.add_argument("--real", action="store_true", help="also score --num real training images (the floor)")
     args = p.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()
     rows = outliers(args) if args.outliers else compare(args)
-    name = ("edm_flow_outliers" if args.outliers else f"edm_flow_{args.data}") + (f"_{args.tag}" if args.tag else "")
+    name = ("edm_flow_outliers" if args.outliers else f"edm_flow_{args.data.split(':')[0]}") + (f"_{args.tag}" if args.tag else "")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps({"args": vars(args), "load_before": load, "load_after": os.getloadavg(),
                                                   "rows": rows}, indent=2))
