@@ -82,6 +82,27 @@ class Family:
     phases: list[Phase]
     #: True if some parameters of a phase may receive no gradient in a step (DistributedDataParallel must look)
     unused_parameters: bool = False
+    #: Sampling side, read by difflab.load (runs/): the registry name, the networks a sample uses, the
+    #: likelihood methods (none: no ``nll``) and the trilemma plot's marker.
+    name: str = ""
+    sampling_modules: tuple[str, ...] = ()
+    likelihood: tuple[str, ...] = ()
+    marker: str = "o"
+
+    @classmethod
+    def samplers(cls, recipe: Any) -> tuple[str, ...]:
+        """Sampler names a run of this family accepts (none: it has its own sampler only)."""
+        return ()
+
+    @classmethod
+    def with_sampler(cls, recipe: Any, sampler: str | None, steps: int | None) -> Any:
+        """The recipe sampling with ``sampler`` and ``steps`` (None: the recipe's own)."""
+        return recipe
+
+    @classmethod
+    def label(cls, recipe: Any, nfe: int) -> str:
+        """The run's name in a report table."""
+        return cls.name
 
     def compile(self) -> None:
         """torch.compile the networks (in place, so checkpoints keep their keys)."""
