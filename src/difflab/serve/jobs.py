@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..models.protocol import DenoiserLike
 
 #: Request limits (a page on localhost, a CPU): beyond these a request is refused with HTTP 400.
 MAX_STEPS = 1000
@@ -151,7 +152,7 @@ class Job:
 class _Watched(torch.nn.Module):
     """A denoiser that reports each call's x0 estimate to a job (edits: the tasks run the sampler themselves)."""
 
-    def __init__(self, model: Any, job: Job):
+    def __init__(self, model: DenoiserLike, job: Job):
         super().__init__()
         self.model, self.job, self.schedule, self.calls = model, job, model.schedule, 0
 
@@ -166,14 +167,14 @@ class Service:
     """A loaded run, its request validation and a bounded pool of sampling workers (shared by the HTTP threads)."""
 
     def __init__(self, run: str | Path, workers: int = 2, max_queued: int = 8, device: str | None = "cpu"):
-        from ..training import load_run
-        from ..training.families import is_family_run
+        from ..runs import DiffusionRun, load
 
         run = Path(run)
-        if is_family_run(run):
-            raise UserError(f"--run {run}: serve needs a diffusion run (this one is a GAN/VAE-family run)")
-        self.run = run
-        self.loaded = load_run(run, device=device)
+        opened = load(run, device=device)
+        if not isinstance(opened, DiffusionRun):  # the page guides, edits and watches a denoiser
+            raise UserError(f"--run {run}: serve needs a diffusion run ({opened.describe()})")
+        self.run, self.opened = run, opened
+        self.loaded = opened.loaded
         if len(self.loaded.shape) != 3:
             raise UserError(f"--run {run} models points of shape {list(self.loaded.shape)}; serve shows images")
         if workers < 1 or max_queued < 1:
@@ -191,13 +192,12 @@ class Service:
 
         c, h, w = self.loaded.shape
         kind = self.conditioning.kind
-        tasks = [t for t in EDIT_TASKS if (t in ("superres", "colorize") and kind == t)
-                 or (t in ("inpaint", "sdedit") and kind == "none") or (t == "inpaint" and kind == "inpaint")]
+        tasks = [t for t in EDIT_TASKS if t in self.opened.tasks]
         scale = int(getattr(self.conditioning, "scale", 1))
         return {"run": str(self.run), "shape": [c, h, w], "conditioning": kind,
                 "num_classes": int(getattr(self.loaded.model.net.config, "num_classes", 0)),
                 "class_names": self.loaded.config.get("class_names"), "samplers": names(), "default_sampler": "ddim",
-                "tasks": tasks, "generate": kind in ("none", "labels", "captions"),
+                "tasks": tasks, "generate": "generate" in self.opened.tasks,
                 "input_size": [h // scale, w // scale] if kind == "superres" else [h, w],
                 "limits": {"steps": MAX_STEPS, "num": MAX_NUM, "guidance_scale": MAX_GUIDANCE}}
 
