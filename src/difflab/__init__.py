@@ -19,6 +19,7 @@ _NAMES = {
     "sample": (".samplers", "sample"), "ClassifierFreeGuidance": (".guidance", "ClassifierFreeGuidance"),
     "ClassifierGuidance": (".guidance", "ClassifierGuidance"), "ClipGuidance": (".guidance", "ClipGuidance"),
     "load": (".runs", "load"), "Run": (".runs", "Run"), "runs": (".runs", None),
+    "DenoiserLike": (".models.protocol", "DenoiserLike"),
 }
 
 
