@@ -100,7 +100,9 @@ def test_cli_sample_on_a_ve_run_starts_from_the_schedule_prior(tmp_path, monkeyp
 
     loaded = SimpleNamespace(model=model, config={"shape": [2], "train": {}}, shape=(2,), step=0,
                              conditioning=Conditioning(), latent=False, to_data=lambda x: x)
-    monkeypatch.setattr(cli_sample, "load_run", lambda *a, **k: loaded)
+    from difflab.runs import DiffusionRun
+
+    monkeypatch.setattr(cli_sample, "load", lambda *a, **k: DiffusionRun(tmp_path, loaded))
     n = 2000
     out = tmp_path / "s.npz"
     assert main(["sample", "--run", str(tmp_path), "--num", str(n), "--batch-size", "1000", "--sampler", "dpmpp_2m",

@@ -9,6 +9,7 @@ import torch
 
 from ..data import to_uint8
 from ..errors import UserError
+from ..runs import CascadeRun, DiffusionRun, load
 from ..training.checkpoint import atomic_write
 from ..utils.images import save_image_grid, save_scatter
 from . import guide
@@ -45,8 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runs import CascadeRun, DiffusionRun, load
-
     suffix = args.out.suffix.lower()
     if suffix not in (".png", ".npz"):
         raise UserError(f"--out {args.out}: the file must end in .png or .npz")
