@@ -127,7 +127,11 @@ def test_cli_sample_draws_x_T_of_a_trained_ve_run_from_its_prior(tmp_path, monke
     run = tmp_path / "run"
     assert main(["train", "--data", "toy:moons", "--out", str(run), "--steps", "2", "--config", str(cfg), "--quiet"]) == 0
     seen = []
-    monkeypatch.setattr(difflab.samplers, "sample", lambda model, x_T, **kw: seen.append(x_T) or torch.zeros_like(x_T))
+    def fake(model, x_T, **kw):
+        seen.append(x_T)
+        return (torch.zeros_like(x_T), 0) if kw.get("return_nfe") else torch.zeros_like(x_T)
+
+    monkeypatch.setattr(difflab.samplers, "sample", fake)
     assert main(["sample", "--run", str(run), "--num", "300", "--seed", "5", "--device", "cpu",
                  "--out", str(tmp_path / "s.npz")]) == 0
     sched = load_run(run, device="cpu").model.schedule
