@@ -152,7 +152,7 @@ def test_bad_cascades_are_one_line_errors(runs, tmp_path, capsys):
     assert cascade("--base", b, "--stage", b, "--out", tmp_path / "x") == 2
     _one_line_error(capsys, "not a super-resolution run")
     assert cascade("--base", s1, "--stage", s2, "--out", tmp_path / "x") == 2
-    _one_line_error(capsys, "base must be unconditional or class-conditional")
+    _one_line_error(capsys, "base must be unconditional, class- or text-conditional")
     assert cascade("--base", b, "--stage", s1, "--stage", s2, "--aug-level", "0.1", "--aug-level", "0.1",
                    "--out", tmp_path / "x") == 2
     _one_line_error(capsys, "trained without --noise-aug")

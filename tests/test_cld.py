@@ -12,6 +12,7 @@ from torch import nn
 
 from difflab.errors import UserError
 from difflab.likelihood.cld import cld_log_likelihood_bound, ode_log_prob
+from difflab.models.gaussian_mixture import GaussianMixture
 from difflab.samplers import sample
 from difflab.samplers.cld import sample_cld
 from difflab.schedules import VP, CLD, as_process, is_scalar, require_scalar
@@ -193,8 +194,12 @@ def test_scalar_samplers_refuse_cld():
     model = build_score(cfg, (2,))
     assert not is_scalar(model.schedule) and is_scalar(VP()) and is_scalar(as_process(VP()))
     require_scalar(VP(), "x")
-    with pytest.raises(UserError, match="scalar alpha"):
+    with pytest.raises(UserError, match="sampler 'ddim' is for scalar alpha.*not the cld process; its samplers: "
+                                         "euler_maruyama, sscs, dopri5"):
         sample(model, torch.zeros(3, 4), sampler="ddim", steps=5)
+    with pytest.raises(UserError, match="sampler 'sscs' is for the cld process, not the scalar process"):
+        sample(GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None]).denoiser(VP()),
+               torch.zeros(3, 2), sampler="sscs", steps=5)
 
 
 def test_networks_read_x_and_v():
@@ -217,7 +222,7 @@ def test_cli_train_sample_evaluate(tmp_path):
                  "--out", str(tmp_path / "s.npz")]) == 0
     assert np.load(tmp_path / "s.npz")["samples"].shape == (20, 2)
     assert main(["sample", "--run", str(run), "--sampler", "ddim", "--out", str(tmp_path / "s.png")]) == 0
-    assert main(["sample", "--run", str(run), "--sampler", "heun", "--out", str(tmp_path / "s.png")]) == 2
+    assert main(["sample", "--run", str(run), "--sampler", "heun", "--out", str(tmp_path / "s.png"), "--overwrite"]) == 2
     assert main(["evaluate", "--run", str(run), "--sampler", "sscs", "--steps", "5", "--num", "50", "--nll",
                  "--nll-num", "4", "--json", str(tmp_path / "e.json")]) == 0
     import json
@@ -240,7 +245,11 @@ def test_cli_train_and_sample_with_cld_samplers(tmp_path):
                  "--out", str(run), "--quiet", "--config", str(_cfg(tmp_path))]) == 0
     for sampler, code in (("sscs", 0), ("ode", 0), ("dpmpp_2m", 2)):
         assert main(["sample", "--run", str(run), "--sampler", sampler, "--steps", "3", "--num", "8",
-                     "--out", str(tmp_path / "s.npz")]) == code
+                     "--out", str(tmp_path / "s.npz"), "--overwrite"]) == code
     assert np.load(tmp_path / "s.npz")["samples"].shape == (8, 2)
+    for sampler in ("euler_maruyama", "em"):  # the common name and the alias runs were first saved with: same draws
+        assert main(["sample", "--run", str(run), "--sampler", sampler, "--steps", "3", "--num", "8",
+                     "--out", str(tmp_path / f"{sampler}.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "em.npz")["samples"], np.load(tmp_path / "euler_maruyama.npz")["samples"])
     assert main(["train", "--family", "cld", "--data", "toy:moons", "--conditional", "--out",
                  str(tmp_path / "c")]) == 2

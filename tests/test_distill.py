@@ -79,7 +79,9 @@ def test_cli_distill_writes_a_run_that_samples_in_the_student_steps(tmp_path, ca
                  "--out", str(tmp_path / "s.npz")]) == 0
     assert "using the tuned ddim grid" in capsys.readouterr().out
     model = difflab.training.load_run(out).model
-    x_T = model.schedule.sample_prior((8, 2), generator=torch.Generator().manual_seed(0))
+    from difflab.evaluation.generate import PerSample
+
+    x_T = PerSample(0, range(8)).prior(model.schedule, (2,))  # sample i's noise from its own seeded generator
     with np.load(tmp_path / "s.npz") as f:
         want = difflab.sample(model, x_T, "ddim", grid=torch.tensor(grid, dtype=torch.float64))
         assert np.allclose(f["samples"], want.numpy(), atol=1e-5)
@@ -209,3 +211,38 @@ def test_the_default_progressive_student_reads_a_copy_of_the_teachers_network_as
     x, t = torch.randn(8, 2), torch.full((8,), 500.0)
     torch.testing.assert_close(st.raw(x, t), teacher.raw(x, t))  # the same weights, read as v
     assert as_student(teacher, None).prediction == "eps"
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_a_student_in_the_teachers_parametrisation_starts_as_the_teachers_denoiser(prediction):
+    """D_student(x_t, t) = D_teacher(x_t, t) at every level before training; read in another parametrisation it is not."""
+    from difflab.models.denoiser import Clamped
+    from difflab.training.distill import as_student, starts_as_teacher
+
+    torch.manual_seed(0)
+    teacher = Denoiser(MLP(MLPConfig(dim=2, hidden=16, depth=2)), SCHED, prediction).double()
+    x = torch.randn(64, 2, dtype=torch.float64)
+    t = torch.linspace(0, 999, 64, dtype=torch.float64)
+    other = "v" if prediction != "v" else "eps"
+    for pred in (None, prediction, other):
+        st = as_student(Clamped(teacher), pred)
+        with torch.no_grad():
+            same = torch.allclose(st(x, t), teacher(x, t), rtol=1e-12, atol=1e-12)
+        assert same == starts_as_teacher(Clamped(teacher), pred) == (pred != other), pred
+    with torch.no_grad():  # a copy: training the student leaves the teacher alone
+        next(as_student(teacher, None).parameters()).add_(1.0)
+    assert torch.equal(as_student(teacher, None)(x, t), teacher(x, t))
+
+
+def test_cli_says_when_the_first_student_does_not_start_as_the_teacher(tmp_path, capsys, teacher_run):
+    from difflab.cli.main import main
+    from difflab.training import load_run
+
+    args = ["distill", "--run", str(teacher_run), "--steps", "2", "--start", "4", "--round-steps", "1",
+            "--batch-size", "8", "--quiet"]
+    assert load_run(teacher_run).model.prediction == "eps"
+    assert main([*args, "--out", str(tmp_path / "v")]) == 0
+    assert "reads the eps teacher's network as v" in capsys.readouterr().out
+    assert main([*args, "--prediction", "teacher", "--out", str(tmp_path / "e")]) == 0
+    assert "teacher's network" not in capsys.readouterr().out
+    assert load_run(tmp_path / "e").model.prediction == "eps"

@@ -68,7 +68,21 @@ def _tuned(sampler: str = "dpmpp_2m", nfe: int = 5, seed: int = 0):
     return tune_grid(MODEL, sampler, nfe, shape=(3,), num=96, seed=seed, fine=30, substeps=2, max_evals=40)
 
 
-def test_tuned_grid_is_valid_within_budget_and_never_worse_than_the_default():
+def _held_out_rmse(model, sampler: str, shape: tuple[int, ...], num: int = 300, seed: int = 99):
+    """err(**grid_or_steps): the sampler's endpoint RMSE on fresh x_T (not the calibration batch) against dopri5 at 1e-8."""
+    x = model.schedule.sample_prior((num, *shape), generator=torch.Generator().manual_seed(seed))
+    x = x.to(next(iter(model.parameters()), torch.zeros((), dtype=torch.float64)).dtype)
+    with torch.no_grad():
+        ref = difflab.sample(model, x, "dopri5", rtol=1e-8, atol=1e-8)
+
+    def err(**kw) -> float:
+        with torch.no_grad():
+            return float((difflab.sample(model, x, sampler, **kw) - ref).double().pow(2).mean().sqrt())
+
+    return err
+
+
+def test_tuned_grid_is_valid_within_budget_and_better_than_the_default_on_held_out_noise():
     for sampler, nfe in [("dpmpp_2m", 5), ("heun", 6), ("ipndm", 4)]:
         tg = _tuned(sampler, nfe)
         s = tg.sigmas
@@ -78,7 +92,12 @@ def test_tuned_grid_is_valid_within_budget_and_never_worse_than_the_default():
         assert difflab.samplers.nfe(sampler, len(s) - 1) == tg.nfe <= nfe
         _, calls = difflab.sample(MODEL, torch.zeros(2, 3, dtype=torch.float64), sampler, grid=s, return_nfe=True)
         assert calls == tg.nfe
-        assert tg.objective <= tg.default_objective
+        # the calibration figures hold on 300 fresh x_T against an independent reference: the tuned grid beats the
+        # default grid there (measured 0.34x, 0.04x, 0.74x), and its calibration RMSE predicts its held-out RMSE
+        err = _held_out_rmse(MODEL, sampler, (3,))
+        tuned, default = err(grid=s), err(steps=nfe)
+        assert tuned < 0.85 * default, (sampler, tuned, default)
+        assert abs(tg.objective / tuned - 1) < 0.25 and abs(tg.default_objective / default - 1) < 0.25, sampler
 
 
 def test_tuned_grid_is_deterministic_for_a_seed():
@@ -124,22 +143,29 @@ def toy_run(tmp_path_factory):
 
 def test_cli_tune_steps_stores_a_grid_that_sample_uses(toy_run, tmp_path, capsys):
     import json
+    import shutil
 
     import numpy as np
 
     from difflab.cli.main import main
 
+    toy_run = shutil.copytree(toy_run, tmp_path / "run")  # this test writes (and breaks) grids.json: its own copy
     args = ["--run", str(toy_run), "--sampler", "dpmpp_2m"]
     assert main(["tune-steps", *args, "--nfe", "4", "--num", "16", "--max-evals", "10"]) == 0
     stored = json.loads((toy_run / "grids.json").read_text())["dpmpp_2m:4:none"]
-    assert stored["objective"] <= stored["default_objective"] and stored["sigmas"][-1] == 0.0
+    assert stored["sigmas"][-1] == 0.0 and stored["nfe"] == 4
+    err = _held_out_rmse(difflab.training.load_run(toy_run).model, "dpmpp_2m", (2,))
+    tuned, default = err(grid=torch.tensor(stored["sigmas"], dtype=torch.float64)), err(steps=4)
+    assert tuned < 0.5 * default, (tuned, default)  # the stored grid on fresh x_T against dopri5 (measured 0.1x)
     capsys.readouterr()
     assert main(["sample", *args, "--steps", "4", "--num", "8", "--out", str(tmp_path / "a.npz")]) == 0
     assert "using the tuned dpmpp_2m grid" in capsys.readouterr().out
     assert main(["sample", *args, "--steps", "4", "--num", "8", "--no-tuned-grid", "--out", str(tmp_path / "b.npz")]) == 0
     assert "tuned" not in capsys.readouterr().out
     model = difflab.training.load_run(toy_run).model
-    x_T = model.schedule.sample_prior((8, 2), generator=torch.Generator().manual_seed(0))
+    from difflab.evaluation.generate import PerSample
+
+    x_T = PerSample(0, range(8)).prior(model.schedule, (2,))  # sample i's noise from its own seeded generator
     want = difflab.sample(model, x_T, "dpmpp_2m", grid=torch.tensor(stored["sigmas"], dtype=torch.float64))
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         assert np.allclose(a["samples"], want.numpy(), atol=1e-5) and not np.allclose(a["samples"], b["samples"])

@@ -124,7 +124,7 @@ def test_d_steps_updates_the_discriminator_that_many_times_per_step():
     assert calls == [0, 0, 0, 1, 1, 1]
 
 
-@pytest.mark.parametrize("family,spec", [("ddgan", "digits")])
+@pytest.mark.parametrize("family,spec", [("gan", "toy:25gaussians"), ("ddgan", "digits")])
 def test_two_network_resume_equals_uninterrupted_run_bitwise(tmp_path, family, spec):
     data = load(spec)
     extra = {"timesteps": 2} if family == "ddgan" else {}

@@ -256,7 +256,8 @@ def _cli_samples(out, run, *extra, num=6):
 
     from difflab.cli.main import main
 
-    assert main(["sample", "--run", str(run), "--num", str(num), "--steps", "3", *map(str, extra), "--out", str(out)]) == 0
+    assert main(["sample", "--run", str(run), "--num", str(num), "--steps", "3", *map(str, extra), "--out", str(out),
+                 "--overwrite"]) == 0
     with np.load(out) as f:
         return f["images"]
 
@@ -462,5 +463,5 @@ def test_clip_training_is_deterministic_and_cli(digits_small, tmp_path, capsys):
     assert main(["sample", "--run", str(run), "--num", "3", "--steps", "2", "--clip", str(tmp_path / "clip"),
                  "--prompt", "a thick seven", "--out", str(tmp_path / "c.png")]) == 0
     assert main(["sample", "--run", str(run), "--num", "3", "--steps", "2", "--clip", str(tmp_path / "clip"),
-                 "--out", str(tmp_path / "c.png")]) == 2
+                 "--out", str(tmp_path / "c2.png")]) == 2
     assert "--clip needs --prompt" in capsys.readouterr().err

@@ -25,6 +25,8 @@ def test_oracle_network_has_zero_loss(prediction):
 
     def net(x, t):
         a, sig = s.alpha(t)[:, None].float(), s.sigma(t)[:, None].float()
+        if prediction == "edm":  # the network sees c_in x_t / alpha = x_t / sqrt(sigma^2 + alpha^2 sd^2)
+            x = x * torch.sqrt(sig**2 + (a * 0.5) ** 2)
         return target_for(prediction, c.expand_as(x), (x - a * c) / sig, a, sig)
 
     loss = denoising_loss(Denoiser(net, s, prediction), c.expand(64, 2), generator=torch.Generator().manual_seed(1))

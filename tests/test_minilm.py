@@ -51,7 +51,7 @@ def test_minilm_run_trains_and_samples_from_prompts(tmp_path):
     def draw(prompt):
         out = tmp_path / f"{prompt.replace(' ', '_')}.npz"
         assert main(["sample", "--run", str(run), "--num", "3", "--steps", "3", "--prompt", prompt,
-                     "--guidance-scale", "3", "--out", str(out)]) == 0
+                     "--guidance-scale", "3", "--out", str(out), "--overwrite"]) == 0
         with np.load(out) as f:
             return f["images"].astype(int)
 

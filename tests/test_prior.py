@@ -136,5 +136,7 @@ def test_cli_sample_draws_x_T_of_a_trained_ve_run_from_its_prior(tmp_path, monke
                  "--out", str(tmp_path / "s.npz")]) == 0
     sched = load_run(run, device="cpu").model.schedule
     assert sched.config()["kind"] == "ve" and len(seen) == 1
-    assert torch.equal(seen[0], sched.sample_prior((300, 2), generator=G(5)))
+    from difflab.evaluation.generate import PerSample
+
+    assert torch.equal(seen[0], PerSample(5, range(300)).prior(sched, (2,)))  # sample i's x_T from its own generator
     assert 40 < float(seen[0].std()) < 60  # 600 draws of std 50.01: the standard error of the std is 1.4

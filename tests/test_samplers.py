@@ -198,8 +198,9 @@ def test_names_registry_and_errors():
     sched = difflab.schedules.get("vp")
     with pytest.raises(ValueError):
         difflab.sample(GAUSS.denoiser(sched), x_T(sched, 2), "nope")
-    with pytest.raises(ValueError):
-        difflab.sample(GAUSS.denoiser(sched), x_T(sched, 2), "euler", grid=torch.tensor([3.0, 1.0]))
+    for bad in ([1.0, 3.0, 0.0], [3.0], [3.0, 0.0, 0.0], [3.0, -1.0]):  # a grid ending above 0 is fine
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            difflab.sample(GAUSS.denoiser(sched), x_T(sched, 2), "euler", grid=torch.tensor(bad))
 
 
 def test_explicit_grid_and_progress_bar(capsys):

@@ -5,6 +5,7 @@ import base64
 import http.client
 import io
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -197,19 +198,35 @@ def test_bad_edit_requests_get_400_and_a_message(server, body, needle):
     assert status == 400 and needle in r["error"]
 
 
-def test_a_long_job_does_not_block_other_requests_and_the_queue_is_capped(server):
+def test_a_held_job_does_not_block_other_requests_and_the_queue_is_capped(server, monkeypatch):
+    """The first job is held inside its first step (an event, not the clock), so its state is known when asserted."""
+    from difflab.serve.jobs import Job
+
+    gate, entered, progress = threading.Event(), threading.Event(), Job.progress
+
+    def held(self, i, denoised):
+        entered.set()
+        assert gate.wait(timeout=60), "the test never released the job"
+        return progress(self, i, denoised)
+
+    monkeypatch.setattr(Job, "progress", held)
     srv = server(workers=1, max_queued=1)
-    status, long = call(srv, "/api/generate", {"steps": 1000, "num": 64})
-    assert status == 202
-    status, second = call(srv, "/api/generate", {"steps": 1000, "num": 64})
-    assert status == 202
-    status, r = call(srv, "/api/generate", {"steps": 2})
-    assert status == 503 and "queued or running" in r["error"]
-    t0 = time.time()
-    status, info = call(srv, "/api/info")
-    status2, j = call(srv, f"/api/jobs/{long['id']}")
-    assert status == status2 == 200 and j["state"] == "running" and time.time() - t0 < 5
-    assert call(srv, f"/api/jobs/{long['id']}/image.png")[0] == 409  # not done yet
+    try:
+        status, first = call(srv, "/api/generate", {"steps": 3, "num": 2})
+        assert status == 202 and entered.wait(timeout=60)
+        status, second = call(srv, "/api/generate", {"steps": 3, "num": 2})
+        assert status == 202
+        status, r = call(srv, "/api/generate", {"steps": 2})
+        assert status == 503 and "queued or running" in r["error"]
+        status, info = call(srv, "/api/info")  # answered while the only worker is busy
+        assert status == 200 and info["shape"] == [1, 8, 8]
+        states = [call(srv, f"/api/jobs/{j['id']}")[1]["state"] for j in (first, second)]
+        assert states == ["running", "queued"]
+        assert call(srv, f"/api/jobs/{first['id']}/image.png")[0] == 409  # not done yet
+    finally:
+        gate.set()
+    assert [wait(srv, j["id"])["state"] for j in (first, second)] == ["done", "done"]
+    assert call(srv, f"/api/jobs/{first['id']}/image.png")[0] == 200
 
 
 def test_service_refuses_runs_it_cannot_show(tmp_path):

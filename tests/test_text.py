@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from difflab.data import load
-from difflab.text import (DIGIT_NAMES, CaptionThresholds, SmallTextConfig, SmallTextEncoder, attributes, caption_table,
+from difflab.text import (DIGIT_NAMES, VOCABULARY, CaptionThresholds, SmallTextConfig, SmallTextEncoder, attributes, caption_table,
                           captions, get_encoder, minilm_available, tokenize_words)
 from difflab.training import TrainConfig
 from difflab.training import conditioning_for
@@ -57,12 +57,16 @@ def test_captions_are_deterministic_and_reflect_attributes(digits):
 def test_tokenizer_and_small_encoder_are_deterministic():
     ids, mask = tokenize_words(["a thick seven", "A Two!", "zzz"], max_len=16)
     assert ids.shape == (3, 3) and mask.tolist() == [[True] * 3, [True, True, False], [True, False, False]]
-    assert ids[2, 0] == 1  # unknown word
+    assert ids[2, 0] >= len(VOCABULARY)  # a word outside the vocabulary: a hashed bucket
+    ids2, _ = tokenize_words(["red", "blue", "RED"], max_len=16)
+    assert ids2[0, 0] == ids2[2, 0] != ids2[1, 0] and int(ids2.min()) >= len(VOCABULARY)
     e1, e2 = SmallTextEncoder(SmallTextConfig(seed=3)), SmallTextEncoder(SmallTextConfig(seed=3))
     s1, m1 = e1.encode(["a thick seven", "a two"])
     s2, m2 = e2.encode(["a thick seven", "a two"])
     assert torch.equal(s1, s2) and torch.equal(m1, m2) and s1.shape == (2, 3, 64)
     assert torch.all(s1[1, 2] == 0)  # padding position
+    empty, empty_mask = e1.encode(["", "a two"])
+    assert torch.equal(empty[0], torch.zeros_like(empty[0])) and not empty_mask[0].any()  # zeros, not NaN
     # padding does not change the states of real tokens (key padding mask)
     alone, _ = e1.encode(["a two"])
     torch.testing.assert_close(alone[0], s1[1, :2])
@@ -193,3 +197,15 @@ def test_short_text_training_beats_chance(digits):
                        cond={"context": ctx[y], "context_mask": mask[y]})
     logits = torch.as_tensor(extract(x.clamp(-1, 1), "digits").logits)
     assert float((logits.argmax(1) == y).float().mean()) > 0.3
+
+
+def test_hashed_words_leave_the_vocabulary_weights_as_drawn_before():
+    """The hashed-word table is drawn apart: the vocabulary embedding is what the seed alone gives (runs trained
+    before it kept their encodings)."""
+    cfg = SmallTextConfig(seed=5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        first = torch.nn.Embedding(len(VOCABULARY), cfg.dim, padding_idx=0).weight
+    enc = SmallTextEncoder(cfg)
+    assert torch.equal(enc.tokens.weight, first) and enc.hashed.weight.shape[1] == cfg.dim
+    assert not torch.allclose(enc.encode(["a red seven"])[0], enc.encode(["a blue seven"])[0])

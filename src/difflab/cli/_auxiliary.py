@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import UserError
 from ..training.checkpoint import CHECKPOINT, CONFIG, read_json
 from ..utils.config import read_config_file
+from . import _args
 
 
 def add_arguments(p: argparse.ArgumentParser, what: str, config_class: str, batch_help: str) -> None:
@@ -17,9 +18,9 @@ def add_arguments(p: argparse.ArgumentParser, what: str, config_class: str, batc
                    help="diffusion run whose noise schedule to train under")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="optimisation steps (default 2000)")
-    budget.add_argument("--minutes", type=float, help="wall-clock budget")
+    budget.add_argument("--minutes", type=_args.positive_float, help="wall-clock budget")
     p.add_argument("--batch-size", type=int, help=f"{batch_help} per step (default 128)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=_args.seed, help="random seed (default 0)")
     p.add_argument("--config", type=Path, metavar="FILE", help=f"JSON file with {config_class} fields")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -52,10 +52,15 @@ def sample_cascade(args: argparse.Namespace) -> int:
         raise UserError(f"--sampler {args.sampler} is not a diffusion sampler; {args.run} is a cascade of diffusion runs")
     if args.threshold is not None:
         raise UserError("--threshold is not available for cascades (each stage clamps to [-1, 1]; --no-clip turns it off)")
-    if (getattr(args, "prompt", None) is not None or getattr(args, "classifier", None) is not None
-            or getattr(args, "clip", None) is not None or getattr(args, "guidance_scale", 0.0)):
-        raise UserError(f"--run {args.run} is a cascade: guidance options are not available for cascades")
+    if (getattr(args, "classifier", None) is not None or getattr(args, "clip", None) is not None
+            or getattr(args, "negative_prompt", None) is not None):
+        raise UserError(f"--run {args.run} is a cascade: of the guidance options it takes --prompt and --guidance-scale")
     c = load_cascade(args.run, ema=not args.no_ema, device=args.device)
+    prompt, w = getattr(args, "prompt", None), getattr(args, "guidance_scale", 0.0)
+    if prompt is not None and c.base.conditioning.kind != "captions":
+        raise UserError(f"--prompt: the base run of the cascade {args.run} is not text-conditional")
+    if w and (prompt is None and args.label is None or w < 0):
+        raise UserError("--guidance-scale needs --prompt (a text base) or --label (a class-conditional base) and W >= 0")
     if args.label is not None and c.base.conditioning.kind != "labels":
         raise UserError(f"--label {args.label}: the base run of the cascade {args.run} is not class-conditional")
     g = torch.Generator().manual_seed(args.seed)
@@ -64,7 +69,7 @@ def sample_cascade(args: argparse.Namespace) -> int:
                       disable=args.num <= args.batch_size):
         n = min(args.batch_size, args.num - start)
         chunks.append(c.sample(n, sampler=args.sampler, steps=args.steps, generator=g, label=args.label,
-                               clip=not args.no_clip).cpu())
+                               clip=not args.no_clip, prompt=prompt, guidance_scale=w).cpu())
     write_samples(torch.cat(chunks), args.out, True)
     sizes = " -> ".join("x".join(map(str, s[1:])) for s in c.sizes())
     print(f"wrote {args.num} samples to {args.out} (cascade {sizes})")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from . import _args
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 TASKS = ("inpaint", "sdedit", "uncrop", "panorama", "superres", "colorize")
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edit", help="inpaint, SDEdit, uncrop or extend images with a trained run", description=(
         "Image-to-image tasks on a trained run: inpaint (RePaint), sdedit, uncrop, panorama (training-free, on "
         "any unconditional run), superres and colorize (--task superres / colorize runs); inpaint on a --task inpaint run uses its "
-        "mask conditioning. "
+        "mask conditioning; sdedit and inpaint on a text run take --prompt (with --guidance-scale, --negative-prompt). "
         "--input and --out are PNG/JPEG files, or folders (same file names out). Masks: white = keep, "
         "black = generate."))
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -40,20 +41,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
         q.add_argument("--input", required=True, type=Path, metavar="IMG_OR_DIR")
         q.add_argument("--out", required=True, type=Path, metavar="OUT")
+        _args.add_overwrite(q)
         q.add_argument("--sampler", default="ddim", choices=names(), help="sampler (default ddim)")
         q.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=_args.seed, default=0)
         q.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
         q.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-        q.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+        q.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
         if task == "sdedit":
             q.add_argument("--strength", type=float, default=0.5,
                            help="t0 as a fraction of the schedule (0 = the input, 1 = ignore it; default 0.5)")
             q.add_argument("--mask", type=Path, metavar="MASK", help="optional: keep the white part of this mask")
         elif task not in ("superres", "colorize"):
-            q.add_argument("--jump", type=int, default=10, help="RePaint jump length j (default 10)")
-            q.add_argument("--resample", type=int, default=1,
-                           help="RePaint resamples r per block (default 1: plain replacement)")
+            r, j = (10, 5) if task == "inpaint" else (1, 10)
+            q.add_argument("--jump", type=int, default=j, help=f"RePaint jump length j (default {j})")
+            q.add_argument("--resample", type=int, default=r, help=f"RePaint resamples r per block (default {r}" + (
+                "; 1 is plain replacement, faster but biased)" if r > 1 else ": plain replacement)"))
+        if task in ("sdedit", "inpaint"):
+            _prompt_arguments(q)
         if task == "inpaint":
             q.add_argument("--mask", required=True, type=Path, metavar="MASK",
                            help="PNG (white = keep, black = generate) or a folder of masks named as the inputs")
@@ -61,11 +66,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             for side in ("left", "right", "top", "bottom"):
                 q.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
         if task == "superres":
-            q.add_argument("--aug-level", type=float,
+            q.add_argument("--aug-level", type=_args.finite_float,
                            help="noise-conditioning augmentation level of a --noise-aug run (default 0.2)")
         if task == "panorama":
             q.add_argument("--width", type=int, required=True, help="width of the strip in pixels")
         q.set_defaults(handler=run)
+
+
+def _prompt_arguments(q: argparse.ArgumentParser) -> None:
+    """--prompt, --guidance-scale and --negative-prompt of edits on a text run (docs/tasks.md)."""
+    q.add_argument("--prompt", help="text runs: the caption the edit asks for (default: the empty caption)")
+    q.add_argument("--guidance-scale", type=float, default=0.0, metavar="W",
+                   help="with --prompt: classifier-free guidance weight (default 0 = off)")
+    q.add_argument("--negative-prompt", metavar="TEXT", help="with --guidance-scale: guide away from this caption")
+
+
+def _text_guided(args: argparse.Namespace, loaded) -> tuple[object, object]:
+    """(denoiser, condition of one image) of an edit on a text run: the prompt's condition, with CFG if asked."""
+    from ..guidance import ClassifierFreeGuidance
+    from ..training.conditioning import with_negative_prompt
+
+    prompt, negative = getattr(args, "prompt", None), getattr(args, "negative_prompt", None)
+    w = getattr(args, "guidance_scale", 0.0)
+    if loaded.conditioning.kind != "captions":
+        if prompt is not None or negative is not None or w:
+            raise UserError(f"--prompt: the run in {args.run} is not text-conditional (train it with --text-encoder)")
+        return loaded.model, None
+    if w < 0:
+        raise UserError(f"--guidance-scale must be >= 0, got {w}")
+    if w and prompt is None:
+        raise UserError("--guidance-scale needs --prompt: the caption to guide towards")
+    model = ClassifierFreeGuidance(loaded.model, w) if w else loaded.model
+    cond_fn = (lambda n, device: loaded.conditioning.prompts([prompt] * n, device)) if prompt is not None \
+        else loaded.conditioning.null
+    if negative is not None:
+        cond_fn = with_negative_prompt(model, loaded.conditioning, negative, cond_fn)
+    return model, cond_fn(1, next(loaded.model.parameters()).device)
 
 
 def _files(path: Path) -> list[Path]:
@@ -88,11 +124,23 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
+            _check_pixels(im.size, str(path))
             a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: not a readable image ({e})") from None
     a = a[:, :, None] if a.ndim == 2 else a
     return torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
+#: Largest image side edit reads or writes (images are checked from their header, before decoding).
+MAX_SIDE = 4096
+
+
+def _check_pixels(size: tuple[int, int], name: str) -> None:
+    """UserError if an image's header claims a side larger than MAX_SIDE (before any pixel is decoded)."""
+    if max(size) > MAX_SIDE:
+        raise UserError(f"{name} is {size[1]}x{size[0]} pixels (height x width); edit reads images of at most "
+                        f"{MAX_SIDE} pixels a side")
 
 
 def read_mask(path: Path, size: tuple[int, int], image: Path) -> torch.Tensor:
@@ -101,8 +149,9 @@ def read_mask(path: Path, size: tuple[int, int], image: Path) -> torch.Tensor:
 
     try:
         with Image.open(path) as im:
+            _check_pixels(im.size, f"--mask {path}")
             a = np.asarray(im.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"--mask {path}: not a readable image ({e})") from None
     if a.shape != size:
         raise UserError(f"--mask {path} is {a.shape[0]}x{a.shape[1]} but the image {image} is {size[0]}x{size[1]} "
@@ -124,17 +173,22 @@ def write_image(x: torch.Tensor, path: Path) -> None:
 
 
 def _outputs(args: argparse.Namespace, files: list[Path]) -> list[Path]:
+    """The output file of each input; an existing one is refused unless --overwrite."""
     if args.input.is_dir():
         if args.out.exists() and not args.out.is_dir():
             raise UserError(f"--out {args.out}: --input is a folder, so --out must be a folder")
         if not args.out.parent.is_dir():
             raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+        outs = [args.out / f.name for f in files]
+        for out in outs:
+            _args.refuse_existing(out, args.overwrite)
         args.out.mkdir(exist_ok=True)
-        return [args.out / f.name for f in files]
+        return outs
     if args.out.suffix.lower() not in SUFFIXES:
         raise UserError(f"--out {args.out}: the file must end in .png, .jpg or .jpeg")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    _args.refuse_existing(args.out, args.overwrite)
     return [args.out]
 
 
@@ -163,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.task == "sdedit" and not 0.0 <= args.strength <= 1.0:
         raise UserError(f"--strength must lie in [0, 1], got {args.strength}")
+    for name, lo in (("left", 0), ("right", 0), ("top", 0), ("bottom", 0), ("width", 1)):
+        if not lo <= getattr(args, name, lo) <= MAX_SIDE:
+            raise UserError(f"--{name} must lie in [{lo}, {MAX_SIDE}] pixels, got {getattr(args, name)}")
     files = _files(args.input)
     from ..training.cascade import is_cascade
 
@@ -185,12 +242,15 @@ def run(args: argparse.Namespace) -> int:
     kind = loaded.conditioning.kind
     if args.task in ("superres", "colorize") and kind != args.task:
         raise UserError(f"--run {args.run} is not a {args.task} run (train it with --task {args.task})")
-    if args.task not in ("superres", "colorize") and kind != "none" and not (args.task == "inpaint" and kind == "inpaint"):
+    text = kind == "captions" and args.task in ("sdedit", "inpaint")  # a text run: the prompt is the condition
+    if args.task not in ("superres", "colorize") and kind != "none" and not (args.task == "inpaint" and kind == "inpaint") \
+            and not text:
         raise UserError(f"--run {args.run} is conditional ({kind}); edit {args.task} needs an unconditional run")
     c, h, w = shape
     if args.task == "superres":
         h, w = h // loaded.conditioning.scale, w // loaded.conditioning.scale
-    model = Clamped(loaded.model)
+    guided, cond = _text_guided(args, loaded)
+    model = Clamped(guided)
     device = next(loaded.model.parameters()).device
     g = torch.Generator().manual_seed(args.seed)
     common = {"sampler": args.sampler, "steps": args.steps, "generator": g}
@@ -206,9 +266,11 @@ def run(args: argparse.Namespace) -> int:
             if args.task == "inpaint" and kind == "inpaint":  # a mask-conditioned run (Palette)
                 y = tasks.inpaint_conditioned(model, x, mask.to(device), loaded.conditioning, **common)
             elif args.task == "inpaint":
-                y = tasks.inpaint(model, x, mask.to(device), jump=args.jump, resample=args.resample, **common)
+                y = tasks.inpaint(model, x, mask.to(device), jump=args.jump, resample=args.resample, cond=cond,
+                                  **common)
             elif args.task == "sdedit":
-                y = tasks.sdedit(model, x, args.strength, mask=None if mask is None else mask.to(device), **common)
+                y = tasks.sdedit(model, x, args.strength, mask=None if mask is None else mask.to(device), cond=cond,
+                                 **common)
             elif args.task == "uncrop":
                 y = tasks.uncrop(model, x, left=args.left, right=args.right, top=args.top, bottom=args.bottom,
                                  jump=args.jump, resample=args.resample, **common)

@@ -10,7 +10,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 import warnings  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 from . import edit as edit_cmd  # noqa: E402
@@ -27,17 +29,29 @@ from . import cascade as cascade_cmd
 from . import export_diffusers as export_diffusers_cmd
 from . import import_diffusers as import_diffusers_cmd
 from . import serve as serve_cmd
+from . import ema as ema_cmd
+from . import prepare_data as prepare_data_cmd
 
 COMMANDS = [train_cmd, sample_cmd, evaluate_cmd, report_cmd, train_classifier_cmd, train_clip_cmd, tune_steps_cmd, edit_cmd, distill_cmd, cascade_cmd,
             train_autoencoder_cmd, import_diffusers_cmd, export_diffusers_cmd,
-            serve_cmd]
+            serve_cmd, ema_cmd, prepare_data_cmd]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``difflab: error: COMMAND: message`` and exit 2 (the usage stays in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("difflab").strip()
+        self.exit(2, f"difflab: error: {where + ': ' if where else ''}{message} (see {self.prog} --help)\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="difflab", description="Train, sample, measure and edit diffusion models.")
+    p = _Parser(prog="difflab", description="Train, sample, measure and edit diffusion models.")
     from .. import __version__
 
     p.add_argument("--version", action="version", version=f"difflab {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an unexpected error (also: environment DIFFLAB_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
         cmd.add_parser(sub)
@@ -45,8 +59,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: a user mistake prints one line and exits 2; an interrupt exits 130."""
+    """Entry point: a user mistake prints one line and exits 2; an interrupt exits 130; any other error one line
+    naming the command and the exception, exit 1 (its traceback with --debug or DIFFLAB_DEBUG=1)."""
     args = parser().parse_args(argv)
+    debug = args.debug or os.environ.get("DIFFLAB_DEBUG", "") not in ("", "0")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"difflab: warning: {msg}\n"
     try:
         if getattr(args, "threads", None) is not None:
@@ -57,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         return int(args.handler(args) or 0)
     except UserError as e:
-        print(f"difflab: error: {e}", file=sys.stderr)
+        print(f"difflab: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except OSError as e:  # a missing path, a permission, a full disk: the file named, no traceback
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
@@ -66,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("difflab: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, never a bare traceback
+        return _unexpected(args.command, e, debug)
+
+
+def _unexpected(command: str, e: BaseException, debug: bool) -> int:
+    """Report an error no check anticipated: one line naming the command and the exception, exit 1."""
+    if debug:
+        traceback.print_exception(e, file=sys.stderr)
+    lines = str(e).strip().splitlines()
+    detail = f": {lines[0][:300]}" if lines else ""
+    hint = "" if debug else " (run with --debug or DIFFLAB_DEBUG=1 for the traceback)"
+    print(f"difflab: error: {command} failed with {type(e).__name__}{detail}{hint}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from ..data import load
 from ..errors import UserError
 from ._families import family_row, points_extras
 from ..training.checkpoint import write_json
+from . import _args
 
 DEFAULT_METHODS = "ddim:10,ddim:50,ddpm:100,dpmpp_2m:10,dpmpp_2m:20,unipc:10,ipndm:5,ipndm:10,heun:20"
 
@@ -26,12 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the first run's data)")
     p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md and trilemma.png")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--ref-num", type=int, default=10000, metavar="N",
                    help="score against the first N reference examples (default 10000; the k-NN metrics hold an "
                         "N x N distance matrix: all 60000 MNIST images need over 20 GB)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
 
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
         rows.append({"method": label, "run": str(path), "family": r.family, "sampler": sampler, "steps": steps,
                      "nfe": r.nfe, "sec_per_1000": secs * 1000 / args.num, "params": r.num_params,
-                     "marker": r.marker, **score(x)})
+                     "marker": r.marker, "tuned_grid": r.last_tuned, **score(x)})
     command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_report(rows, args.out, f"Trilemma on {ref.spec} ({args.num} samples per method)", command)
     write_json(args.out / "report.json", {"data": ref.spec, "rows": rows})

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-
-from ..data import to_uint8
+from ..data import to_uint8, to_unit
 from ..errors import UserError
 from ..runs import CascadeRun, DiffusionRun, load
 from ..training.checkpoint import atomic_write
 from ..utils.images import save_image_grid, save_scatter
 from . import guide
+from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="sampler, one the run's family accepts (default: the run's; ddim for diffusion runs, the "
                         "recipe's for a family with several, none to choose for a family with its own sampler)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's; 50 for diffusion runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
     p.add_argument("--label", type=int, help="class to generate (class-conditional runs)")
     p.add_argument("--no-clip", action="store_true",
@@ -38,36 +40,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tuned-grid", action="store_true",
                    help="ignore a grid stored by 'difflab tune-steps' for this sampler and --steps")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="output .png or .npz")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE",
+                   help="output .png or .npz, or a folder: one .npz per batch (docs/evaluation.md)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="sample with N processes on this machine (torchrun); the samples do not depend on N")
+    _args.add_overwrite(p)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     guide.add_arguments(p)
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="text runs with --guidance-scale: guide away from this caption instead of the empty one")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        return _launch(args.nproc)
     suffix = args.out.suffix.lower()
-    if suffix not in (".png", ".npz"):
-        raise UserError(f"--out {args.out}: the file must end in .png or .npz")
+    if suffix not in (".png", ".npz", ""):
+        raise UserError(f"--out {args.out}: the file must end in .png or .npz (or be a folder, without a suffix)")
     for name in ("num", "steps", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
-    r = load(args.run, ema=not args.no_ema, device=args.device)
+    if args.out.suffix:  # a shard folder is resumed instead (docs/evaluation.md)
+        _args.refuse_existing(args.out, args.overwrite)
+    from ..training import distributed
+
+    r = load(args.run, ema=not args.no_ema, device=distributed.init(args.device).device)
     r.check_sampler(args.sampler, args.steps)
+    if not isinstance(r, DiffusionRun) and (not suffix or distributed.launched()):
+        raise UserError(f"{args.run}: shard folders and several processes are for diffusion runs; sample it into "
+                        "one .png or .npz in one process")
     if isinstance(r, CascadeRun):  # the base run, then its super-resolution stages
         from .cascade import sample_cascade
 
         args.sampler, args.steps = args.sampler or r.default_sampler, args.steps or r.default_steps
         return sample_cascade(args)
     if isinstance(r, DiffusionRun):
-        x = sample_diffusion(args, r)
-    else:  # a family with its own sampler: no denoiser to guide, clamp or threshold
-        refuse_denoiser_options(args, r.describe())
-        r.check_label(args.label)
-        x = r.sample(args.num, args.seed, cond=args.label, sampler=args.sampler, steps=args.steps,
-                     batch_size=args.batch_size)
+        return sample_diffusion(args, r)
+    refuse_denoiser_options(args, r.describe())  # a family with its own sampler: no denoiser to guide or clamp
+    r.check_label(args.label)
+    x = r.sample(args.num, args.seed, cond=args.label, sampler=args.sampler, steps=args.steps,
+                 batch_size=args.batch_size)
     write_samples(x, args.out, r.domain != "points")
     print(f"wrote {args.num} samples of the {r.label} run ({r.nfe} network call(s) each) to {args.out}")
     return 0
@@ -82,24 +98,78 @@ def refuse_denoiser_options(args: argparse.Namespace, what: str) -> None:
         raise UserError(f"{given[0]}: {what}, which has no denoiser to guide or threshold")
 
 
-def sample_diffusion(args: argparse.Namespace, r) -> torch.Tensor:
-    """A denoiser run: guidance (--label, --prompt, --classifier, --clip), the tuned grid, clamping or thresholding."""
+def sample_diffusion(args: argparse.Namespace, r: DiffusionRun) -> int:
+    """A denoiser run: guidance (--label, --prompt, --classifier, --clip), the run's stored grid, clamping or
+    thresholding, a seed per sample over this command's processes."""
+    from ..samplers import sample
+
     if args.classifier is None:
         r.check_label(args.label)
     if r.domain == "latents" and args.threshold is not None:
         raise UserError(f"--threshold: {args.run} is a latent diffusion run; its latents are never thresholded "
                         "(the decoded image is clamped)")
     model, make_cond = guide.guided(args, r.loaded)
-    sampler, steps = args.sampler or r.default_sampler, args.steps or r.default_steps
-    from .tune_steps import GRIDS_FILE, denoised_mode, tuned_sigmas
+    if args.negative_prompt is not None:
+        from ..training.conditioning import with_negative_prompt
 
-    tuned = None if args.no_tuned_grid else tuned_sigmas(args.run, sampler, steps,
-                                                         denoised_mode(r.domain != "points", args.no_clip,
-                                                                       args.threshold))
+        make_cond = with_negative_prompt(model, r.conditioning, args.negative_prompt, make_cond)
+    sampler, steps = args.sampler or r.default_sampler, args.steps or r.default_steps
+    tuned = None if args.no_tuned_grid else r.grid(sampler, steps, not args.no_clip, args.threshold)
     if tuned is not None:
-        print(f"using the tuned {sampler} grid for {steps} calls from {args.run / GRIDS_FILE}")
-    return r.sample(args.num, args.seed, cond=make_cond, sampler=sampler, steps=steps, batch_size=args.batch_size,
-                    grid=tuned, model=model, clip=not args.no_clip, threshold=args.threshold, progress=True)
+        print(f"using the stored {sampler} grid for {steps} calls from {args.run}")
+    model, shape, device = r.denoiser(model, not args.no_clip, args.threshold), r.shape, r.device
+
+    def draw(idx: torch.Tensor, rng: Any) -> torch.Tensor:
+        x = sample(model, rng.prior(model.schedule, shape, device), sampler=sampler, steps=steps, grid=tuned,
+                   cond=make_cond(len(idx), device), generator=rng)
+        return r.loaded.to_data(x).cpu()
+
+    return sharded(args, draw, r.domain != "points")
+
+
+def _launch(nproc: int) -> int:
+    """This command again under torchrun with nproc processes (the arguments without --nproc)."""
+    import sys
+
+    from ..training import distributed
+
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+    if distributed.launched():
+        raise UserError("--nproc inside torchrun: launch either with torchrun or with --nproc, not both")
+    argv = list(sys.argv[1:])
+    for i, a in enumerate(argv):
+        if a.startswith("--nproc="):
+            del argv[i]
+            break
+        if a == "--nproc":
+            del argv[i:i + 2]
+            break
+    return distributed.relaunch(nproc, argv)
+
+
+def sharded(args: argparse.Namespace, draw: Any, image: bool) -> int:
+    """Draw --num samples with a seed per sample over this command's processes into --out (docs/evaluation.md)."""
+    from ..evaluation.generate import generate, merge
+    from ..training import distributed
+
+    world = distributed.init(args.device)
+    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("handler", "out", "nproc", "threads",
+                                                                             "device")}
+    folder = args.out if not args.out.suffix else args.out.parent / f".{args.out.name}.shards"
+    ok = False
+    try:
+        generate(draw, args.num, args.batch_size, args.seed, folder, world, progress=world.main, settings=settings)
+        if world.main and args.out.suffix:
+            arrays = merge(folder, args.num)
+            write_samples(to_unit(arrays) if image else torch.from_numpy(arrays), args.out, image)
+            shutil.rmtree(folder)
+        ok = True
+    finally:
+        distributed.shutdown(ok)
+    if world.main:
+        print(f"wrote {args.num} samples to {args.out}" + (f" ({world.size} processes)" if world.distributed else ""))
+    return 0
 
 
 def write_samples(x: torch.Tensor, out: Path, image: bool) -> None:

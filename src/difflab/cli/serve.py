@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import UserError
@@ -19,7 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="jobs sampled at the same time (default 2)")
     p.add_argument("--max-queued", type=int, default=8, help="jobs waiting beyond those (default 8; more get HTTP 503)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to NAME (a host name of this machine; repeatable). Requests "
+                        "whose Host header is not an address the server listens on are refused (DNS rebinding)")
     p.add_argument("--verbose", action="store_true", help="log every request")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="print the traceback of an unexpected error (also DIFFLAB_DEBUG=1)")
     p.set_defaults(handler=run)
 
 
@@ -30,18 +36,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must lie in 0..65535, got {args.port}")
     service = Service(args.run, workers=args.workers, max_queued=args.max_queued)
     try:
-        server = Server(service, args.host, args.port, verbose=args.verbose)
+        debug = bool(getattr(args, "debug", False)) or os.environ.get("DIFFLAB_DEBUG", "") not in ("", "0")
+        server = Server(service, args.host, args.port, verbose=args.verbose, debug=debug, allow_hosts=args.allow_host)
     except OSError as e:
         service.close()
         raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"difflab: warning: listening on {args.host}: other machines can reach this page")
+    if server.allowed_hosts is None:
+        print("difflab: warning: any Host name is answered on a wildcard address; name this machine's with "
+              "--allow-host to refuse the others")
     print(f"serving {args.run} on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("stopped")
+        pass
     finally:
-        server.server_close()
         service.close()
+        server.server_close()
+    print("stopped", flush=True)
     return 0

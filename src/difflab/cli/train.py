@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..training import TrainConfig, distributed, train
 from ..training.checkpoint import CONFIG, read_json
 from ..utils.config import ConfigError
+from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,14 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timesteps", type=int, metavar="T", help="--family ddgan: denoising steps (default 4)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="total optimisation steps")
-    budget.add_argument("--minutes", type=float, help="wall-clock budget of this invocation")
+    budget.add_argument("--minutes", type=_args.positive_float, help="wall-clock budget of this invocation")
     p.add_argument("--batch-size", type=int, help="examples per step (default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=_args.seed, help="random seed (default 0)")
     p.add_argument("--config", type=Path, metavar="FILE", help="JSON file with TrainConfig fields")
     p.add_argument("--conditional", action="store_true", default=None, help="train on the dataset's class labels")
     p.add_argument("--text-encoder", choices=["small", "minilm"],
-                   help="with --conditional: condition on generated captions through this text encoder")
+                   help="condition on captions through this text encoder (implies --conditional): a captioned "
+                        "folder's own (docs/data.md), or captions made from digit labels")
     p.add_argument("--sample-every", type=int, metavar="N", help="write a preview grid every N steps")
     p.add_argument("--task", choices=["generate", "superres", "inpaint", "colorize"],
                    help="superres: SR3, conditioned on the 1/--scale image upsampled; inpaint: conditioned on a masked "
@@ -57,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="channels of images loaded from a folder (default: 3 if any file is in colour, else 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--accumulate", type=int, metavar="K",
                    help="split each step's batch into K micro-batches (gradient accumulation; same result)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (fp16: CUDA only)")
@@ -65,8 +67,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="LR after warm-up (default constant)")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train with N processes on this machine (torchrun; gloo on CPU, NCCL on CUDA)")
+    p.add_argument("--logger", choices=["csv", "tensorboard"],
+                   help="tensorboard: also log losses, LR, samples/s and previews to RUN/tensorboard (extra 'tensorboard')")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _recipe_args(p)
     p.set_defaults(handler=run)
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    """The parameterisation of a diffusion run: schedule, prediction, training noise, weighting, post-hoc EMA."""
+    from ..losses import NOISE_DISTRIBUTIONS, WEIGHTINGS
+    from ..models.denoiser import PREDICTIONS
+
+    p.add_argument("--schedule", metavar="KIND", help="noise schedule kind, e.g. flow (rectified flow), vp, ve, cosine")
+    p.add_argument("--prediction", choices=PREDICTIONS, help="network output (edm: EDM preconditioning; flow: eps - x0)")
+    p.add_argument("--noise", choices=NOISE_DISTRIBUTIONS, help="training noise levels (lognormal: EDM; logit_normal: SD3)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, help="loss weighting (edm: Karras et al. 2022)")
+    p.add_argument("--posthoc-ema", type=float, nargs="+", metavar="SIGMA_REL",
+                   help="track power-function EMAs of these lengths for `difflab ema` (e.g. 0.05 0.1)")
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig fields of the _recipe_args options; a DDPM table kind (linear, cosine, ...) gets T = 1000 steps."""
+    from ..schedules import names
+
+    sched = None if args.schedule is None else \
+        {"kind": args.schedule, **({"T": 1000} if args.schedule in names(discrete=True) else {})}
+    return {"schedule": sched, "prediction": args.prediction, "noise": args.noise, "weighting": args.weighting,
+            "posthoc_ema": args.posthoc_ema}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,23 +109,17 @@ def run(args: argparse.Namespace) -> int:
     if args.family != DEFAULT_FAMILY:
         return run_family(args)
     overrides = _engine_overrides(args) | {
-        "conditional": args.conditional, "sample_every": args.sample_every, "text_encoder": args.text_encoder,
+        "conditional": True if args.text_encoder else args.conditional, "sample_every": args.sample_every, "text_encoder": args.text_encoder,
         "autoencoder": args.autoencoder, "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug,
-        "aug_blur": args.aug_blur}
+        "aug_blur": args.aug_blur} | _recipe_overrides(args)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.autoencoder is not None and not args.resume and not _config_sets(args.config, "schedule"):
         from ..training.latent import LATENT_SCHEDULE
 
         overrides["schedule"] = LATENT_SCHEDULE  # latent runs default to LDM's table (docs/latent.md)
     if args.resume and (args.out / CONFIG).is_file():
-        stored = read_json(args.out / CONFIG)
-        base = dict(stored.get("train", {}))
-        base.setdefault("aug_blur", 0.0)  # a run saved before the blur augmentation trained without it
-        if isinstance(stored.get("schedule"), dict):  # the schedule as built, with every parameter it used
-            base["schedule"] = stored["schedule"]
-        if args.minutes is not None and args.steps is None:  # more minutes on top of what the run has done
-            overrides["steps"] = max(int(base.get("steps", 0)), TrainConfig.steps)
-        cfg = TrainConfig.from_dict({**base, **overrides}, where=str(args.out / CONFIG))
+        cfg = TrainConfig.resumed(read_json(args.out / CONFIG), overrides, str(args.out / CONFIG),
+                                  more_minutes=args.minutes is not None and args.steps is None)
     elif args.config is not None:
         cfg = TrainConfig.load(args.config, **overrides)
     else:
@@ -130,12 +152,11 @@ def run_family(args: argparse.Namespace) -> int:
     overrides = _engine_overrides(args) | {"conditional": args.conditional, "timesteps": args.timesteps}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume and (args.out / CONFIG).is_file():
-        base, where = dict(read_json(args.out / CONFIG).get("train", {})), str(args.out / CONFIG)
+        cfg = cls.recipe.resumed(read_json(args.out / CONFIG), overrides, str(args.out / CONFIG))
     elif args.config is not None:
-        base, where = read_config_file(args.config), str(args.config)
+        cfg = cls.recipe.from_dict({**read_config_file(args.config), **overrides}, where=str(args.config))
     else:
-        base, where = {}, ""
-    cfg = cls.recipe.from_dict({**base, **overrides}, where=where)
+        cfg = cls.recipe.from_dict(overrides)
     res, main = _fit(args, lambda data, world: train_family(args.family, cfg, data, args.out, resume=args.resume,
                                                             progress=not args.quiet, world=world))
     if main and res.stopped != "terminated":
@@ -168,7 +189,7 @@ def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The engine's fields given on the command line; a --minutes budget makes the step count an upper bound."""
     out = {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr,
            "seed": args.seed, "accumulate": args.accumulate, "precision": args.precision, "compile": args.compile,
-           "lr_schedule": args.lr_schedule}
+           "lr_schedule": args.lr_schedule, "logger": args.logger}
     if args.steps is not None:
         out["minutes"] = 0.0
     if args.minutes is not None and args.steps is None:

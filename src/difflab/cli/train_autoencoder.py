@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..data import load
 from ..errors import UserError
+from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,11 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="latent shape (default: 4 x H/4 x W/4, or 2 x H/2 x W/2 for images of side <= 16)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="optimisation steps (default 5000)")
-    budget.add_argument("--minutes", type=float, help="wall-clock budget")
+    budget.add_argument("--minutes", type=_args.positive_float, help="wall-clock budget")
     p.add_argument("--batch-size", type=int, help="examples per step (default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--kl-weight", type=float, help="weight of the KL term (default 1e-3; see docs/latent.md)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=_args.seed, help="random seed (default 0)")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="JSON file with recipe fields (latent, network, kl_weight, batch_size, ...)")
     p.add_argument("--image-size", type=int, default=32, help="side of images loaded from a folder (default 32)")

@@ -4,57 +4,19 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from ..data.domain import domain_of
 from ..errors import UserError
-from ..utils.config import read_json_object
+from ..samplers.tuned import GRIDS_FILE, denoised_mode, entry, key, merged, read_grids, run_grid, wrap
 from ..training.checkpoint import write_json
-
-GRIDS_FILE = "grids.json"
-
-
-def key(sampler: str, nfe: int, denoised: str) -> str:
-    """Entry name in grids.json: sampler, budget and the x_0 treatment (clip, none, threshold:P)."""
-    return f"{sampler}:{nfe}:{denoised}"
-
-
-def denoised_mode(image: bool, no_clip: bool, threshold: float | None) -> str:
-    """How sample treats the x_0 prediction: 'clip', 'none' or 'threshold:P' (points are never clipped)."""
-    if not image:
-        return "none"
-    if threshold is not None:
-        return f"threshold:{threshold:g}"
-    return "none" if no_clip else "clip"
-
-
-def wrap(model: Any, mode: str) -> Any:
-    """The denoiser wrapper of a mode from :func:`denoised_mode`."""
-    from ..models.denoiser import Clamped, Thresholded
-
-    if mode == "clip":
-        return Clamped(model)
-    if mode.startswith("threshold:"):
-        return Thresholded(model, float(mode.split(":", 1)[1]))
-    return model
-
-
-def read_grids(run: Path) -> dict[str, Any]:
-    """The tuned grids of a run folder ({} if it has none; a broken file is a UserError naming it)."""
-    path = run / GRIDS_FILE
-    return read_json_object(path, UserError, "grids file") if path.exists() else {}
+from . import _args
 
 
 def tuned_sigmas(run: Path, sampler: str, nfe: int, mode: str) -> torch.Tensor | None:
-    """The stored grid for (sampler, nfe, mode), or None."""
-    entry = read_grids(run).get(key(sampler, nfe, mode))
-    if entry is None:
-        return None
-    try:
-        return torch.tensor([float(v) for v in entry["sigmas"]], dtype=torch.float64)
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{run / GRIDS_FILE}: entry {key(sampler, nfe, mode)} has no valid 'sigmas'") from None
+    """The stored grid for (sampler, nfe, mode), or None (:func:`difflab.samplers.tuned.run_grid`)."""
+    return run_grid(run, sampler, nfe, mode)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,13 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", required=True, choices=[n for n in names("ode") if n != "dopri5"])
     p.add_argument("--nfe", required=True, type=int, help="budget of model calls")
     p.add_argument("--num", type=int, default=64, help="calibration batch (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--max-evals", type=int, default=150, help="sampler runs in the search (default 150)")
     p.add_argument("--no-clip", action="store_true", help="tune for 'sample --no-clip'")
     p.add_argument("--threshold", type=float, metavar="P", help="tune for 'sample --threshold P'")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=run)
 
 
@@ -90,19 +52,22 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
-    mode = denoised_mode(len(loaded.shape) == 3, args.no_clip, args.threshold)
-    model = wrap(loaded.model, mode)
+    domain = domain_of(loaded)  # images are clamped while sampling, latents and points never
+    mode = domain.denoised_mode(args.no_clip, args.threshold)
+    model = domain.denoiser(loaded.model, args.no_clip, args.threshold)
     device = next(loaded.model.parameters()).device
     x_T = model.schedule.sample_prior((args.num, *loaded.shape), generator=torch.Generator().manual_seed(args.seed),
                                       device=device)
     t0 = time.perf_counter()
     tg = tune_grid(model, args.sampler, args.nfe, x_T, cond=loaded.conditioning.preview(args.num, device),
                    max_evals=args.max_evals)
-    grids = read_grids(args.run)
-    grids[key(args.sampler, args.nfe, mode)] = {**tg.to_dict(), "num": args.num, "seed": args.seed,
-                                                "denoised": mode, "seconds": round(time.perf_counter() - t0, 1)}
-    write_json(args.run / GRIDS_FILE, grids)
+    new = {**tg.to_dict(), "num": args.num, "seed": args.seed, "denoised": mode,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(args.run / GRIDS_FILE, merged(args.run, {key(args.sampler, args.nfe, mode): new}))
     print(f"{args.sampler} at {tg.nfe} calls: endpoint RMSE {tg.objective:.4g} against {tg.default_objective:.4g} "
           f"on the default grid ({args.num} calibration samples, {time.perf_counter() - t0:.0f} s); "
           f"sigmas {', '.join(f'{v:.3g}' for v in tg.sigmas.tolist())}; stored in {args.run / GRIDS_FILE}")
     return 0
+
+
+__all__ = ["GRIDS_FILE", "key", "denoised_mode", "wrap", "read_grids", "tuned_sigmas", "entry", "add_parser", "run"]

@@ -1,6 +1,9 @@
 """Datasets by spec: ``digits``, ``toy:NAME``, ``mnist:DIR`` or a path to a folder of images; ``color:SPEC`` colours a
 grayscale image set with a seeded foreground/background pair per image (for colorization); ``size:N:SPEC`` shrinks
-any image set to N x N (the base and middle stages of a cascade, e.g. ``size:7:mnist:DIR``).
+any image set to N x N (the base and middle stages of a cascade, e.g. ``size:7:mnist:DIR``); ``packed:DIR`` (or a
+folder holding packed.json) opens a set packed by ``difflab prepare-data`` as a memory map (:mod:`.packed`).
+An image folder with ``metadata.jsonl``, ``metadata.csv`` or ``.txt`` sidecars carries captions
+(:mod:`difflab.data.captions`).
 
 Images are held as uint8 [N, C, H, W] and converted per batch to float32 in [-1, 1] (``Dataset.batch``), a
 quarter of the memory of float storage; 2-D toy data is float32 [N, 2].
@@ -15,6 +18,8 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from . import captions as _captions
+from ..utils.images import to_uint8
 from . import images as _images
 from .toy import TOYS, toy
 
@@ -24,13 +29,15 @@ _CHUNK = 1 << 22  # elements converted at a time by Dataset.x (bounds the int64 
 
 
 class Dataset:
-    """Training data: images [N, C, H, W] or points [N, D], with labels ``y`` [N] or None.
+    """Training data: images [N, C, H, W] or points [N, D], with labels ``y`` [N] or None and, for a captioned
+    image folder (docs/data.md), ``captions``: a tuple of one or more captions per example.
 
     ``stored`` holds the examples as given: uint8 images (0..255) stay uint8 and are converted to [-1, 1] per
     batch; floating tensors (points, or images already in [-1, 1]) are kept as float32 and used as given.
     """
 
-    def __init__(self, x: Tensor, y: Tensor | None, spec: str, class_names: list[str] | None = None):
+    def __init__(self, x: Tensor, y: Tensor | None, spec: str, class_names: list[str] | None = None,
+                 captions: list[tuple[str, ...]] | None = None):
         if x.dtype == torch.uint8:
             if x.ndim != 4:
                 raise DataError(f"{spec}: uint8 data must be images [N, C, H, W], got shape {tuple(x.shape)}")
@@ -41,7 +48,10 @@ class Dataset:
             raise DataError(f"{spec}: examples must be uint8 images or floating-point tensors, got {x.dtype}")
         if y is not None and len(y) != len(x):
             raise DataError(f"{spec}: {len(x)} examples but {len(y)} labels")
+        if captions is not None and len(captions) != len(x):
+            raise DataError(f"{spec}: {len(x)} examples but {len(captions)} captions")
         self.y = y
+        self.captions = captions  # each example's captions (one or more), from a captioned image folder
         self.spec = spec
         self.class_names = class_names
 
@@ -90,12 +100,6 @@ def to_unit(x_uint8: np.ndarray) -> Tensor:
 def _chw(x_uint8: np.ndarray) -> Tensor:
     """uint8 [N, H, W, C] -> uint8 [N, C, H, W] (no scaling)."""
     return torch.from_numpy(np.ascontiguousarray(x_uint8)).permute(0, 3, 1, 2).contiguous()
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (values outside are clipped)."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
 
 
 # to_unit of every byte value: Dataset.batch looks values up here, so it equals to_unit bit for bit
@@ -150,10 +154,10 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
         inner = load(rest, split, image_size, channels, seed)
         if inner.kind != "image":
             raise DataError(f"--data {spec}: size: applies to images, and {rest!r} holds points")
-        return Dataset(shrink(inner.stored, int(n_text), spec), inner.y, spec, inner.class_names)
+        return Dataset(shrink(inner.stored, int(n_text), spec), inner.y, spec, inner.class_names, inner.captions)
     if spec.startswith("color:"):  # a grayscale set coloured deterministically (colorization)
         inner = load(spec[6:], split, image_size, 1, seed)
-        return Dataset(colored(inner.stored, seed), inner.y, spec, inner.class_names)
+        return Dataset(colored(inner.stored, seed), inner.y, spec, inner.class_names, inner.captions)
     if spec == "digits":
         x, y = _images.digits()
         idx = _split(len(x), split, test_fraction=1 / 6)
@@ -174,15 +178,22 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
         return Dataset(_chw(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), spec,
                        [str(i) for i in range(10)])
     path = Path(spec)
+    if spec.startswith("packed:") or (path.is_dir() and (path / "packed.json").is_file()):
+        from .packed import open_packed
+
+        return open_packed(spec[7:] if spec.startswith("packed:") else spec, split, spec)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or directory (expected digits, toy:NAME, mnist:DIR or an image folder)")
-    x, y, classes = _images.image_folder(path, image_size or 32, channels)
+    kept: list[Path] = []
+    x, y, classes = _images.image_folder(path, image_size or 32, channels, kept=kept)
+    caps = _captions.folder_captions(path, kept) if _captions.is_captioned(path, kept) else None
     if len(x) == 1 and split == "test":
         raise DataError(f"image folder {spec} has 1 image: no held-out test split (add images, or use split all)")
     if len(x) > 1 and split != "all":
         idx = _split(len(x), split, test_fraction=0.1)
         x, y = x[idx], y[idx]
-    return Dataset(torch.from_numpy(x), torch.from_numpy(y), spec, classes)
+        caps = None if caps is None else [caps[i] for i in idx]
+    return Dataset(torch.from_numpy(x), torch.from_numpy(y), spec, classes, caps)
 
 
 __all__ = ["Dataset", "load", "shrink", "toy", "TOYS", "to_unit", "to_uint8"]

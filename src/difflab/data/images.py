@@ -67,17 +67,47 @@ def mnist(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # everything else loads as colour
 
 
-def image_folder(root: str | Path, size: int, channels: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def image_folder(root: str | Path, size: int, channels: int | None = None,
+                 kept: list[Path] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All images under root, resized (shorter side) and centre-cropped to size x size.
 
     Labels come from the first-level sub-folder (one class per sub-folder, with no images directly in root;
     a folder without sub-folders is one class).  ``channels`` 1 or 3 forces grayscale or RGB; by default the
     images load as RGB when any readable file is in colour, else as grayscale, with a warning when they mix.
     16-bit images are scaled by their bit depth.  Unreadable files are skipped with a warning naming them.
-    Returns uint8 [N, C, size, size], labels [N], class names.
+    Returns uint8 [N, C, size, size], labels [N], class names; ``kept`` (if given) receives the N files read.
     """
-    from PIL import Image, UnidentifiedImageError
+    files, labels_all, classes = list_images(root, channels)
+    imgs, labels = [], []
+    for p, label in zip(files, labels_all):
+        try:
+            imgs.append(read_image(p, size, channels))
+        except UnreadableImage as e:
+            warnings.warn(str(e), stacklevel=2)
+            continue
+        labels.append(label)
+        if kept is not None:
+            kept.append(p)
+    if not imgs:
+        raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
+    n_gray = sum(a.ndim == 2 for a in imgs)
+    c = channels or (1 if n_gray == len(imgs) else 3)
+    if channels is None and 0 < n_gray < len(imgs):
+        warnings.warn(f"image folder {root} mixes {n_gray} grayscale and {len(imgs) - n_gray} colour images: "
+                      f"loading all with 3 channels (RGB)", stacklevel=2)
+    x = np.empty((len(imgs), c, size, size), np.uint8)
+    for i in range(len(imgs)):
+        a, imgs[i] = imgs[i], None  # release each decoded image once copied
+        x[i] = chw(a)
+    return x, np.asarray(labels, dtype=np.int64), classes
 
+
+class UnreadableImage(DataError):
+    """A file with an image suffix that does not decode."""
+
+
+def list_images(root: str | Path, channels: int | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """The image files under root in a fixed (sorted) order, their labels (first-level sub-folder) and class names."""
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
     root = Path(root)
@@ -95,29 +125,25 @@ def image_folder(root: str | Path, size: int, channels: int | None = None) -> tu
         raise DataError(f"image folder {root}: {stray[0].name} lies beside the class sub-folders "
                         f"({', '.join(classes)}); move it into a class sub-folder or remove it")
     index = {c: i for i, c in enumerate(classes)}
-    imgs, labels = [], []
-    for p, q in zip(files, parts):
-        try:
-            with Image.open(p) as im:
-                im.load()
-                gray = channels == 1 or (channels is None and im.mode in GRAY_MODES)
-                imgs.append(_resize_crop(_to_8bit(im, "L" if gray else "RGB"), size))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            warnings.warn(f"skipping unreadable image {p}: {e}", stacklevel=2)
-            continue
-        labels.append(index[q[0]] if len(q) > 1 else 0)
-    if not imgs:
-        raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
-    n_gray = sum(a.ndim == 2 for a in imgs)
-    c = channels or (1 if n_gray == len(imgs) else 3)
-    if channels is None and 0 < n_gray < len(imgs):
-        warnings.warn(f"image folder {root} mixes {n_gray} grayscale and {len(imgs) - n_gray} colour images: "
-                      f"loading all with 3 channels (RGB)", stacklevel=2)
-    x = np.empty((len(imgs), c, size, size), np.uint8)
-    for i in range(len(imgs)):
-        a, imgs[i] = imgs[i], None  # release each decoded image once copied
-        x[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # grey broadcasts to R = G = B, as PIL's L -> RGB
-    return x, np.asarray(labels, dtype=np.int64), classes or ["all"]
+    return files, [index[q[0]] if len(q) > 1 else 0 for q in parts], classes or ["all"]
+
+
+def read_image(path: Path, size: int, channels: int | None = None) -> np.ndarray:
+    """One file as uint8 [size, size] (grayscale) or [size, size, 3], resized and centre-cropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            gray = channels == 1 or (channels is None and im.mode in GRAY_MODES)
+            im.load()
+            return _resize_crop(_to_8bit(im, "L" if gray else "RGB"), size)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"skipping unreadable image {path}: {e}") from None
+
+
+def chw(a: np.ndarray) -> np.ndarray:
+    """One decoded image [H, W] or [H, W, 3] as [C, H, W] (grey broadcasts to R = G = B, as PIL's L -> RGB)."""
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
 def _to_8bit(im, mode: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import UserError
 from ..models.protocol import DenoiserLike
@@ -29,21 +29,16 @@ def parse_methods(spec: str, samplers: Sequence[str]) -> list[tuple[str, int]]:
 
 
 def draw(model: DenoiserLike, shape: Sequence[int], num: int, sampler: str, steps: int, seed: int = 0,
-         batch_size: int = 500, cond: Callable[[int], Any] | None = None) -> tuple[Tensor, int, float]:
-    """num samples with a sampler from the schedule's prior x_T (``sample_prior``): (samples on CPU, model calls per batch, wall seconds)."""
-    from ..samplers import sample
+         batch_size: int = 500, cond: Callable[[int], Any] | None = None,
+         grid: Tensor | None = None) -> tuple[Tensor, int, float]:
+    """num samples with a sampler from the schedule's prior x_T (``sample_prior``): (samples on CPU, model calls per
+    batch, wall seconds); ``grid`` is the run's stored grid (:func:`difflab.samplers.tuned.run_grid`) if any."""
+    from ..samplers import sample_batches
 
-    device = next(iter(model.parameters()), torch.empty(0)).device if isinstance(model, nn.Module) else "cpu"
-    g = torch.Generator().manual_seed(seed)
-    chunks, nfe, t0 = [], 0, time.perf_counter()
-    for start in range(0, num, batch_size):
-        n = min(batch_size, num - start)
-        x_T = model.schedule.sample_prior((n, *shape), generator=g, device=device)
-        x, calls = sample(model, x_T, sampler=sampler, steps=steps, generator=g, cond=cond(n) if cond else None,
-                          return_nfe=True)
-        chunks.append(x.cpu())
-        nfe = max(nfe, calls)
-    return torch.cat(chunks), nfe, time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x, nfe = sample_batches(model, shape, num, sampler, steps, seed=seed, batch_size=batch_size, grid=grid,
+                            cond=None if cond is None else lambda n, device: cond(n))
+    return x, nfe, time.perf_counter() - t0
 
 
 def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command: str) -> Path:

@@ -8,7 +8,8 @@ from .base import GuidedDenoiser, cat_conditions, context_dim_of, null_condition
 from .cfg import ClassifierFreeGuidance, classifier_free
 from .classifier import ClassifierGuidance, classifier_guided, log_prob_grad, to_schedule
 from .clip import ClipGuidance, similarity_grad
+from .spec import GuidanceSpec, wrap
 
 __all__ = ["GuidedDenoiser", "cat_conditions", "context_dim_of", "null_condition", "num_classes_of",
            "ClassifierFreeGuidance", "classifier_free", "ClassifierGuidance", "classifier_guided", "log_prob_grad",
-           "to_schedule", "ClipGuidance", "similarity_grad"]
+           "to_schedule", "ClipGuidance", "similarity_grad", "GuidanceSpec", "wrap"]

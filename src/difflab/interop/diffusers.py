@@ -235,12 +235,13 @@ def state_dict_from_diffusers(sd: Mapping[str, Tensor], cfg: UNetConfig, time: T
 # ---- schedules -----------------------------------------------------------------------------------------
 def schedule_from_scheduler(cfg: Mapping[str, Any]) -> DiscreteSchedule:
     """The difflab DDPM table of a diffusers scheduler config (beta_schedule, num_train_timesteps, or trained_betas)."""
+    check_scheduler_config(cfg)
     T = int(cfg.get("num_train_timesteps", 1000))
     if cfg.get("rescale_betas_zero_snr"):
         raise UserError("scheduler rescale_betas_zero_snr=True: a zero terminal SNR (beta_T = 1) has no difflab schedule")
     if cfg.get("trained_betas") is not None:
         return DiscreteSchedule(torch.tensor(cfg["trained_betas"], dtype=torch.float64))
-    kind = cfg.get("beta_schedule", "linear")
+    kind = cfg["beta_schedule"]
     start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
     try:
         if kind == "linear":
@@ -255,6 +256,73 @@ def schedule_from_scheduler(cfg: Mapping[str, Any]) -> DiscreteSchedule:
         raise UserError(f"scheduler beta_schedule={kind!r}: {e}") from None
     raise UserError(f"scheduler beta_schedule={kind!r} has no difflab schedule (linear, scaled_linear, "
                     "squaredcos_cap_v2, sigmoid or trained_betas map)")
+
+
+#: diffusers scheduler classes whose saved config difflab reads (as JSON; the class itself is never instantiated):
+#: each holds a DDPM beta table and a prediction type; the value is how its constructor clips the x0 estimate.
+SCHEDULERS: dict[str, dict[str, Any]] = {"DDPMScheduler": {"clip_sample": True}, "DDIMScheduler": {"clip_sample": True},
+                                         "PNDMScheduler": {}, "DPMSolverMultistepScheduler": {},
+                                         "EulerDiscreteScheduler": {}}
+#: diffusers' defaults for the x0 clipping options (DDPMScheduler.__init__).
+CLIPPING = {"clip_sample": False, "clip_sample_range": 1.0, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+            "sample_max_value": 1.0}
+MAX_T = 100_000  # as training/checkpoint.py bounds a run's table
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_scheduler_config(cfg: Mapping[str, Any]) -> None:
+    """UserError unless a scheduler config says what difflab needs and nothing it would misread: a beta_schedule or
+    trained_betas (never a silent default), a known prediction_type, bounded T and betas, sane clipping options."""
+    def no(key: str, why: str) -> UserError:
+        return UserError(f"scheduler {key}={json.dumps(cfg.get(key))[:60]}: {why}")
+
+    if cfg.get("beta_schedule") is None and cfg.get("trained_betas") is None:
+        raise UserError("scheduler config has neither beta_schedule nor trained_betas; difflab does not guess the "
+                        "noise schedule")
+    if cfg.get("prediction_type", "epsilon") not in PREDICTION_FROM_DIFFUSERS:
+        raise no("prediction_type", f"difflab maps {', '.join(PREDICTION_FROM_DIFFUSERS)}")
+    T = cfg.get("num_train_timesteps", 1000)
+    if not (isinstance(T, int) and not isinstance(T, bool) and 2 <= T <= MAX_T):
+        raise no("num_train_timesteps", f"expected an integer in [2, {MAX_T}]")
+    betas = cfg.get("trained_betas")
+    if betas is not None and not (isinstance(betas, list) and 2 <= len(betas) <= MAX_T
+                                  and all(_number(b) and 0 < b < 1 for b in betas)):
+        raise UserError(f"scheduler trained_betas: expected 2 to {MAX_T} numbers in (0, 1)")
+    for key in ("beta_start", "beta_end"):
+        if key in cfg and not (_number(cfg[key]) and 0 < cfg[key] < 1):
+            raise no(key, "expected a number in (0, 1)")
+    for key in ("clip_sample", "thresholding"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise no(key, "expected true or false")
+    for key in ("clip_sample_range", "sample_max_value"):
+        if key in cfg and not (_number(cfg[key]) and cfg[key] > 0):
+            raise no(key, "expected a number > 0")
+    if "dynamic_thresholding_ratio" in cfg and not (_number(cfg["dynamic_thresholding_ratio"])
+                                                    and 0 < cfg["dynamic_thresholding_ratio"] <= 1):
+        raise no("dynamic_thresholding_ratio", "expected a number in (0, 1]")
+
+
+def clipping_record(cfg: Mapping[str, Any], cls_name: str) -> dict[str, Any]:
+    """How the imported scheduler clips the x0 estimate (its file's values, else its constructor's defaults)."""
+    full = {**CLIPPING, **SCHEDULERS.get(cls_name, {}), **{k: cfg[k] for k in CLIPPING if k in cfg}}
+    return {k: (bool(v) if isinstance(CLIPPING[k], bool) else float(v)) for k, v in full.items()}
+
+
+def clipped_as_imported(model: Any, imported: Mapping[str, Any]) -> Any:
+    """The denoiser with the x0 clipping of the pipeline a run was imported from: dynamic thresholding (Saharia et
+    al. 2022, s clamped to [1, sample_max_value] as diffusers does), else clipping to +-clip_sample_range, else none."""
+    from ..models.denoiser import Clamped, Thresholded
+
+    if imported.get("thresholding"):
+        return Thresholded(model, float(imported.get("dynamic_thresholding_ratio", 0.995)),
+                           max_value=float(imported.get("sample_max_value", 1.0)))
+    if imported.get("clip_sample", True):  # runs imported before this record clamp as difflab always did
+        r = float(imported.get("clip_sample_range", 1.0))
+        return Clamped(model, -r, r)
+    return model
 
 
 def scheduler_config(schedule: DiscreteSchedule, prediction: str) -> dict[str, Any]:
@@ -278,21 +346,66 @@ def _read_index(src: Path) -> dict[str, Any]:
 
     if not src.is_dir():
         raise UserError(f"{src} is not a folder (a diffusers pipeline folder holds model_index.json, unet/, scheduler/)")
-    index = read_json_object(src / "model_index.json", UserError)
+    where = src / "model_index.json"
+    index = read_json_object(where, UserError)
     parts = {k: v for k, v in index.items() if not k.startswith("_")}
-    extra = sorted(k for k, v in parts.items() if k not in ("unet", "scheduler") and v and v[0] is not None)
+    for k, v in parts.items():
+        if not (isinstance(v, list) and len(v) == 2 and all(e is None or isinstance(e, str) for e in v)):
+            raise UserError(f"{where}: {k!r} must name a component as [library, class], got {json.dumps(v)[:60]}")
+    extra = sorted(k for k, v in parts.items() if k not in ("unet", "scheduler") and v != [None, None])
     if "unet" not in parts or "scheduler" not in parts or extra:
-        raise UserError(f"{src / 'model_index.json'}: difflab reads pipelines made of a unet and a scheduler "
-                        f"(DDPMPipeline, DDIMPipeline); this one ({index.get('_class_name')}) has "
-                        f"{', '.join(sorted(parts))}")
-    if list(parts["unet"])[-1] != "UNet2DModel":
-        raise UserError(f"{src / 'model_index.json'}: the unet is a {parts['unet'][-1]}, not a UNet2DModel")
+        raise UserError(f"{where}: difflab reads pipelines made of a unet and a scheduler "
+                        f"(DDPMPipeline, DDIMPipeline); this one ({str(index.get('_class_name'))[:40]}) has "
+                        f"{', '.join(sorted(parts))[:200]}")
+    if parts["unet"] != ["diffusers", "UNet2DModel"]:
+        raise UserError(f"{where}: the unet is {parts['unet']}, not diffusers' UNet2DModel")
+    if parts["scheduler"][0] != "diffusers" or parts["scheduler"][1] not in SCHEDULERS:
+        raise UserError(f"{where}: the scheduler is {parts['scheduler']}; difflab reads the configs of "
+                        f"{', '.join(SCHEDULERS)}")
     return index
+
+
+def _read_scheduler(src: Path, cls_name: str) -> dict[str, Any]:
+    """scheduler/scheduler_config.json as plain JSON, of the class model_index.json names, checked."""
+    from ..utils.config import read_json_object
+
+    path = src / "scheduler" / "scheduler_config.json"
+    cfg = read_json_object(path, UserError, "scheduler config")
+    if cfg.get("_class_name", cls_name) != cls_name:
+        raise UserError(f"{path}: _class_name {str(cfg.get('_class_name'))[:40]!r} is not the {cls_name} that "
+                        "model_index.json names")
+    try:
+        check_scheduler_config(cfg)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return cfg
+
+
+def _read_unet_config(src: Path) -> dict[str, Any]:
+    """unet/config.json as plain JSON with its sizes bounded (read before diffusers builds anything from it)."""
+    from ..training.checkpoint import MAX_SIDE
+    from ..utils.config import read_json_object
+
+    path = src / "unet" / "config.json"
+    cfg = read_json_object(path, UserError, "unet config")
+    size = cfg.get("sample_size", 32)
+    sides = size if isinstance(size, list) and len(size) == 2 else [size]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in sides):
+        raise UserError(f"{path}: sample_size {json.dumps(size)[:40]} must be an integer in [1, {MAX_SIDE}] or two")
+    widths = cfg.get("block_out_channels", [])
+    if not (isinstance(widths, list) and 1 <= len(widths) <= 8
+            and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 4096 for w in widths)):
+        raise UserError(f"{path}: block_out_channels {json.dumps(widths)[:60]} must be 1 to 8 integers in [1, 4096]")
+    for key, top in (("layers_per_block", 16), ("in_channels", 64), ("out_channels", 64)):
+        v = cfg.get(key, 1)
+        if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= top):
+            raise UserError(f"{path}: {key} {json.dumps(v)[:40]} must be an integer in [1, {top}]")
+    return cfg
 
 
 def import_pipeline(src: str | Path, out: str | Path, data: str | None = None) -> Path:
     """Write a difflab run folder ``out`` from a DDPMPipeline / DDIMPipeline folder ``src`` (model_index.json, unet/, scheduler/)."""
-    from ..training.checkpoint import CONFIG, save_checkpoint, write_json
+    from ..training.checkpoint import CONFIG, atomic_folder, save_checkpoint, write_json
     from ..training.run import RUN_FORMAT
 
     src, out = Path(src), Path(out)
@@ -302,21 +415,23 @@ def import_pipeline(src: str | Path, out: str | Path, data: str | None = None) -
         raise UserError(f"--out {out} exists and is not an empty folder; choose a new folder")
     diffusers = require_diffusers()
     index = _read_index(src)
-    if not (src / "unet" / "diffusion_pytorch_model.safetensors").is_file():
-        raise UserError(f"{src / 'unet'} holds no diffusion_pytorch_model.safetensors (difflab never reads pickled "
-                        ".bin weights; re-save with save_pretrained(..., safe_serialization=True))")
+    sched_name = index["scheduler"][1]
+    sched_cfg = _read_scheduler(src, sched_name)
+    _read_unet_config(src)
+    weights = src / "unet" / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        pickles = sorted(p.name for p in (src / "unet").glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        found = f" ({src / 'unet' / pickles[0]} is pickled and never read)" if pickles else ""
+        raise UserError(f"{src / 'unet'} holds no diffusion_pytorch_model.safetensors{found}; difflab loads only "
+                        "safetensors and JSON (re-save with save_pretrained(..., safe_serialization=True))")
     try:
         unet = diffusers.UNet2DModel.from_pretrained(str(src / "unet"), use_safetensors=True)
-        sched_cls = getattr(diffusers, index["scheduler"][-1])
-        sched_cfg = dict(sched_cls.from_pretrained(str(src), subfolder="scheduler").config)
-    except (OSError, ValueError, AttributeError, TypeError, KeyError) as e:
-        raise UserError(f"{src}: diffusers could not read the pipeline ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, AttributeError, TypeError, KeyError, RuntimeError) as e:
+        raise UserError(f"{src}: diffusers could not read the UNet ({str(e).splitlines()[0]})") from None
     ucfg = dict(unet.config)
     if sched_cfg.get("variance_type") in ("learned", "learned_range"):
         raise UserError(f"scheduler variance_type={sched_cfg['variance_type']!r}: learned variances are not imported")
-    pred = sched_cfg.get("prediction_type", "epsilon")
-    if pred not in PREDICTION_FROM_DIFFUSERS:
-        raise UserError(f"scheduler prediction_type={pred!r}; difflab maps {', '.join(PREDICTION_FROM_DIFFUSERS)}")
+    pred = sched_cfg.get("prediction_type", "epsilon")  # diffusers' default, which configs before 0.8 relied on
     dl_cfg, time = unet_config_from_diffusers(ucfg, unet.state_dict())
     net = UNet(dl_cfg)
     net.load_state_dict(state_dict_from_diffusers(unet.state_dict(), dl_cfg, time))
@@ -328,12 +443,22 @@ def import_pipeline(src: str | Path, out: str | Path, data: str | None = None) -
           "class_names": [str(i) for i in range(dl_cfg.num_classes)] if dl_cfg.num_classes else None,
           "train": {"prediction": model.prediction}, "network": network_spec(net), "schedule": model.schedule.config(),
           "prediction": model.prediction, "denoiser": "plain", "processes": 1,
-          "imported": {"from": "diffusers", "path": str(src.resolve()), "pipeline": index.get("_class_name"),
-                       "scheduler": index["scheduler"][-1], "diffusers_version": diffusers.__version__,
-                       "clip_sample": bool(sched_cfg.get("clip_sample", False))}}
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, {"model": model}, step=0)
-    write_json(out / CONFIG, rc)  # written last: a folder with config.json is a complete run
+          "imported": {"from": "diffusers", "path": str(src.resolve()), "pipeline": str(index.get("_class_name")),
+                       "scheduler": sched_name, "diffusers_version": diffusers.__version__,
+                       **clipping_record(sched_cfg, sched_name)}}
+    if data is not None:
+        from ..training.checkpoint import data_shape
+
+        known = data_shape(data)
+        if known is not None and any(k is not None and k != v for k, v in zip(known, rc["shape"])):
+            raise UserError(f"--data {data}: its examples are {'x'.join(str(k) for k in known)}, but the pipeline "
+                            f"makes {'x'.join(map(str, rc['shape']))}")
+
+    def write(folder: Path) -> None:
+        save_checkpoint(folder, {"model": model}, step=0)
+        write_json(folder / CONFIG, rc)
+
+    atomic_folder(out, write)
     return out
 
 
@@ -435,14 +560,18 @@ def export_run(run: str | Path, out: str | Path, ema: bool = True) -> Path:
         raise UserError(f"{run}: the weights did not map onto UNet2DModel ({str(e).splitlines()[0]})") from None
     scheduler = diffusers.DDPMScheduler(**scheduler_config(model.schedule, model.prediction))
     pipe = diffusers.DDPMPipeline(unet=unet.eval(), scheduler=scheduler)
-    out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(str(out), safe_serialization=True)
-    (out / "difflab_source.json").write_text(json.dumps({"run": str(run.resolve()), "step": loaded.step,
-                                                         "ema": ema, "time_embedding_table": table}, indent=2))
+    from ..training.checkpoint import atomic_folder
+
+    def write(folder: Path) -> None:
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+        (folder / "difflab_source.json").write_text(json.dumps({"run": str(run.resolve()), "step": loaded.step,
+                                                                "ema": ema, "time_embedding_table": table}, indent=2))
+
+    atomic_folder(out, write)  # a failed write (a full disk) leaves no half-written pipeline
     return out
 
 
-__all__ = ["require_diffusers", "import_pipeline", "export_run", "export_problems", "unet_config_from_diffusers",
+__all__ = ["SCHEDULERS", "check_scheduler_config", "clipping_record", "clipped_as_imported", "require_diffusers", "import_pipeline", "export_run", "export_problems", "unet_config_from_diffusers",
            "state_dict_from_diffusers", "state_dict_to_diffusers", "diffusers_unet_kwargs", "schedule_from_scheduler",
            "scheduler_config", "diffusers_frequencies", "table_time_scale", "TimeFeatures", "PREDICTION_FROM_DIFFUSERS",
            "PREDICTION_TO_DIFFUSERS", "EXTRA_HINT"]

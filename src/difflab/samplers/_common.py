@@ -15,26 +15,37 @@ Callback = Callable[[dict], None]
 
 @dataclass(frozen=True)
 class Levels:
-    """The grid of one sampling call: sigma_ve, model time t, alpha(t) and sigma(t) at each level (built once per call)."""
+    """The grid of one sampling call: sigma_ve, model time t, alpha(t) and sigma(t) at each positive level (built once per call)."""
 
-    sigma: list[float]  # sigma_ve, decreasing, ends in 0
-    t: list[Tensor]  # model time at each nonzero level, a [B] tensor in x's dtype
+    sigma: list[float]  # sigma_ve, decreasing; ends in 0 (return x_0) or at a positive level (return x there)
+    t: list[Tensor]  # model time at each positive level, a [B] tensor in x's dtype
     tf: list[float]  # same as plain floats
-    alpha: list[float]  # alpha(t) at each nonzero level
-    sigma_native: list[float]  # sigma(t) at each nonzero level
+    alpha: list[float]  # alpha(t) at each positive level
+    sigma_native: list[float]  # sigma(t) at each positive level
+
+    @property
+    def to_zero(self) -> bool:
+        """True when the grid ends in 0 (the last step returns the denoised sample)."""
+        return self.sigma[-1] == 0.0
 
 
 def levels(model: Any, x: Tensor, sigmas: Tensor) -> Levels:
-    """Tabulate the model time and scales at every nonzero level of ``sigmas`` for a batch like ``x``."""
+    """Tabulate the model time and scales at every positive level of ``sigmas`` (strictly decreasing, >= 0) for a batch like ``x``."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
-    if sig.numel() < 2 or float(sig[-1]) != 0.0 or bool((sig[:-1] <= 0).any()) or bool((sig[1:] >= sig[:-1]).any()):
-        raise ValueError("sigmas must be a strictly decreasing 1-D tensor of positive levels ending in 0")
+    if sig.numel() < 2 or bool((sig[:-1] <= 0).any()) or float(sig[-1]) < 0 or bool((sig[1:] >= sig[:-1]).any()):
+        raise ValueError("sigmas must be a strictly decreasing 1-D tensor of at least 2 levels, positive except a final 0")
     sched = model.schedule
-    t = sched.t_from_sigma_ve(sig[:-1])
+    pos = sig[:-1] if float(sig[-1]) == 0.0 else sig
+    t = sched.t_from_sigma_ve(pos)
     a, s = sched.alpha_sigma(t)
     B = x.shape[0]
     tt = [torch.full((B,), float(v), dtype=x.dtype, device=x.device) for v in t.tolist()]
     return Levels(sig.tolist(), tt, t.tolist(), a.tolist(), s.tolist())
+
+
+def finish(lv: Levels, y: Tensor) -> Tensor:
+    """The result of a sampler in the scaled variable y = x / alpha: x_0 (= y) on a grid ending in 0, else x at the last level."""
+    return y if lv.to_zero else y * lv.alpha[-1]
 
 
 def denoise(model: Any, y: Tensor, lv: Levels, i: int, cond: Any) -> Tensor:
@@ -76,5 +87,8 @@ def steps(n: int, progress: bool, desc: str = "sampling") -> Iterable[int]:
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like x, drawn from ``generator`` (on x's device)."""
+    """Standard normal noise shaped like x, drawn from ``generator`` (on x's device); a generator per sample
+    (``samplers.seeds.PerSample``) draws each row from its own."""
+    if hasattr(generator, "randn"):
+        return generator.randn(x.shape, x.dtype, x.device)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

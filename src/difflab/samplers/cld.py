@@ -18,8 +18,11 @@ from ..schedules.cld import CLD
 from ._common import Callback, randn_like, steps as _steps
 
 Score = Callable[[Tensor, Tensor], Tensor]
-CLDSampler = Literal["em", "sscs", "ode"]
-CLD_SAMPLERS: tuple[str, ...] = ("em", "sscs", "ode")
+CLDSampler = Literal["euler_maruyama", "sscs", "dopri5", "em", "ode"]
+#: names in the sampler registry's sense (euler_maruyama and dopri5 mean what they mean on scalar schedules)
+CLD_CANONICAL: tuple[str, ...] = ("euler_maruyama", "sscs", "dopri5")
+CLD_ALIASES: dict[str, str] = {"em": "euler_maruyama", "ode": "dopri5"}  # the names CLD runs were first saved with
+CLD_SAMPLERS: tuple[str, ...] = (*CLD_CANONICAL, *CLD_ALIASES)
 T_DENOISE = 1e-3
 
 
@@ -127,7 +130,8 @@ def _denoise(score: Score, process: CLD, u: Tensor, t: float, n: int, callback: 
     return process.split(_euler(process, u, s, _S(process, t, 0.0), None, noise=False))[0]
 
 
-SAMPLE_FNS: dict[str, Callable[..., Tensor]] = {"em": sample_cld_em, "sscs": sample_cld_sscs, "ode": sample_cld_ode}
+SAMPLE_FNS: dict[str, Callable[..., Tensor]] = {"euler_maruyama": sample_cld_em, "sscs": sample_cld_sscs,
+                                                 "dopri5": sample_cld_ode}
 
 
 class _Counted:
@@ -142,15 +146,17 @@ class _Counted:
 def sample_cld(score: Score, process: CLD, u_T: Tensor, sampler: str = "sscs", steps: int = 50, *,
                generator: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None,
                return_nfe: bool = False, **options: Any) -> Tensor | tuple[Tensor, int]:
-    """Draw x_0 from u_T (``process.sample_prior``) with sampler em | sscs | ode in ``steps`` score calls (ode: adaptive)."""
-    if sampler not in SAMPLE_FNS:
+    """Draw x_0 from u_T (``process.sample_prior``) with sampler euler_maruyama | sscs | dopri5 (aliases em, ode) in
+    ``steps`` score calls (dopri5: adaptive)."""
+    name = CLD_ALIASES.get(sampler, sampler)
+    if name not in SAMPLE_FNS:
         raise ValueError(f"unknown CLD sampler {sampler!r}; choose one of {', '.join(CLD_SAMPLERS)}")
     counted = _Counted(score)
     with torch.no_grad():
-        x = SAMPLE_FNS[sampler](counted, process, u_T, steps, generator=generator, progress=progress,
+        x = SAMPLE_FNS[name](counted, process, u_T, steps, generator=generator, progress=progress,
                                 callback=callback, **options)
     return (x, counted.calls) if return_nfe else x
 
 
 __all__ = ["sample_cld", "sample_cld_em", "sample_cld_sscs", "sample_cld_ode", "time_grid", "CLD_SAMPLERS",
-           "T_DENOISE"]
+           "CLD_CANONICAL", "CLD_ALIASES", "T_DENOISE"]

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import Callback, denoise, levels, randn_like, report, steps
+from ._common import Callback, denoise, finish, levels, randn_like, report, steps
 
 
 def sample_consistency(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
@@ -17,7 +17,6 @@ def sample_consistency(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = Non
     n = len(lv.sigma) - 1
     s_min = float(getattr(model, "sigma_min", 0.0))
     y = x / lv.alpha[0]
-    x0 = y
     for i in steps(n, progress):
         x0 = denoise(model, y, lv, i, cond)
         report(callback, lv, i, y, x0, scaled=True)
@@ -25,7 +24,7 @@ def sample_consistency(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = Non
         if s_next == 0:
             return x0
         y = x0 + max(s_next**2 - s_min**2, 0.0) ** 0.5 * randn_like(x0, generator)
-    return x0
+    return finish(lv, y)  # a grid ending at a positive level: the re-noised state there
 
 
 __all__ = ["sample_consistency"]

@@ -3,7 +3,8 @@
 All work in the scaled variable y = x / alpha(t) with noise level sigma = sigma(t)/alpha(t), where the
 PF-ODE reads dy/dsigma = (y - D(y, sigma)) / sigma (Karras et al. 2022, eq. 4 with s = 1), or, with
 lambda = -log sigma (half log-SNR), dy/dlambda = D - y: the exponential-integrator form of DPM-Solver
-(Lu et al. 2022, eq. 3.4 divided by alpha). The step to sigma = 0 returns the denoised sample.
+(Lu et al. 2022, eq. 3.4 divided by alpha). The step to sigma = 0 returns the denoised sample; on a grid that
+ends at a positive level the solver stops there and returns x at that level (no final denoise).
 ``callback`` gets x = alpha y at level i before the step and the step's first D (for UniPC: the D it reuses).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ._common import Callback, denoise, denoise_at, emit, levels, report, steps, time_alpha
+from ._common import Callback, denoise, denoise_at, emit, finish, levels, report, steps, time_alpha
 
 
 def sample_euler(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
@@ -28,7 +29,7 @@ def sample_euler(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
         d = denoise(model, y, lv, i, cond)
         report(callback, lv, i, y, d, scaled=True)
         y = d if s[i + 1] == 0 else y + (s[i + 1] - s[i]) / s[i] * (y - d)
-    return y
+    return finish(lv, y)
 
 
 def sample_heun(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
@@ -55,7 +56,7 @@ def sample_heun(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gene
         y2 = y + (s[i + 1] - s[i]) * dy
         dy2 = (y2 - denoise(model, y2, lv, i + 1, cond)) / s[i + 1]
         y = y + (s[i + 1] - s[i]) * 0.5 * (dy + dy2)
-    return y
+    return finish(lv, y)
 
 
 def sample_dpm_solver_2(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
@@ -76,7 +77,7 @@ def sample_dpm_solver_2(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = No
         u = y + (s_mid - s[i]) * eps
         eps_u = (u - denoise_at(model, u, s_mid, cond)) / s_mid
         y = y + (s[i + 1] - s[i]) * eps_u
-    return y
+    return finish(lv, y)
 
 
 def sample_dpm_solver_3(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
@@ -101,7 +102,7 @@ def sample_dpm_solver_3(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = No
         u2 = y - (s[i] - s2) * eps - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1.0) * d1
         d2 = (u2 - denoise_at(model, u2, s2, cond)) / s2 - eps
         y = y - (s[i] - s[i + 1]) * eps - (s[i + 1] / r2) * (math.expm1(h) / h - 1.0) * d2
-    return y
+    return finish(lv, y)
 
 
 def sample_dpmpp_2m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
@@ -122,7 +123,7 @@ def sample_dpmpp_2m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
         d_eff = d if d_prev is None else d + (h / (2.0 * h_prev)) * (d - d_prev)
         y = (s[i + 1] / s[i]) * y - math.expm1(-h) * d_eff
         d_prev, h_prev = d, h
-    return y
+    return finish(lv, y)
 
 
 def sample_dpmpp_3m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
@@ -155,7 +156,7 @@ def sample_dpmpp_3m(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None,
             phi3 = phi2 / h - 0.5  # -h phi_3(-h)
             y = y + phi2 * first - 2.0 * phi3 * second  # exact for quadratic D(lambda)
         hist = [(d, h)] + hist[:1]
-    return y
+    return finish(lv, y)
 
 
 def _phi(k: int, h: float) -> float:
@@ -186,7 +187,7 @@ def sample_unipc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
         raise ValueError(f"UniPC order must be >= 1, got {order}")
     lv = levels(model, x, sigmas)
     s = lv.sigma
-    lam = [-math.log(v) for v in s[:-1]]
+    lam = [-math.log(v) for v in s if v > 0]
     y = x / lv.alpha[0]
     hist: list[tuple[Tensor, float]] = []  # (D, lambda) at earlier levels, newest first
     d = denoise(model, y, lv, 0, cond)
@@ -203,7 +204,8 @@ def sample_unipc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
         a = _unipc_coefficients(r, h)
         y_pred = base + h * sum((am * dm for am, dm in zip(a, diffs)), torch.zeros_like(y))
         d_new = denoise(model, y_pred, lv, i + 1, cond)
-        if corrector and i > 0 and s[i + 2] != 0:  # UniC reuses d_new; skipped on the first step (D at sigma_max) and before the final denoise
+        before_denoise = i + 2 < len(s) and s[i + 2] == 0
+        if corrector and i > 0 and not before_denoise:  # UniC reuses d_new; skipped on the first step (D at sigma_max) and before the final denoise
             rc = r + [1.0]
             ac = _unipc_coefficients(rc, h)
             diffs_c = diffs + [d_new - d]
@@ -212,13 +214,14 @@ def sample_unipc(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
             y = y_pred
         hist = [(d, lam[i])] + hist[: max(order - 2, 0)]
         d = d_new
-    return y
+    return finish(lv, y)
 
 
 def sample_dopri5(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, generator: torch.Generator | None = None,
                   progress: bool = False,
                   callback: Callback | None = None, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
-    """Adaptive Dormand-Prince 5(4) (torchdiffeq) on dy/dlog(sigma) = y - D from sigmas[0] to sigmas[-2], then D (Song et al. 2021b, sec. 4.3).
+    """Adaptive Dormand-Prince 5(4) (torchdiffeq) on dy/dlog(sigma) = y - D from sigmas[0] to sigmas[-2], then D (Song et al. 2021b, sec. 4.3);
+    on a grid ending at a positive level, to that level (no final D).
 
     ``callback`` is called at every model call (rejected trial stages included), at that call's own sigma, with
     ``n`` None until the final denoise at sigmas[-2], whose call has n = i + 1 = the number of model calls.
@@ -238,9 +241,12 @@ def sample_dopri5(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, ge
             emit(callback, next(calls), None, t, sig, y * a, d)
         return y - d
 
-    span = torch.tensor([math.log(s[0]), math.log(s[-2])], dtype=torch.float64)
-    if s[-2] < s[0]:
+    end = s[-2] if lv.to_zero else s[-1]  # a grid ending at a positive level: integrate to it and stop there
+    span = torch.tensor([math.log(s[0]), math.log(end)], dtype=torch.float64)
+    if end < s[0]:
         y0 = odeint(f, y0, span.to(x.dtype), rtol=rtol, atol=atol, method="dopri5")[-1]
+    if not lv.to_zero:
+        return finish(lv, y0)
     d = denoise(model, y0, lv, len(s) - 2, cond)
     if callback is not None:
         i = next(calls)
@@ -274,4 +280,4 @@ def sample_ipndm(model: Any, x: Tensor, sigmas: Tensor, *, cond: Any = None, gen
         hist = [eps] + hist[: order - 1]
         coef = _AB[len(hist)]
         y = y + (s[i + 1] - s[i]) * sum((c * e for c, e in zip(coef, hist)), torch.zeros_like(y))
-    return y
+    return finish(lv, y)

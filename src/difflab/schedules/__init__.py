@@ -10,14 +10,14 @@ from typing import Any
 from . import discrete as _d
 from .base import Schedule, append_dims, as_tensor
 from .cld import CLD
-from .continuous import VE, VP, Cosine, GeometricVP, SubVP
+from .continuous import VE, VP, Cosine, Flow, GeometricVP, SubVP
 from .discrete import DiscreteSchedule
 from .learned import LearnedSchedule
 from .process import ForwardProcess, ScalarProcess, as_process, is_scalar, require_scalar
 
 _DISCRETE = {"linear": _d.linear, "cosine": _d.cosine, "quadratic": _d.quadratic, "sigmoid": _d.sigmoid}
 _CONTINUOUS = {"vp": VP, "linear": VP, "subvp": SubVP, "sub-vp": SubVP, "ve": VE, "cosine": Cosine, "geometric_vp": GeometricVP,
-               "learned": LearnedSchedule}
+               "learned": LearnedSchedule, "flow": Flow}
 
 
 def names(discrete: bool | None = None) -> list[str]:
@@ -58,6 +58,6 @@ def from_config(cfg: dict[str, Any]) -> Schedule:
     return get(kind, **cfg)
 
 
-__all__ = ["Schedule", "DiscreteSchedule", "VP", "SubVP", "VE", "Cosine", "LearnedSchedule", "get", "from_config", "names",
+__all__ = ["Schedule", "DiscreteSchedule", "VP", "SubVP", "VE", "Cosine", "Flow", "LearnedSchedule", "get", "from_config", "names",
            "append_dims", "as_tensor", "CLD", "ForwardProcess", "ScalarProcess", "as_process", "is_scalar",
            "require_scalar"]

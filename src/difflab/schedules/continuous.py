@@ -195,3 +195,48 @@ class Cosine(_Continuous):
 
     def config(self) -> dict[str, Any]:
         return {"kind": "cosine", "log_snr_min": self.log_snr_min, "log_snr_max": self.log_snr_max}
+
+
+
+class Flow(_Continuous):
+    """The linear (rectified-flow) path x_t = (1 - t) x_0 + t eps: alpha = 1 - t, sigma = t (Lipman et al. 2023;
+    Liu et al. 2023); lambda(t) = 2 log((1 - t) / t), so sigma/alpha = t / (1 - t) and t = sigmoid(-lambda / 2).
+
+    t is kept in [t_min, t_max] inside (0, 1), where the log-SNR is finite (t_max = 1 - 1e-3: sigma/alpha = 999).
+    """
+
+    variance_preserving = False
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 1.0 - 1e-3):
+        if not 0 < t_min < t_max < 1:
+            raise ValueError(f"flow needs 0 < t_min < t_max < 1, got {t_min}, {t_max}")
+        self.t_min, self.t_max = t_min, t_max
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        t = as_tensor(t)
+        return 2.0 * (torch.log1p(-t) - torch.log(t))
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        return torch.sigmoid(-0.5 * as_tensor(lam))
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1.0 - as_tensor(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return as_tensor(t).clone()
+
+    def sigma_ve(self, t: Tensor) -> Tensor:
+        t = as_tensor(t)
+        return t / (1.0 - t)
+
+    def t_from_sigma_ve(self, s: Tensor) -> Tensor:
+        s = as_tensor(s)
+        return s / (1.0 + s)
+
+    def sde(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """f = d log alpha / dt = -1 / (1 - t), g^2 = d sigma^2/dt - 2 f sigma^2 = 2 t / (1 - t)."""
+        t = as_tensor(t)
+        return -1.0 / (1.0 - t), 2.0 * t / (1.0 - t)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "flow", "t_min": self.t_min, "t_max": self.t_max}

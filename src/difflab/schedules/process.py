@@ -84,7 +84,7 @@ def require_scalar(obj: object, what: str) -> None:
         name = type(obj).__name__
         raise UserError(f"{what} works on scalar alpha(t)/sigma(t) schedules only, not on the {name} process "
                         f"(state {'/'.join(getattr(obj, 'components', ('?',)))}); for CLD use the samplers of "
-                        f"difflab.samplers.cld (em, sscs, ode)")
+                        f"difflab.samplers.cld (euler_maruyama, sscs, dopri5)")
 
 
 __all__ = ["ForwardProcess", "ScalarProcess", "as_process", "is_scalar", "require_scalar"]

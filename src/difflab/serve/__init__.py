@@ -1,4 +1,4 @@
-"""``difflab serve``: a local web page to sample and edit with a run (standard library HTTP server, no extras)."""
+"""``difflab serve``: a local web page to sample and edit with a run (a Starlette application served by uvicorn)."""
 from .jobs import Service
 from .server import Server
 

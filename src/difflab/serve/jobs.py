@@ -6,6 +6,7 @@ import base64
 import io
 import itertools
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -56,58 +57,79 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def decode_image(value: Any, name: str, size: tuple[int, int], mode: str, max_bytes: int = 1 << 20) -> Tensor:
-    """A PNG/JPEG sent as a data URL or base64 string -> [1, C, H, W] in [-1, 1]; UserError unless it is an image of ``size`` (H, W)."""
-    from PIL import Image, UnidentifiedImageError
-
+def _decoded_bytes(value: Any, name: str, max_bytes: int) -> bytes:
+    """The bytes of an image sent as a base64 data URL (``data:image/png;base64,...``) or as plain base64."""
     if not isinstance(value, str) or not value:
         raise UserError(f"{name}: expected an image (a PNG or JPEG data URL)")
-    raw = value.split(",", 1)[1] if value.startswith("data:") else value
+    if value.startswith("data:"):
+        if "," not in value:
+            raise UserError(f"{name}: a data URL needs a comma before its base64 data")
+        value = value.split(",", 1)[1]
+    if len(value) > 2 * max_bytes:
+        raise UserError(f"{name}: {len(value)} characters is larger than the {max_bytes} bytes allowed")
     try:
-        data = base64.b64decode(raw, validate=True)
+        data = base64.b64decode(value, validate=True)
     except (ValueError, TypeError):
         raise UserError(f"{name}: not base64 image data") from None
     if len(data) > max_bytes:
         raise UserError(f"{name}: {len(data)} bytes is larger than the {max_bytes} allowed")
+    return data
+
+
+def decode_image(value: Any, name: str, size: tuple[int, int], mode: str, max_bytes: int = 1 << 20) -> Tensor:
+    """A PNG/JPEG sent as a data URL or base64 string -> [1, C, H, W] in [-1, 1]; UserError unless it is an image of ``size`` (H, W).
+
+    The size is read from the file's header and checked before any pixel is decoded (no decompression bombs).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    data = _decoded_bytes(value, name, max_bytes)
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format not in ("PNG", "JPEG"):
                 raise UserError(f"{name}: a {im.format} file; send a PNG or JPEG image")
-            if im.width * im.height > 4096 * 4096:
-                raise UserError(f"{name}: {im.width}x{im.height} is too large")
+            if (im.height, im.width) != tuple(size):
+                raise UserError(f"{name} is {im.height}x{im.width} but this run takes {size[0]}x{size[1]} images "
+                                "(height x width)")
             a = np.asarray(im.convert(mode), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise UserError(f"{name}: not a PNG or JPEG image") from None
-    if a.shape[:2] != tuple(size):
-        raise UserError(f"{name} is {a.shape[0]}x{a.shape[1]} but this run takes {size[0]}x{size[1]} images "
-                        "(height x width)")
     a = a[:, :, None] if a.ndim == 2 else a
     return torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
 
 
+def _shown(v: Any) -> str:
+    """A request value for an error message, shortened when long (a 5000-digit number stays one short line)."""
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10**40 else "an integer of more than 40 digits"
+    return text if len(text) <= 60 else text[:40] + f"... ({len(text)} characters)"
+
+
 def _int(req: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    """``req[key]`` as an integer in lo..hi (a JSON integer, an integral float or a decimal string), else UserError."""
     v = req.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise UserError(f"{key} must be an integer, got {v!r}")
-    try:
-        f = float(v)
-    except ValueError:
-        raise UserError(f"{key} must be an integer, got {v!r}") from None
-    if not math.isfinite(f) or f != int(f):
-        raise UserError(f"{key} must be an integer, got {v!r}")
-    if not lo <= int(f) <= hi:
-        raise UserError(f"{key} must lie in {lo}..{hi}, got {int(f)}")
-    return int(f)
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        n: int | None = int(v)
+    elif isinstance(v, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,30}\s*", v):
+        n = int(v)
+    else:
+        n = v if isinstance(v, int) and not isinstance(v, bool) else None
+    if n is None:
+        raise UserError(f"{key} must be an integer, got {_shown(v)}")
+    if not lo <= n <= hi:
+        raise UserError(f"{key} must lie in {lo}..{hi}, got {_shown(n)}")
+    return n
 
 
 def _float(req: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    """``req[key]`` as a finite number in [lo, hi], else UserError (huge integers included, never OverflowError)."""
     v = req.get(key, default)
     try:
-        f = float(v) if not isinstance(v, bool) else math.nan
-    except (TypeError, ValueError):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) or isinstance(v, str) and len(v) <= 60
+        f = float(v) if ok else math.nan
+    except (ValueError, OverflowError):
         f = math.nan
     if not math.isfinite(f) or not lo <= f <= hi:
-        raise UserError(f"{key} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+        raise UserError(f"{key} must be a number in [{lo:g}, {hi:g}], got {_shown(v)}")
     return f
 
 
@@ -207,7 +229,7 @@ class Service:
 
         sampler = req.get("sampler", "ddim")
         if sampler not in names():
-            raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(names())}")
+            raise UserError(f"unknown sampler {_shown(sampler)}; choose one of {', '.join(names())}")
         return sampler, _int(req, "steps", 50, 1, MAX_STEPS), _int(req, "seed", 0, 0, MAX_SEED)
 
     def _guided(self, req: Mapping[str, Any]) -> tuple[Any, Callable[[int, torch.device], Any]]:
@@ -296,7 +318,7 @@ class Service:
         task = req.get("task")
         info = self.info()
         if task not in EDIT_TASKS:
-            raise UserError(f"unknown task {task!r}; choose one of {', '.join(EDIT_TASKS)}")
+            raise UserError(f"unknown task {_shown(task)}; choose one of {', '.join(EDIT_TASKS)}")
         if task not in info["tasks"]:
             raise UserError(f"task {task}: this run ({self.conditioning.kind} conditioning) supports "
                             + (", ".join(info["tasks"]) or "no editing task"))

@@ -1,136 +1,151 @@
-"""The HTTP side of ``difflab serve``: Python's ThreadingHTTPServer, one self-contained page and a small JSON API.
+"""Serving the page's application (serve/app.py) with uvicorn: one listening socket, IPv4 or IPv6, with timeouts.
 
-GET  /                          the page (no external resources)
-GET  /api/info                  the run: shape, conditioning, samplers, editing tasks, limits
-POST /api/generate              {sampler, steps, seed, num, guidance_scale, label | prompt} -> 202 {id}
-POST /api/edit                  {task, image, mask, strength, sampler, steps, seed} -> 202 {id}
-GET  /api/jobs/ID?since=K       state, step, the x0 previews from the K-th on, and when done the grid
-GET  /api/jobs/ID/image.png     the grid;  GET /api/jobs/ID/samples.npz: 'images' uint8 N x H x W x C
-Every bad request gets a JSON {"error": "..."} with a 4xx status (503 when the job queue is full).
+uvicorn (with h11) parses HTTP: chunked bodies, keep-alive, a listen backlog of 1024.
+On top of it each request must arrive whole (headers and body) within ``request_timeout`` seconds of the
+connection opening or of the previous answer, so a slow or stalled client costs one socket for that long.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlparse
+import time
+from collections.abc import Collection
 
-from ..errors import UserError
-from .jobs import Busy, Service
-from .page import PAGE
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-MAX_BODY = 4 << 20  # bytes of a request body (two small images as base64 JSON fit easily)
+from .app import MAX_BODY, build_app
+from .jobs import Service
 
-
-class Handler(BaseHTTPRequestHandler):
-    """One request; ``self.server.service`` holds the run and the jobs."""
-
-    server_version = "difflab-serve"
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (quiet unless asked)
-        if getattr(self.server, "verbose", False):
-            super().log_message(format, *args)
-
-    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
-
-    def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": message})
-
-    def do_GET(self) -> None:  # noqa: N802
-        url = urlparse(self.path)
-        parts = [p for p in url.path.split("/") if p]
-        service: Service = self.server.service  # type: ignore[attr-defined]
-        try:
-            if not parts:
-                return self._send(200, PAGE.encode(), "text/html; charset=utf-8")
-            if parts == ["api", "info"]:
-                return self._json(200, service.info())
-            if len(parts) in (3, 4) and parts[:2] == ["api", "jobs"]:
-                job = service.job(parts[2])
-                if job is None:
-                    return self._error(404, f"no job {parts[2]!r}")
-                if len(parts) == 3:
-                    since = parse_qs(url.query).get("since", ["0"])[0]
-                    return self._json(200, job.view(int(since) if since.isdigit() else 0))
-                if job.state != "done":
-                    return self._error(409, f"job {job.id} is {job.state}, not done")
-                if parts[3] == "image.png":
-                    return self._send(200, job.png or b"", "image/png",
-                                      {"Content-Disposition": f'attachment; filename="difflab-{job.id}.png"'})
-                if parts[3] == "samples.npz":
-                    return self._send(200, job.npz or b"", "application/octet-stream",
-                                      {"Content-Disposition": f'attachment; filename="difflab-{job.id}.npz"'})
-            return self._error(404, f"no such page {url.path}")
-        except (BrokenPipeError, ConnectionResetError):
-            return None
-
-    def do_POST(self) -> None:  # noqa: N802
-        path = urlparse(self.path).path
-        service: Service = self.server.service  # type: ignore[attr-defined]
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY:
-            self.close_connection = True
-            return self._error(413, f"request body larger than {MAX_BODY} bytes")
-        body = self.rfile.read(length)
-        if path not in ("/api/generate", "/api/edit"):
-            return self._error(404, f"no such endpoint {path}")
-        try:
-            req = json.loads(body or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return self._error(400, "the request body is not JSON")
-        if not isinstance(req, dict):
-            return self._error(400, "the request body must be a JSON object")
-        try:
-            job = service.generate(req) if path == "/api/generate" else service.edit(req)
-        except UserError as e:
-            return self._error(400, str(e))
-        except Busy as e:
-            return self._error(503, str(e))
-        return self._json(202, {"id": job.id, "total": job.total})
+REQUEST_TIMEOUT = 10.0  # seconds for a request's headers and body to arrive
+KEEP_ALIVE = 5  # seconds an idle keep-alive connection is kept
+BACKLOG = 1024  # connections waiting to be accepted
 
 
-class Server(ThreadingHTTPServer):
-    """A threading HTTP server bound to one Service (each request on its own thread; sampling on the worker pool)."""
+class DeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request to arrive whole; a late one has its connection closed."""
 
-    daemon_threads = True
+    request_timeout = REQUEST_TIMEOUT
 
-    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False):
-        self.service, self.verbose = service, verbose
-        super().__init__((host, port), Handler)
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def, override]
+        self._deadline: object | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()  # type: ignore[attr-defined]
+        self._deadline = self.loop.call_later(self.request_timeout, self._expire)
+
+    def _expire(self) -> None:
+        """Close the connection if its request is still incomplete (no or partial headers, or a partial body)."""
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets its own deadline
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (no Host, bad framing, 16 KiB of unfinished headers): JSON 400, then close."""
+        body = json.dumps({"error": f"invalid HTTP request ({msg.rstrip('.').lower()})"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()  # type: ignore[attr-defined]
+        super().connection_lost(exc)
+
+
+def allowed_hosts(host: str, extra: Collection[str] = ()) -> set[str] | None:
+    """The Host names answered when listening on ``host``: the address itself, and localhost names for a loopback one.
+
+    None (any name) for a wildcard address (0.0.0.0, ::) unless ``extra`` names some.
+    """
+    names = {h.lower() for h in extra}
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None and ip.is_unspecified:
+        return names or None
+    names.add(host.lower())
+    if host.lower() == "localhost" or (ip is not None and ip.is_loopback):
+        names |= {"localhost", "127.0.0.1", "::1"}
+    return names
+
+
+def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """A listening TCP socket on (host, port), IPv6 when ``host`` is an IPv6 address or name; OSError if it cannot."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+class Server:
+    """``difflab serve``'s server: a Service behind the page's application, served by uvicorn on one socket."""
+
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False, *,
+                 debug: bool = False, allow_hosts: Collection[str] = (), request_timeout: float = REQUEST_TIMEOUT,
+                 max_body: int = MAX_BODY):
+        self.service = service
+        self.socket = listen(host, port)
+        self.server_address = self.socket.getsockname()
+        self.allowed_hosts = allowed_hosts(host, allow_hosts)
+        protocol = type("DeadlineH11", (DeadlineH11,), {"request_timeout": request_timeout})
+        config = uvicorn.Config(build_app(service, self.allowed_hosts, debug, verbose, max_body), http=protocol,
+                                lifespan="off", log_config=None, log_level="info" if verbose else "error",
+                                access_log=False, proxy_headers=False, server_header=False, backlog=BACKLOG,
+                                timeout_keep_alive=KEEP_ALIVE, timeout_graceful_shutdown=2)
+        self.uvicorn = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until Ctrl-C (uvicorn handles SIGINT/SIGTERM here, then re-raises them)."""
+        self.uvicorn.run(sockets=[self.socket])
 
     def start(self) -> threading.Thread:
-        """Serve in a background thread (tests, notebooks); returns the thread."""
-        t = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="difflab-serve", daemon=True)
-        t.start()
-        return t
+        """Serve in a background thread (tests, notebooks) and return once it accepts connections."""
+        self._thread = threading.Thread(target=self.serve_forever, name="difflab-serve", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uvicorn.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.uvicorn.started:
+            raise RuntimeError("the server did not start")
+        return self._thread
 
     def stop(self) -> None:
         """Stop serving, cancel the jobs and close the socket."""
-        self.shutdown()
+        self.uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         self.service.close()
         self.server_close()
 
+    def server_close(self) -> None:
+        self.socket.close()
 
-__all__ = ["Server", "Handler", "MAX_BODY"]
+
+__all__ = ["Server", "DeadlineH11", "allowed_hosts", "listen", "REQUEST_TIMEOUT"]

@@ -1,12 +1,12 @@
 """Training-free inpainting on any unconditional denoiser, with RePaint's resampling schedule (Lugmayr et al. 2022).
 
-The known pixels enter through the denoiser: the wrapped model returns the known pixels as its x_0 estimate
-there (:class:`Known`).  Every sampler's update of those pixels is then its update for a known x_0, so an
-ancestral step draws them from q(x_s | x_t, x_0), whose marginal is q(x_s | x_0): the known region is at the
-noise level of the state at every step, as RePaint's re-noising of the known image (Lugmayr et al. 2022,
-eq. 8), and it works with any sampler without touching it.  Resampling (r > 1) runs the sampler over a block
-of j levels, diffuses the state back up the same j levels with q(x_t | x_s) (eq. 9 of the paper, the forward
-transition) and repeats, r times per block; r = 1 is plain replacement in one sampler call.
+The known pixels enter through the denoiser (:class:`Known`): the wrapped model sees there a fresh draw of
+q(x_t | x_0) at the level of each call (RePaint's re-noising of the known image, eq. 8) and returns the known
+pixels as its x_0 estimate there.  Every sampler's update is elementwise in the state and the x_0 estimate, so
+the unknown pixels follow the sampler given a known region at the right noise level, with any sampler and
+without touching it.  Resampling (r > 1) runs the sampler over a block of j levels, diffuses the state back up
+the same j levels with q(x_t | x_s) (eq. 9 of the paper, the forward transition) and repeats, r times per
+block; r = 1 is plain replacement in one sampler call, which is biased (docs/tasks.md).
 """
 from __future__ import annotations
 
@@ -20,15 +20,31 @@ from ..samplers import grids
 
 
 class Known:
-    """D'(x_t, t) = m x_known + (1 - m) D(x_t, t): a denoiser whose x_0 estimate is the known image where the mask m is 1."""
+    """D'(x_t, t) = m x_known + (1 - m) D(m x~_t + (1 - m) x_t, t): the known image is D's x_0 estimate where the
+    mask m is 1, and the network sees there x~_t = alpha_t x_known + sigma_t eps, a fresh draw of q(x_t | x_0)
+    at every call (RePaint's re-noising of the known region, Lugmayr et al. 2022, eq. 8), eps from ``generator``;
+    ``fresh=False`` shows the network the sampler's own state there instead."""
 
-    def __init__(self, model: Any, image: Tensor, mask: Tensor):
+    def __init__(self, model: Any, image: Tensor, mask: Tensor, generator: torch.Generator | None = None,
+                 fresh: bool = True):
         self.model, self.schedule, self.image, self.mask = model, model.schedule, image, mask
+        self.generator, self.fresh = generator, fresh and bool(mask.any())
 
     def __call__(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        m = self.mask.to(x)
+        if self.fresh:
+            x = m * self._noised(x, t) + (1 - m) * x
         d = self.model(x, t, cond)
-        m = self.mask.to(d)
-        return m * self.image.to(d) + (1 - m) * d
+        return m.to(d) * self.image.to(d) + (1 - m.to(d)) * d
+
+    def _noised(self, x: Tensor, t: Tensor) -> Tensor:
+        """A fresh draw of q(x_t | x_known) = N(alpha_t x_known, sigma_t^2 I) shaped like x."""
+        tt = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1)
+        a, s = self.schedule.alpha_sigma(tt.expand(x.shape[0]) if tt.numel() == 1 else tt)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        where = self.generator.device if self.generator is not None else torch.device("cpu")
+        eps = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=where).to(x.device)
+        return a.to(x).reshape(shape) * self.image.to(x) + s.to(x).reshape(shape) * eps
 
 
 class _Reached(Exception):
@@ -134,7 +150,7 @@ def repaint_plan(n: int, jump: int, resample: int) -> list[tuple[int, int, bool]
 def fill(model: Any, x: Tensor, sigmas: Tensor, image: Tensor, mask: Tensor, *, sampler: str, jump: int,
          resample: int, cond: Any, generator: torch.Generator | None, options: dict[str, Any]) -> Tensor:
     """Sample from state x at sigmas[0] with the known pixels imposed (:class:`Known`) along RePaint's plan; the known pixels pasted at the end."""
-    known = Known(model, image, mask)
+    known = Known(model, image, mask, generator)
     s = sigmas.to(torch.float64)
     for a, b, back in repaint_plan(len(s) - 1, jump, resample):
         seg = s[a:b + 1]
@@ -158,13 +174,13 @@ def start_state(schedule: Any, image: Tensor, mask: Tensor, sigma: float, genera
 
 
 def inpaint(model: Any, image: Tensor, mask: Tensor | Any, *, sampler: str = "ddim", steps: int = 50,
-            grid: str | Tensor | None = None, jump: int = 10, resample: int = 1, cond: Any = None,
+            grid: str | Tensor | None = None, jump: int = 5, resample: int = 10, cond: Any = None,
             generator: torch.Generator | None = None, **options: Any) -> Tensor:
     """Fill the pixels where ``mask`` is 0 given those where it is 1 (RePaint, Lugmayr et al. 2022, Alg. 1: jump j, resamples r).
 
     ``image`` [B, ...] in the model's data coordinates, ``mask`` broadcastable to it (1 = keep, 0 = generate).
-    ``resample = 1`` is plain replacement (one pass, ``steps`` model calls); r > 1 costs about
-    r (1 + 1/j) times as many.  Any registered sampler; ``options`` go to it.  Returns a tensor like image
+    The default r = 10, j = 5 costs about r (1 + 1/j) = 12 times the ``steps`` model calls of plain replacement
+    (``resample = 1``, one pass), which is biased towards the unconditional mean (docs/tasks.md).  Any registered sampler; ``options`` go to it.  Returns a tensor like image
     whose known pixels equal the input's exactly.
     """
     image = check_image(image)

@@ -11,12 +11,14 @@ from .inpaint import check_image
 
 
 def superres(model: Any, low: Tensor, conditioning: Any, *, sampler: str = "ddim", steps: int = 50,
-             generator: torch.Generator | None = None, level: float | None = None, **options: Any) -> Tensor:
+             generator: torch.Generator | None = None, level: float | None = None, prompts: list[str] | None = None,
+             **options: Any) -> Tensor:
     """High-res samples [B, C, scale h, scale w] of low-res images ``low`` [B, C, h, w] in [-1, 1] (SR3, sec. 2.3).
 
     ``conditioning`` is the run's :class:`~difflab.training.conditioning.SuperResConditioning` (its scale and
     channels); the sampler starts from the schedule's prior.  ``level`` is the noise-conditioning augmentation
-    level of a run trained with it (default 0.2, Ho et al. 2022's low fixed level; 0 for other runs).
+    level of a run trained with it (default 0.2, Ho et al. 2022's low fixed level; 0 for other runs).  ``prompts``
+    (one per image) are the captions of a text-conditional SR run (Saharia et al. 2022); None: the empty caption.
     """
     low = check_image(low)
     if getattr(conditioning, "kind", None) != "superres":
@@ -25,7 +27,10 @@ def superres(model: Any, low: Tensor, conditioning: Any, *, sampler: str = "ddim
     if level is None:
         level = 0.2 if getattr(conditioning, "augment", False) else 0.0
     try:
-        cond = conditioning.of_low(low, device, level=level, generator=generator)
+        if prompts is not None and not hasattr(conditioning, "text"):
+            raise ValueError("prompts: this super-resolution run is not text-conditional")
+        extra = {"prompts": prompts} if hasattr(conditioning, "text") else {}
+        cond = conditioning.of_low(low, device, level=level, generator=generator, **extra)
     except Exception as e:  # a UserError from the conditioning: the same message as a ValueError here
         raise ValueError(str(e)) from None
     B, _, H, W = cond["image"].shape

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from typing import Literal, Sequence, get_args
 
 import torch
@@ -29,14 +30,22 @@ VOCABULARY: tuple[str, ...] = (PAD, UNK, "a", "an", "the", "digit", "number", "o
                                "straight", "wide", "narrow", "stroke", "strokes")
 
 
+#: Words outside VOCABULARY (a user's captions: "red", "sunset") go to one of this many hashed buckets (CRC-32 of the
+#: word), ids len(VOCABULARY) + bucket, each with its own seeded embedding: distinct words, distinct tokens.
+HASH_BUCKETS = 1024
+
+
 class TextEncoderError(UserError, ImportError):
     """An optional text encoder that is not installed, or an unknown encoder name."""
 
 
 def tokenize_words(prompts: Sequence[str], max_len: int) -> tuple[Tensor, Tensor]:
-    """Lower-cased words -> vocabulary ids [B, L] (0 = pad, 1 = unknown) and mask [B, L]; L = max words (<= max_len, >= 1)."""
+    """Lower-cased words -> ids [B, L] (0 = pad; a VOCABULARY index, or len(VOCABULARY) + a hashed bucket for
+    other words) and mask [B, L]; L = max words (<= max_len, >= 1)."""
     index = {w: i for i, w in enumerate(VOCABULARY)}
-    rows = [[index.get(w, 1) for w in re.findall(r"[a-z0-9]+(?:-[a-z]+)?", p.lower())][:max_len] for p in prompts]
+    oov = lambda w: len(VOCABULARY) + zlib.crc32(w.encode()) % HASH_BUCKETS  # noqa: E731
+    rows = [[index[w] if w in index else oov(w) for w in re.findall(r"[a-z0-9]+(?:-[a-z]+)?", p.lower())][:max_len]
+            for p in prompts]
     L = max(1, max((len(r) for r in rows), default=1))
     ids = torch.zeros(len(rows), L, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -75,12 +84,17 @@ class SmallTextEncoder(nn.Module):
                                                norm_first=True)
             self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(cfg.dim)
+        with torch.random.fork_rng(devices=[]):  # drawn apart, so the vocabulary's weights stay what they were
+            torch.manual_seed(cfg.seed + 1_000_003)
+            self.hashed = nn.Embedding(HASH_BUCKETS, cfg.dim)
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """ids [B, L] (L <= max_len), mask [B, L] bool -> [B, L, dim] (padding positions are zeroed)."""
-        h = self.tokens(ids) + self.positions[: ids.shape[1]]
+        """ids [B, L] (L <= max_len), mask [B, L] bool -> [B, L, dim] (padding positions, and empty prompts, are zeros)."""
+        v = len(VOCABULARY)
+        known = self.tokens(ids.clamp_max(v - 1)) * (ids < v)[..., None]
+        h = known + self.hashed((ids - v).clamp_min(0)) * (ids >= v)[..., None] + self.positions[: ids.shape[1]]
         h = self.blocks(h, src_key_padding_mask=~mask)
-        return self.norm(h) * mask[..., None].to(h.dtype)
+        return torch.where(mask[..., None], self.norm(h), 0.0)  # an empty prompt's all-padding row is NaN inside
 
     def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Prompts -> (states [B, L, dim], mask [B, L])."""
@@ -149,5 +163,5 @@ def encoder_dim(name: str) -> int:
     raise TextEncoderError(f"unknown text encoder {name!r}; choose one of {', '.join(ENCODERS)}")
 
 
-__all__ = ["EncoderName", "ENCODERS", "VOCABULARY", "TextEncoderError", "tokenize_words", "SmallTextConfig",
+__all__ = ["EncoderName", "ENCODERS", "VOCABULARY", "HASH_BUCKETS", "TextEncoderError", "tokenize_words", "SmallTextConfig",
            "SmallTextEncoder", "MiniLMEncoder", "minilm_available", "get_encoder", "encoder_dim"]

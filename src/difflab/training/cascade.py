@@ -4,7 +4,7 @@ samples (Ho et al. 2022, sec. 3), stored as one folder.
 A cascade folder holds ``cascade.json`` and one sub-folder per stage, each a normal run folder::
 
     runs/cascade/cascade.json   {"format": "difflab-cascade-1", "stages": ["base", "sr1", ...], "aug_levels": [0.2, ...]}
-    runs/cascade/base/          an unconditional or class-conditional run (the smallest images)
+    runs/cascade/base/          an unconditional, class- or text-conditional run (the smallest images)
     runs/cascade/sr1/           a --task superres run whose low-res input is the base's size, ...
 
 ``aug_levels`` holds one noise-conditioning augmentation level per SR stage (0 for stages trained without it).
@@ -64,8 +64,8 @@ def check_chain(configs: Sequence[dict[str, Any]], names: Sequence[str], levels:
     if len(shape) != 3:
         raise CheckpointError(f"base {names[0]}: models points of shape {shape}, not images")
     kind = conditioning_of_run(base).kind
-    if kind not in ("none", "labels"):
-        raise CheckpointError(f"base {names[0]}: a cascade's base must be unconditional or class-conditional, "
+    if kind not in ("none", "labels", "captions"):
+        raise CheckpointError(f"base {names[0]}: a cascade's base must be unconditional, class- or text-conditional, "
                               f"not a {kind} run")
     for rc, name, level in zip(configs[1:], names[1:], levels):
         cond = conditioning_of_run(rc)
@@ -103,10 +103,13 @@ class Cascade:
 
     def sample(self, n: int, *, sampler: str = "ddim", steps: int = 50, generator: torch.Generator | None = None,
                levels: Sequence[float] | None = None, label: int | None = None, clip: bool = True,
-               intermediates: bool = False, **options: Any) -> Tensor | list[Tensor]:
+               intermediates: bool = False, prompt: str | None = None, guidance_scale: float = 0.0,
+               **options: Any) -> Tensor | list[Tensor]:
         """n samples of the final size: the base's samples, then each SR stage conditioned on the previous output
         augmented to its level (Ho et al. 2022, Alg. 1-2).  ``levels`` overrides the folder's; ``label`` is the
-        class of a class-conditional base; ``intermediates`` returns every stage's output, base first."""
+        class of a class-conditional base, ``prompt`` the caption of a text-conditional base and SR stages, with
+        classifier-free guidance at ``guidance_scale``; ``intermediates`` returns every stage's output, base first."""
+        from ..guidance import ClassifierFreeGuidance
         from ..models.denoiser import Clamped
 
         levels = list(self.levels if levels is None else levels)
@@ -118,18 +121,24 @@ class Cascade:
         cond_b = base.conditioning
         if label is not None:
             cond = cond_b.labels(torch.full((n,), int(label)), device)
+        elif prompt is not None:
+            cond = cond_b.prompts([prompt] * n, device)
         else:
-            cond = cond_b.preview(n, device) if cond_b.kind == "labels" else None
+            cond = cond_b.preview(n, device) if cond_b.kind == "labels" else cond_b.null(n, device)
+        model = ClassifierFreeGuidance(base.model, guidance_scale) if guidance_scale else base.model
         x_T = base.model.schedule.sample_prior((n, *base.shape), generator=generator, device=device)
         with torch.no_grad():
-            x = samplers.sample(wrap(base.model), x_T, sampler=sampler, steps=steps, cond=cond, generator=generator,
+            x = samplers.sample(wrap(model), x_T, sampler=sampler, steps=steps, cond=cond, generator=generator,
                                 **options)
         outs = [x]
         for stage, level in zip(self.stages, levels):
             x = x.clamp(-1, 1).to(next(stage.model.parameters()).device)
+            text = hasattr(stage.conditioning, "text")  # Imagen's text-conditional SR: the prompt and CFG again
+            sr = ClassifierFreeGuidance(stage.model, guidance_scale) if text and guidance_scale else stage.model
+            words = {"prompts": [prompt] * n} if text and prompt is not None else {}
             with torch.no_grad():
-                x = superres(wrap(stage.model), x, stage.conditioning, sampler=sampler, steps=steps,
-                             generator=generator, level=float(level), **options)
+                x = superres(wrap(sr), x, stage.conditioning, sampler=sampler, steps=steps,
+                             generator=generator, level=float(level), **words, **options)
             outs.append(x)
         return outs if intermediates else x
 

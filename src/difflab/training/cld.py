@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..models.mlp import MLPConfig, mlp_toy
 from ..models.networks import build_network
 from ..models.unet import UNetConfig, unet_for_image
-from ..samplers.cld import CLD_SAMPLERS, sample_cld
+from ..samplers.cld import CLD_SAMPLERS, CLDSampler, sample_cld
 from ..schedules import append_dims
 from ..schedules.cld import CLD
 from ..utils.config import require
@@ -43,7 +43,7 @@ class CLDConfig(FitConfig):
     weighting: Literal["reweighted", "likelihood"] = "reweighted"
     mixed_score: bool = True
     ema_decay: float = 0.999
-    sampler: Literal["em", "sscs", "ode"] = "sscs"  # previews and the default of `difflab sample`
+    sampler: CLDSampler = "sscs"  # previews and the default of `difflab sample` (em / ode: euler_maruyama / dopri5)
     sample_steps: int = 50
     steps: int = 5000
 

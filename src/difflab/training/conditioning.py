@@ -80,7 +80,10 @@ class LabelConditioning(Conditioning):
 
 class CaptionConditioning(Conditioning):
     """Caption token states through a frozen text encoder, cross-attended ({"context", "context_mask"}); the
-    null condition is the empty prompt (no context tokens)."""
+    null condition is the empty prompt (no context tokens), drawn with probability p_uncond in training (caption
+    dropout for classifier-free guidance); an example with several captions takes one at random per step.
+    Previews ask for the class prompts of digit captions ("a zero", ...), else for the data's first distinct captions
+    (at training time) or the empty caption (a saved run)."""
 
     kind = "captions"
 
@@ -93,19 +96,48 @@ class CaptionConditioning(Conditioning):
         return {"num_classes": 0, "context_dim": encoder_dim(self.encoder)}
 
     def draw(self, idx: Tensor, rng: BatchRandom, device: torch.device | str) -> Cond:
-        ctx, mask = self.table.gather(idx)
         keep = rng.rand(len(idx), torch.float32) >= self.p_uncond
+        several = len(self.table.ids) > len(self.table.offsets) - 1  # some example has more than one caption
+        ctx, mask = self.table.gather(idx, rng.rand(len(idx), torch.float32) if several else None)
         return {"context": (ctx * keep[:, None, None]).to(device), "context_mask": (mask & keep[:, None]).to(device)}
 
     def null(self, n: int, device: torch.device | str) -> Cond:
-        ctx, mask = self.prompts([""], device)
-        return {"context": torch.zeros_like(ctx).expand(n, -1, -1), "context_mask": torch.zeros_like(mask).expand(n, -1)}
+        c = self.prompts([""], device)  # the empty caption: zero states, no tokens
+        return {"context": torch.zeros_like(c["context"]).expand(n, -1, -1),
+                "context_mask": torch.zeros_like(c["context_mask"]).expand(n, -1)}
 
     def preview(self, n: int, device: torch.device | str) -> Cond:
         from ..text import class_prompts
 
-        prompts = class_prompts(self.num_classes or 10)
+        if self.num_classes:
+            prompts = class_prompts(self.num_classes)
+        elif self.table is not None:
+            prompts = self.table.texts[:10]
+        else:  # a saved run of a captioned folder (its captions are not stored): the empty caption
+            return self.null(n, device)
         return self.prompts([prompts[k % len(prompts)] for k in range(n)], device)
+
+    def negative(self, prompt: str, cond_fn: Any) -> tuple[Any, Any]:
+        """A negative prompt for classifier-free guidance: (the condition function ``cond_fn`` (n, device) padded to
+        the negative prompt's length, the map of a condition to the negative prompt's), so the unconditional
+        branch of CFG asks for ``prompt`` instead of the empty caption.  Padding adds masked tokens only."""
+        neg = self.prompts([prompt], "cpu")
+        neg_ctx, neg_mask = neg["context"], neg["context_mask"]
+        L = neg_ctx.shape[1]
+
+        def padded(c: dict[str, Tensor], length: int) -> dict[str, Tensor]:
+            extra = length - c["context"].shape[1]
+            if extra <= 0:
+                return c
+            return {**c, "context": torch.nn.functional.pad(c["context"], (0, 0, 0, extra)),
+                    "context_mask": torch.nn.functional.pad(c["context_mask"], (0, extra), value=False)}
+
+        def uncond(c: dict[str, Tensor]) -> dict[str, Tensor]:
+            b, dev = c["context"].shape[0], c["context"].device
+            neg = padded({"context": neg_ctx.to(dev), "context_mask": neg_mask.to(dev)}, c["context"].shape[1])
+            return {**c, "context": neg["context"].expand(b, -1, -1), "context_mask": neg["context_mask"].expand(b, -1)}
+
+        return (lambda n, device: padded(cond_fn(n, device), L)), uncond
 
     def prompts(self, texts: Sequence[str], device: torch.device | str) -> Cond:
         from ..text import encode_prompts
@@ -205,6 +237,39 @@ class SuperResConditioning(Conditioning):
             raise UserError("a super-resolution run samples from low-res images: use difflab edit superres")
         x = self.data.batch(torch.arange(n) % len(self.data))
         return self.of_low(downsampled(x, self.scale), device)
+
+
+class TextSuperResConditioning(SuperResConditioning):
+    """Imagen's text-conditional super-resolution (Saharia et al. 2022, sec. 2.5): SR3's low-res condition (with
+    noise-conditioning augmentation if asked) and the caption's states cross-attended, the caption dropped with
+    p_uncond for classifier-free guidance.  ``text`` is the caption conditioning; ``of_low`` takes the prompts."""
+
+    def __init__(self, scale: int, channels: int, text: CaptionConditioning, data: Any = None, augment: bool = False,
+                 blur: float = 0.0):
+        super().__init__(scale, channels, data, augment, blur)
+        self.text = text
+
+    def network_options(self) -> dict[str, Any]:
+        return {**super().network_options(), **self.text.network_options()}
+
+    def of_low(self, low: Tensor, device: torch.device | str, level: float = 0.0,
+               generator: torch.Generator | None = None, prompts: Sequence[str] | None = None) -> Cond:
+        """The SR condition of ``low`` asking for captions ``prompts`` (one per image; None: the empty caption)."""
+        cond = super().of_low(low, device, level, generator)
+        words = self.text.prompts(list(prompts), device) if prompts is not None else self.text.null(len(low), device)
+        return {**cond, **words}
+
+    def draw(self, idx: Tensor, rng: BatchRandom, device: torch.device | str) -> Cond:
+        return {**super().draw(idx, rng, device), **self.text.draw(idx, rng, device)}
+
+    def preview(self, n: int, device: torch.device | str) -> Cond:
+        """The low-res versions of the first n training images and their (first) captions (at training time only)."""
+        cond = super().preview(n, device)
+        ctx, mask = self.text.table.gather(torch.arange(n) % len(self.data))
+        return {**cond, "context": ctx.to(device), "context_mask": mask.to(device)}
+
+    def prompts(self, texts: Sequence[str], device: torch.device | str) -> Cond:
+        return self.text.prompts(texts, device)
 
 
 def training_masks(rng: BatchRandom, n: int, h: int, w: int) -> Tensor:
@@ -318,6 +383,11 @@ def conditioning_for(cfg: Any, data: Any) -> Conditioning:
         c, h, w = data.shape
         if h % cfg.scale or w % cfg.scale:
             raise UserError(f"--scale {cfg.scale} does not divide the {h}x{w} images of {data.spec}")
+        if cfg.text_encoder != "none":  # Imagen's text-conditional super-resolution
+            from ..text import caption_table
+
+            text = CaptionConditioning(cfg.text_encoder, cfg.p_uncond, 0, caption_table(data, cfg.text_encoder))
+            return TextSuperResConditioning(cfg.scale, c, text, data, augment=cfg.noise_aug, blur=cfg.aug_blur)
         return SuperResConditioning(cfg.scale, c, data, augment=cfg.noise_aug, blur=cfg.aug_blur)
     if getattr(cfg, "task", "generate") == "colorize":
         if data.kind != "image" or data.shape[0] != 3:
@@ -331,15 +401,33 @@ def conditioning_for(cfg: Any, data: Any) -> Conditioning:
     if not cfg.conditional:
         return Conditioning()
     if cfg.text_encoder != "none":
-        from ..text import caption_table
+        from ..text import caption_table, dataset_captions
 
         if data.kind != "image":
             raise UserError(f"text conditioning needs images; {data.spec} holds points")
-        return CaptionConditioning(cfg.text_encoder, cfg.p_uncond, data.num_classes,
+        digits = dataset_captions(data)[1]  # captions made from digit labels: previews ask for each class
+        return CaptionConditioning(cfg.text_encoder, cfg.p_uncond, data.num_classes if digits else 0,
                                    caption_table(data, cfg.text_encoder))
     if data.y is None or data.num_classes < 2:
         raise UserError(f"--conditional needs labelled data; {data.spec} has {data.num_classes} classes")
     return LabelConditioning(data.num_classes, cfg.p_uncond, data.y)
+
+
+def with_negative_prompt(model: Any, conditioning: Conditioning, prompt: str, cond_fn: Any) -> Any:
+    """Make the classifier-free guidance inside ``model`` (a wrapper chain) take ``prompt`` as its unconditional
+    branch (negative prompting); returns the condition function to sample with (:meth:`CaptionConditioning.negative`)."""
+    from ..guidance import ClassifierFreeGuidance
+
+    if not isinstance(conditioning, CaptionConditioning):
+        raise UserError("--negative-prompt: this run is not text-conditional (train it with --text-encoder)")
+    m = model
+    while not isinstance(m, ClassifierFreeGuidance) and hasattr(m, "model"):
+        m = m.model
+    if not isinstance(m, ClassifierFreeGuidance) or m.scale <= 0:
+        raise UserError("--negative-prompt needs --prompt and --guidance-scale W > 0: it replaces the empty caption "
+                        "of classifier-free guidance")
+    cond_fn, m.uncond = conditioning.negative(prompt, cond_fn)
+    return cond_fn
 
 
 def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
@@ -347,6 +435,10 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     train = run_config.get("train", {})
     net = run_config.get("network", {}).get("config", {})
     p = float(train.get("p_uncond", 0.1))
+    if train.get("task", "generate") == "superres" and int(net.get("context_dim", 0)) > 0:
+        return TextSuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]),
+                                        CaptionConditioning(train["text_encoder"], p, 0),
+                                        augment=bool(train.get("noise_aug", False)), blur=float(train.get("aug_blur", 0.0)))
     if train.get("task", "generate") == "superres":
         return SuperResConditioning(int(train.get("scale", 2)), int(run_config["shape"][0]),
                                     augment=bool(train.get("noise_aug", False)),
@@ -356,11 +448,13 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     if train.get("task", "generate") == "inpaint":
         return InpaintConditioning(int(run_config["shape"][0]))
     if int(net.get("context_dim", 0)) > 0 and train.get("text_encoder", "none") != "none":
-        return CaptionConditioning(train["text_encoder"], p, len(run_config.get("class_names") or []))
+        digits = run_config.get("class_names") == [str(k) for k in range(10)]  # captions made from digit labels
+        return CaptionConditioning(train["text_encoder"], p, 10 if digits else 0)
     if int(net.get("num_classes", 0)) > 0:
         return LabelConditioning(int(net["num_classes"]), p)
     return Conditioning()
 
 
-__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "SuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
+__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "with_negative_prompt", "SuperResConditioning",
+           "TextSuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
            "training_masks", "gaussian_blur", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]

@@ -8,16 +8,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
+from ..losses import NoiseDistribution, Weighting
 from ..models.denoiser import Prediction
 from ..utils.config import Config, ConfigError, read_config_file, require
 from .objectives import Objective
 
+F = TypeVar("F", bound="FitConfig")
+
 Precision = Literal["fp32", "bf16", "fp16"]
 LRSchedule = Literal["constant", "cosine", "linear"]
-ScheduleKind = Literal["linear", "cosine", "quadratic", "sigmoid", "vp", "subvp", "ve", "learned", "custom"]
+ScheduleKind = Literal["linear", "cosine", "quadratic", "sigmoid", "vp", "subvp", "ve", "flow", "learned", "custom"]
 NetworkKind = Literal["auto", "unet", "mlp"]
+MAX_T = 100_000  # the longest DDPM table (training/checkpoint.py bounds a run's stored schedule the same way)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +34,8 @@ class ScheduleConfig(Config):
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
-        require(self.T is None or (isinstance(self.T, int) and not isinstance(self.T, bool) and self.T >= 2),
-                f"schedule.T must be an integer >= 2 or null (continuous time), got {self.T!r}")
+        require(self.T is None or (isinstance(self.T, int) and not isinstance(self.T, bool) and 2 <= self.T <= MAX_T),
+                f"schedule.T must be an integer in [2, {MAX_T}] or null (continuous time), got {self.T!r}")
         require(isinstance(self.params, dict), f"schedule parameters must be a mapping, got {self.params!r}")
         self.build()  # the parameters must make a schedule
 
@@ -110,11 +115,13 @@ class FitConfig(Config):
     seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 500
+    logger: Literal["csv", "tensorboard"] = "csv"  # tensorboard: also RUN/tensorboard (training/monitor.py)
 
     def check(self) -> None:
         n = type(self).__name__
         self.require_ints(("batch_size", "steps", "log_every", "checkpoint_every", "accumulate"), 1)
         self.require_ints(("warmup_steps", "seed"), 0)
+        require(self.seed <= MAX_SEED, f"{n}.seed must be at most 2**63 - 1, got {self.seed!r}")
         require(math.isfinite(self.lr) and self.lr > 0, f"{n}.lr must be > 0, got {self.lr!r}")
         require(self.minutes >= 0 and math.isfinite(self.minutes), f"{n}.minutes must be >= 0, got {self.minutes!r}")
         require(0 <= self.weight_decay < 1, f"{n}.weight_decay must lie in [0, 1), got {self.weight_decay!r}")
@@ -130,6 +137,22 @@ class FitConfig(Config):
         frac = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
         decay = 0.5 * (1 + math.cos(math.pi * frac)) if self.lr_schedule == "cosine" else 1.0 - frac
         return self.lr * decay
+
+    #: values that runs saved before a field existed trained with, where they differ from today's defaults
+    saved_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def resumed(cls: type[F], stored: dict[str, Any], overrides: dict[str, Any], where: str = "",
+                more_minutes: bool = False) -> F:
+        """The recipe of a run continued from its config.json: its saved ``train`` fields (older runs completed with
+        ``saved_defaults``, a built ``schedule`` taken as built), then ``overrides``; ``more_minutes`` keeps the
+        step bound at least the default, so a --minutes budget adds time on top of what the run has done."""
+        base = {**cls.saved_defaults, **dict(stored.get("train", {}))}
+        if "schedule" in {f.name for f in dataclasses.fields(cls)} and isinstance(stored.get("schedule"), dict):
+            base["schedule"] = stored["schedule"]  # the schedule as built, with every parameter it used
+        if more_minutes:
+            overrides = {**overrides, "steps": max(int(base.get("steps", 0)), cls.steps)}
+        return cls.from_dict({**base, **overrides}, where=where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +174,15 @@ class TrainConfig(FitConfig):
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
     prediction: Prediction = "eps"
     objective: Objective = "simple"
-    weighting: Literal["uniform", "min_snr"] = "uniform"
+    weighting: Weighting = "uniform"  # edm: Karras et al. 2022's lambda(sigma); soft_min_snr: k-diffusion's
     min_snr_gamma: float = 5.0
+    noise: NoiseDistribution = "uniform"  # training t: uniform, lognormal (EDM) or logit_normal (SD3) in sigma
+    noise_mean: float | None = None  # of log sigma (None: -1.2 for lognormal, 0 for logit_normal)
+    noise_std: float | None = None  # of log sigma (None: 1.2 for lognormal, 1 for logit_normal)
+    sigma_data: float = 0.5  # data std of EDM's preconditioning (prediction=edm) and of the edm / soft_min_snr weightings
     ema_decay: float = 0.999
+    posthoc_ema: tuple[float, ...] = ()  # sigma_rel of power-function EMAs snapshotted for post-hoc EMA (Karras et al. 2024)
+    posthoc_every: int = 100  # steps between post-hoc EMA snapshots (RUN/ema/)
     conditional: bool = False  # train on class labels (classifier-free: labels dropped with p_uncond)
     p_uncond: float = 0.1
     text_encoder: Literal["none", "small", "minilm"] = "none"  # with conditional: caption cross-attention, not labels
@@ -167,6 +196,8 @@ class TrainConfig(FitConfig):
     aug_blur: float = 0.5  # noise_aug: Gaussian blur std of the low-res condition at level 1 (low-res pixels)
 
 
+    saved_defaults: ClassVar[dict[str, Any]] = {"aug_blur": 0.0}  # runs saved before the blur trained without it
+
     def check(self) -> None:
         super().check()
         n = "TrainConfig"
@@ -179,14 +210,37 @@ class TrainConfig(FitConfig):
         self.require_ints(("scale",), 2)
         require(not self.noise_aug or self.task == "superres", f"{n}.noise_aug needs task='superres'")
         require(self.aug_blur >= 0, f"{n}.aug_blur must be >= 0, got {self.aug_blur!r}")
-        require(self.task == "generate" or not self.conditional,
-                f"{n}.task={self.task!r} is conditioned on an image; it cannot also be conditional=true")
+        text_sr = self.task == "superres" and self.text_encoder != "none"
+        require(self.task == "generate" or not self.conditional or text_sr,
+                f"{n}.task={self.task!r} is conditioned on an image; it cannot also be conditional=true "
+                f"(task='superres' may take a text_encoder: Imagen's text-conditional super-resolution)")
         require(not self.autoencoder or self.task == "generate",
                 f"{n}.autoencoder: latent diffusion supports task='generate' only, not {self.task!r}")
         require(self.min_snr_gamma > 0, f"{n}.min_snr_gamma must be > 0, got {self.min_snr_gamma!r}")
+        self._check_edm_flow(n)
         from ..samplers import SAMPLERS
 
         require(self.sampler in SAMPLERS, f"{n}.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+
+    def _check_edm_flow(self, n: str) -> None:
+        """The noise distribution, sigma_data and post-hoc EMA fields; edm / noise only with the simple objective."""
+        from ..training.ema import check_sigma_rels
+
+        require(isinstance(self.sigma_data, (int, float)) and math.isfinite(self.sigma_data) and self.sigma_data > 0,
+                f"{n}.sigma_data must be > 0, got {self.sigma_data!r}")
+        for k in ("noise_mean", "noise_std"):
+            v = getattr(self, k)
+            require(v is None or (isinstance(v, (int, float)) and math.isfinite(v)), f"{n}.{k} must be a number or null, got {v!r}")
+        require(self.noise_std is None or self.noise_std > 0, f"{n}.noise_std must be > 0, got {self.noise_std!r}")
+        require(self.noise == "uniform" or self.objective == "simple",
+                f"{n}.noise={self.noise!r} needs objective='simple' (the {self.objective!r} objective draws its own t)")
+        require(self.prediction != "edm" or self.objective in ("simple", "vdm", "vdm_T"),
+                f"{n}.prediction='edm' does not combine with the learned-variance objective {self.objective!r}")
+        self.require_ints(("posthoc_every",), 1)
+        try:
+            check_sigma_rels(self.posthoc_ema)
+        except ValueError as e:
+            raise ConfigError(f"{n}.posthoc_ema: {e}") from None
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":

@@ -13,7 +13,7 @@ from ..data import Dataset
 from ..errors import UserError
 from ..models.denoiser import Clamped, Denoiser
 from ..utils.images import save_image_grid, save_scatter
-from .checkpoint import CHECKPOINT, CONFIG, read_json, write_json
+from .checkpoint import CHECKPOINT, CONFIG, read_json, stage_config
 from .conditioning import Conditioning, conditioning_for
 from .config import TrainConfig
 from .distributed import World, init
@@ -40,6 +40,8 @@ class DiffusionFamily(Family):
         self.cfg, self.data, self.decode = cfg, data, decode  # decode: latents -> images (latent diffusion)
         self.conditioning: Conditioning = conditioning_for(cfg, data)
         self.model: Denoiser = build_denoiser(cfg, data, self.conditioning)
+        if self.model.prediction == "edm":  # EDM's preconditioning for data of std sigma_data (saved as a buffer)
+            self.model.sigma_data.fill_(cfg.sigma_data)
         self.modules = {"model": self.model}
         self.optimizers = {"model": OptimizerSpec(("model",))}
         self.ema = ("model",)
@@ -140,7 +142,7 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
                 warnings.warn(f"latent run with sigma_max = {top:.3g} and eps prediction: unclamped x0 estimates "
                               "amplify the eps error by sigma_max at the top of the grid; the latent default schedule "
                               "(training/latent.py LATENT_SCHEDULE, sigma_max 14.6) avoids this", stacklevel=2)
-        write_json(run_dir / CONFIG, rc)
+        stage_config(run_dir, rc)  # config.json changes only once a checkpoint matches it
     world.barrier()
     return fit(family, len(data), cfg, run_dir, world=world, resume=resume, progress=progress,
                sample_every=cfg.sample_every)

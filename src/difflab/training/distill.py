@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from pathlib import Path
+from typing import Any, Callable, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -55,17 +56,35 @@ class Round:
 
 
 def as_student(teacher: Any, prediction: str | None = "v") -> Denoiser:
-    """A copy of the teacher's network read as ``prediction`` (v by default: Salimans & Ho 2022, sec. 4; None keeps the teacher's)."""
-    base = teacher
-    while not isinstance(base, Denoiser) and hasattr(base, "model"):  # Clamped, Thresholded
-        base = base.model
-    if not isinstance(base, Denoiser):
-        raise TypeError(f"the teacher must be a Denoiser to copy its network, got {type(teacher).__name__}")
+    """A copy of the teacher's network read as ``prediction`` (v by default: Salimans & Ho 2022, sec. 4; None keeps the teacher's).
+
+    Read in the teacher's own parametrisation the copy is the teacher's function (:func:`starts_as_teacher`); read
+    in another one it is not (an eps network read as v gives another x_0): the first round then starts from the
+    teacher's weights only. No exact rewrite helps: an eps network turned into v = (eps - sigma x) / alpha keeps
+    eps's 1/alpha gain on the network output, the conditioning that v prediction is there to avoid (docs/samplers.md).
+    """
+    base = _base(teacher)
     return Denoiser(copy.deepcopy(base.net), base.schedule, prediction or base.prediction)
 
 
+def starts_as_teacher(teacher: Any, prediction: str | None) -> bool:
+    """Whether :func:`as_student` (teacher, prediction) computes the teacher's denoiser: the same parametrisation."""
+    return prediction is None or prediction == _base(teacher).prediction
+
+
+def _base(teacher: Any) -> Denoiser:
+    """The Denoiser under wrappers such as Clamped and Thresholded; TypeError if there is none."""
+    base = teacher
+    while not isinstance(base, Denoiser) and hasattr(base, "model"):
+        base = base.model
+    if not isinstance(base, Denoiser):
+        raise TypeError(f"the teacher must be a Denoiser to copy its network, got {type(teacher).__name__}")
+    return base
+
+
 class ProgressiveDistillation(Family):
-    """Student (by default the teacher's network read as v prediction) trained on the truncated-SNR-weighted x_0
+    """Student (by default the teacher's network read as v prediction, which is the teacher's function only for a v
+    teacher: :func:`as_student`) trained on the truncated-SNR-weighted x_0
     error max(SNR, 1) |D_student - x~_0|^2, SNR = 1/s^2, at the student's own levels (Salimans & Ho 2022, eq. 9).
 
     With v prediction the x_0 error is sigma times the v error, so the weight on the network output,
@@ -203,5 +222,84 @@ def distill_consistency(teacher: Any, data: Dataset, sigmas: Tensor, student: Co
     return family.student.eval().requires_grad_(False)
 
 
+def progressive_rounds(start: int, steps: int) -> int:
+    """Rounds that halve ``start`` DDIM steps down to ``steps`` (ValueError unless start / steps is a power of 2 > 1)."""
+    if steps < 1 or start <= steps:
+        raise ValueError(f"start ({start}) must exceed steps ({steps}) >= 1")
+    rounds = math.log2(start / steps)
+    if rounds != int(rounds):
+        raise ValueError(f"start / steps must be a power of 2, got {start} / {steps}")
+    return int(rounds)
+
+
+def _targets(teacher: Any, data: Dataset) -> Any:
+    """The teacher as sampling uses it: clamped x_0 on images (D at sigma_max is far off), as is on points."""
+    from ..data.domain import domain_of
+
+    return domain_of(data).denoiser(teacher)
+
+
+def distill_progressive(teacher: Denoiser, data: Dataset, out: Path, run_config: dict[str, Any], cfg: FitConfig,
+                        start: int = 64, steps: int = 4, prediction: str | None = "v", source: str | Path = "",
+                        progress: bool = False, log: Callable[[str], None] | None = None) -> tuple[Denoiser, Tensor]:
+    """All rounds from DDIM on ``start`` Karras levels to ``steps`` (Salimans & Ho 2022, Alg. 2), each with ``cfg``.
+
+    The last round's student becomes the run folder ``out``: ``run_config`` (the teacher's run config) with the
+    student's prediction and a ``distillation`` record naming the teacher folder ``source``, its checkpoint, and grids.json holding its DDIM grid.
+    Returns (student, its grid).
+    """
+    from ..samplers import grids
+    from ..samplers.tuned import GRIDS_FILE, entry, key
+    from .checkpoint import CONFIG, write_json
+
+    rounds = progressive_rounds(start, steps)
+    pred = prediction or teacher.prediction
+    model, sigmas = teacher, grids.karras(teacher.schedule, start)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**run_config, "prediction": pred, "distillation": {
+        "method": "progressive", "teacher": str(source), "start": start, "steps": steps,
+        "round": cfg.to_dict()}}
+    for r in range(rounds):
+        last = r == rounds - 1
+        if last:
+            write_json(out / CONFIG, config)
+        student = as_student(model, pred) if r == 0 else copy.deepcopy(model)
+        model, sigmas = distill_round(_targets(model, data), data, sigmas, cfg, out if last else None,
+                                      student=student, progress=progress)
+        if log is not None:
+            log(f"round {r + 1}/{rounds}: student samples with DDIM in {len(sigmas) - 1} steps")
+    e = entry("ddim", steps, sigmas, distilled=True)
+    write_json(out / GRIDS_FILE, {key("ddim", steps, m): {**e, "denoised": m} for m in ("clip", "none")})
+    return model, sigmas
+
+
+def distill_consistency_run(teacher: Denoiser, data: Dataset, out: Path, run_config: dict[str, Any], cfg: FitConfig,
+                            levels: int = 18, steps: int = 1, prediction: str | None = "v", source: str | Path = "",
+                            progress: bool = False, **options: Any) -> ConsistencyDenoiser:
+    """Consistency distillation (Song et al. 2023, Alg. 2) into the run folder ``out``, with grids.json holding the
+    1..``steps``-call consistency grids; options: mu, solver, metric (see :class:`ConsistencyDistillation`)."""
+    from ..samplers import grids
+    from ..samplers.tuned import GRIDS_FILE, entry, key
+    from .checkpoint import CONFIG, write_json
+
+    pred = prediction or teacher.prediction
+    sigma_data = float(data.x.float().std())
+    base = as_student(teacher, pred)
+    student = ConsistencyDenoiser(base.net, base.schedule, pred, sigma_data=sigma_data)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"method": "consistency", "teacher": str(source), "levels": levels,
+              "mu": options.get("mu", 0.95), "solver": options.get("solver", "heun"),
+              "metric": options.get("metric", "pseudo_huber"), "sigma_data": sigma_data, "fit": cfg.to_dict()}
+    write_json(out / CONFIG, {**run_config, "prediction": pred, "denoiser": "consistency", "distillation": record})
+    distill_consistency(_targets(teacher, data), data, grids.karras(teacher.schedule, levels), student, cfg, out,
+                        progress=progress, **options)
+    entries = {key("consistency", k, m): {**entry("consistency", k, grids.consistency(teacher.schedule, k),
+                                                  distilled=True), "denoised": m}
+               for k in range(1, steps + 1) for m in ("clip", "none")}
+    write_json(out / GRIDS_FILE, entries)
+    return student
+
+
 __all__ = ["ProgressiveDistillation", "as_student", "ConsistencyDistillation", "distill_consistency", "ode_step",
-           "consistency_metric", "Round", "halving_target", "distill_round"]
+           "consistency_metric", "Round", "halving_target", "distill_round", "starts_as_teacher",
+           "progressive_rounds", "distill_progressive", "distill_consistency_run"]

@@ -100,9 +100,20 @@ def shutdown(clean: bool = True) -> None:
             dist.destroy_process_group()
 
 
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Run ``difflab ARGV`` under torchrun with nproc processes on this machine; returns its exit status.  The
+    arguments follow a ``--``, so torchrun never reads an argument of difflab's as an abbreviation of its own
+    (``--num`` of ``--numa-binding``, ``--run`` of ``--run-path``)."""
+    import subprocess
+    import sys
+
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={nproc}", "-m", "difflab", "--", *argv])
+
+
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-__all__ = ["World", "init", "shutdown", "launched", "default_device"]
+__all__ = ["World", "init", "shutdown", "launched", "relaunch", "default_device"]

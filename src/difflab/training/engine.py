@@ -35,7 +35,8 @@ from ..utils.random import BatchRandom
 from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, restore_optimizer, save_checkpoint, write_json
 from .config import FitConfig
 from .distributed import World
-from .ema import EMA
+from .ema import EMA, posthoc_for
+from .monitor import open_logger
 
 LOG = "log.csv"
 
@@ -242,6 +243,11 @@ class _Log:
             self._write("a", [row])
         return means
 
+    def close(self, step: int, lr: float, seconds: float) -> None:
+        """Write the values of an unfinished log interval (the run stopped between rows)."""
+        if self.window:
+            self.flush(step, lr, seconds)
+
     def curve(self, out: Path) -> None:
         key = "loss" if "loss" in self.fields else next((f for f in self.fields if f not in ("step", "lr", "seconds")
                                                          and not f.startswith("grad_norm")), None)
@@ -252,42 +258,13 @@ class _Log:
 
 def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | None, *, world: World | None = None,
         resume: bool = False, progress: bool = True, sample_every: int = 0) -> FitResult:
-    """Train ``family`` on a dataset of ``n_examples`` into ``run_dir`` (checkpoint.safetensors, log.csv, loss.png).
-
-    The caller has written the run's config.json (rank 0) and built the family identically on every process.
-    ``run_dir=None`` trains in memory: no file is written (tests, benchmarks, notebooks).
-    """
+    """Train ``family`` on ``n_examples`` into ``run_dir`` (checkpoint, log.csv, loss.png; None: in memory, no file);
+    the caller has written its config.json (rank 0) and built the family identically on every process."""
     world = world or World()
     files = run_dir is not None and world.main
     run_dir = Path(run_dir) if run_dir is not None else None
-    dev, W, K, B = world.device, world.size, cfg.accumulate, cfg.batch_size
-    if B % (W * K):
-        raise ConfigError(f"batch_size {B} must be divisible by processes x accumulate = {W} x {K}")
-    m = B // (W * K)
-    for mod in family.modules.values():
-        mod.to(dev)
-    opts: dict[str, torch.optim.Optimizer] = {}
-    params: dict[str, list[nn.Parameter]] = {}
-    for name, spec in family.optimizers.items():
-        ps = list(dict.fromkeys(p for mname in spec.modules for p in family.modules[mname].parameters()))
-        params[name] = ps
-        opts[name] = torch.optim.AdamW(ps, lr=spec.lr or cfg.lr, betas=spec.betas,
-                                       weight_decay=cfg.weight_decay if spec.weight_decay is None else spec.weight_decay)
-    autocast(cfg.precision, dev)  # refuses fp16 without CUDA before anything is built
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    start = 0
-    if resume:
-        ck = load_checkpoint(run_dir)
-        try:
-            for name, mod in family.modules.items():
-                mod.load_state_dict(ck.modules[name])
-            for name, opt in opts.items():
-                restore_optimizer(opt, ck, name)
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{run_dir / CHECKPOINT} does not match this model ({str(e).splitlines()[0]})") from None
-        start = ck.step
-        if scaler is not None and "grad_scaler" in ck.meta:
-            scaler.load_state_dict(ck.meta["grad_scaler"])
+    opts, params, scaler = _prepare(family, cfg, world)
+    start, ck = _restore(run_dir, family, opts, scaler) if resume else (0, None)
     emas = {name: EMA(family.modules[name], getattr(cfg, "ema_decay", 0.999)) for name in family.ema}
     if resume:
         try:
@@ -295,12 +272,11 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
                 e.model.load_state_dict(ck.ema[name])
         except (KeyError, RuntimeError) as e:
             raise CheckpointError(f"{run_dir / CHECKPOINT} does not match this model ({str(e).splitlines()[0]})") from None
+    posthoc = posthoc_for({n: family.modules[n] for n in family.ema}, cfg, run_dir, files, start if resume else None)
     if cfg.compile:
         family.compile()
-    phases = []
-    for ph in family.phases:
-        owned = {k: family.modules[k] for k in family.optimizers[ph.optimizer].modules}
-        phases.append((ph, world.wrap(_PhaseModule(owned, ph.loss), family.unused_parameters)))
+    phases = _phases(family, world)
+    opt0 = opts[phases[0][0].optimizer]  # its learning rate is the one logged
 
     def ema_modules() -> dict[str, nn.Module]:
         return {name: e.model for name, e in emas.items()}
@@ -308,87 +284,190 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
     def checkpoint(step: int) -> None:
         if files:
             extra = {"grad_scaler": scaler.state_dict()} if scaler is not None else {}
+            if posthoc is not None:  # first, so that a checkpoint of step s always has its snapshot
+                posthoc.snapshot(step)
             save_checkpoint(run_dir, family.modules, ema_modules(), opts, step, extra)
 
     log = _Log(run_dir / LOG, start) if files else None
+    board = open_logger(cfg.logger, run_dir if files else None)  # TensorBoard beside log.csv (training/monitor.py)
     t0, step, last, stopped = time.monotonic(), start, {}, "done"
+    shown_at = (start, t0)
     bar = _progress(cfg, start, progress and world.main)
-    for mod in family.modules.values():
-        mod.train()
     with _Terminate() as term:
         while step < cfg.steps:
-            idx = batch_indices(n_examples, B, cfg.seed, step)
-            values: dict[str, float] = {}
-            lr = cfg.lr_at(step)
-            for pi, (ph, wrapped) in enumerate(phases):
-                opt = opts[ph.optimizer]
-                for group in opt.param_groups:
-                    group["lr"] = (family.optimizers[ph.optimizer].lr or cfg.lr) * lr / cfg.lr
-                opt.zero_grad(set_to_none=True)
-                for j in range(K):
-                    lo = (world.rank * K + j) * m
-                    g = step_generator(cfg.seed, step, _phase_stream(pi))
-                    inner = wrapped.module if world.distributed else wrapped
-                    inner.batch = Batch(step, idx[lo:lo + m], BatchRandom(g, lo, lo + m, B), dev)
-                    with world.no_sync(wrapped, j < K - 1):
-                        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
-                                autocast(cfg.precision, dev):
-                            torch.manual_seed(int(step_generator(cfg.seed, step, 50 + pi).initial_seed()))  # dropout
-                            out = wrapped()
-                        loss = out[ph.minimize].float() / K
-                        (scaler.scale(loss) if scaler is not None else loss).backward()
-                    for k, v in out.items():
-                        values[k] = values.get(k, 0.0) + float(v.detach()) / K
-                if scaler is not None:
-                    scaler.unscale_(opt)
-                gn = torch.nn.utils.clip_grad_norm_(params[ph.optimizer], cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                values["grad_norm" if len(opts) == 1 else f"grad_norm_{ph.optimizer}"] = float(gn)
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-            # one collective per step: the losses' means and the stop decisions, so no process is left waiting
-            time_up = bool(world.main and cfg.minutes and time.monotonic() - t0 > 60 * cfg.minutes)
-            summed = world.sum([*values.values(), float(time_up), float(term.flag)])
-            names = list(values)
-            means = {k: v / W for k, v in zip(names, summed)}
-            # a non-finite gradient norm has already spoiled the weights: stop before they are checkpointed
-            # (with fp16's grad scaler an overflow only skips the step, so there it is not fatal)
-            bad = [k for k in names if not math.isfinite(means[k]) and (scaler is None or not k.startswith("grad_norm"))]
-            if bad:
-                where = (f"the last good checkpoint in {run_dir} is kept"
-                         if run_dir is not None and (run_dir / CHECKPOINT).exists() else "no checkpoint was written yet")
-                raise TrainingDiverged(f"{bad[0]} became {means[bad[0]]} at step {step}; {where}")
+            values = _train_step(family, phases, opts, params, cfg, world, scaler, step,
+                                 batch_indices(n_examples, cfg.batch_size, cfg.seed, step))
+            means, stop = _reduce(world, values, cfg, t0, term.flag)
+            _check_finite(means, scaler is not None, run_dir, step)
             for name, e in emas.items():
                 e.update(family.modules[name], step)
+            if posthoc is not None:
+                posthoc.update(step + 1)
+                if (step + 1) % posthoc.every == 0 and (step + 1) % cfg.checkpoint_every:
+                    posthoc.snapshot(step + 1)
             step, last = step + 1, {k: v for k, v in means.items() if not k.startswith("grad_norm")}
             bar.update(min(round(time.monotonic() - t0, 1), bar.total) - bar.n if cfg.minutes else 1)
             if log is not None:
-                log.add(means)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    shown = log.flush(step, opts[phases[0][0].optimizer].param_groups[0]["lr"], time.monotonic() - t0)
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items() if not k.startswith("grad_norm")})
+                shown = _log_step(log, bar, means, step, cfg, opt0, time.monotonic() - t0)
+                if board is not None and shown is not None:
+                    shown_at = _board_scalars(board, shown, step, shown_at, cfg.batch_size, opt0)
             if step % cfg.checkpoint_every == 0:
                 checkpoint(step)
             if sample_every and step % sample_every == 0 and files:
-                (run_dir / "samples").mkdir(exist_ok=True)
-                family.preview(ema_modules(), run_dir / "samples" / f"step_{step:07d}.png")
-            if summed[-1] > 0:
-                stopped = "terminated"
-                break
-            if summed[-2] > 0:
-                stopped = "budget"
+                _preview(family, ema_modules(), run_dir, step, board)
+            if stop:
+                stopped = stop
                 break
     bar.close()
-    if log is not None and log.window:
-        log.flush(step, opts[phases[0][0].optimizer].param_groups[0]["lr"], time.monotonic() - t0)
+    if board is not None:
+        board.close()
+    if log is not None:
+        log.close(step, opt0.param_groups[0]["lr"], time.monotonic() - t0)
     checkpoint(step)
     if files and stopped != "terminated":
         log.curve(run_dir / "loss.png")
         family.finish(run_dir, ema_modules())
     world.barrier()
     return FitResult(run_dir, step, last, time.monotonic() - t0, stopped)
+
+
+def _prepare(family: Family, cfg: FitConfig, world: World) -> tuple[dict[str, torch.optim.Optimizer],
+                                                                   dict[str, list[nn.Parameter]], Any]:
+    """Check the batch split, move the modules to the device in train mode, build the optimizers and the fp16 grad scaler."""
+    W, K, B = world.size, cfg.accumulate, cfg.batch_size
+    if B % (W * K):
+        raise ConfigError(f"batch_size {B} must be divisible by processes x accumulate = {W} x {K}")
+    for mod in family.modules.values():
+        mod.to(world.device).train()
+    opts, params = _optimizers(family, cfg)
+    autocast(cfg.precision, world.device)  # refuses fp16 without CUDA before anything is built
+    return opts, params, torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+
+
+def _phases(family: Family, world: World) -> list[tuple[Phase, Any]]:
+    """Each phase with the modules its optimizer owns, wrapped for the processes (DDP when distributed)."""
+    return [(ph, world.wrap(_PhaseModule({k: family.modules[k] for k in family.optimizers[ph.optimizer].modules},
+                                         ph.loss), family.unused_parameters)) for ph in family.phases]
+
+
+def _reduce(world: World, values: dict[str, float], cfg: FitConfig, t0: float,
+            terminated: bool) -> tuple[dict[str, float], str]:
+    """One collective per step: the values' means over processes and the stop decision ('terminated', 'budget' when
+    rank 0's minutes are up, or ''), so that no process is left waiting."""
+    time_up = bool(world.main and cfg.minutes and time.monotonic() - t0 > 60 * cfg.minutes)
+    summed = world.sum([*values.values(), float(time_up), float(terminated)])
+    means = {k: v / world.size for k, v in zip(values, summed)}
+    return means, "terminated" if summed[-1] > 0 else ("budget" if summed[-2] > 0 else "")
+
+
+def _optimizers(family: Family, cfg: FitConfig) -> tuple[dict[str, torch.optim.Optimizer], dict[str, list[nn.Parameter]]]:
+    """AdamW per optimizer spec over the parameters of its modules (each once): (optimizers, their parameters)."""
+    opts: dict[str, torch.optim.Optimizer] = {}
+    params: dict[str, list[nn.Parameter]] = {}
+    for name, spec in family.optimizers.items():
+        ps = list(dict.fromkeys(p for mname in spec.modules for p in family.modules[mname].parameters()))
+        params[name] = ps
+        opts[name] = torch.optim.AdamW(ps, lr=spec.lr or cfg.lr, betas=spec.betas,
+                                       weight_decay=cfg.weight_decay if spec.weight_decay is None else spec.weight_decay)
+    return opts, params
+
+
+def _restore(run_dir: Path, family: Family, opts: dict[str, torch.optim.Optimizer], scaler: Any) -> tuple[int, Any]:
+    """Load the modules, optimizers and grad scaler of the run's checkpoint: (its step, the checkpoint)."""
+    ck = load_checkpoint(run_dir)
+    try:
+        for name, mod in family.modules.items():
+            mod.load_state_dict(ck.modules[name])
+        for name, opt in opts.items():
+            restore_optimizer(opt, ck, name)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / CHECKPOINT} does not match this model ({str(e).splitlines()[0]})") from None
+    if scaler is not None and "grad_scaler" in ck.meta:
+        scaler.load_state_dict(ck.meta["grad_scaler"])
+    return ck.step, ck
+
+
+def _train_step(family: Family, phases: list[tuple[Phase, Any]], opts: dict[str, torch.optim.Optimizer],
+                params: dict[str, list[nn.Parameter]], cfg: FitConfig, world: World, scaler: Any, step: int,
+                idx: Tensor) -> dict[str, float]:
+    """One optimisation step: each phase over this process's K micro-batches of the global batch ``idx``; the
+    step's named values on this process (losses averaged over micro-batches, gradient norms)."""
+    dev, K, B = world.device, cfg.accumulate, cfg.batch_size
+    m = B // (world.size * K)
+    values: dict[str, float] = {}
+    for pi, (ph, wrapped) in enumerate(phases):
+        opt = opts[ph.optimizer]
+        for group in opt.param_groups:
+            group["lr"] = (family.optimizers[ph.optimizer].lr or cfg.lr) * cfg.lr_at(step) / cfg.lr
+        opt.zero_grad(set_to_none=True)
+        for j in range(K):
+            lo = (world.rank * K + j) * m
+            g = step_generator(cfg.seed, step, _phase_stream(pi))
+            inner = wrapped.module if world.distributed else wrapped
+            inner.batch = Batch(step, idx[lo:lo + m], BatchRandom(g, lo, lo + m, B), dev)
+            with world.no_sync(wrapped, j < K - 1):
+                with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), autocast(cfg.precision, dev):
+                    torch.manual_seed(int(step_generator(cfg.seed, step, 50 + pi).initial_seed()))  # dropout
+                    out = wrapped()
+                loss = out[ph.minimize].float() / K
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            for k, v in out.items():
+                values[k] = values.get(k, 0.0) + float(v.detach()) / K
+        values["grad_norm" if len(opts) == 1 else f"grad_norm_{ph.optimizer}"] = _apply(opt, params[ph.optimizer],
+                                                                                       cfg, scaler)
+    return values
+
+
+def _apply(opt: torch.optim.Optimizer, params: list[nn.Parameter], cfg: FitConfig, scaler: Any) -> float:
+    """Clip the gradients (unscaled first under fp16) and step the optimizer: the gradient norm before clipping."""
+    if scaler is not None:
+        scaler.unscale_(opt)
+    gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    return float(gn)
+
+
+def _check_finite(means: dict[str, float], scaled: bool, run_dir: Path | None, step: int) -> None:
+    """TrainingDiverged on a non-finite loss or gradient norm (under fp16's grad scaler an overflow only skips the
+    step, so there gradient norms are not fatal): the weights are spoiled, stop before they are checkpointed."""
+    bad = [k for k, v in means.items() if not math.isfinite(v) and (not scaled or not k.startswith("grad_norm"))]
+    if bad:
+        where = (f"the last good checkpoint in {run_dir} is kept"
+                 if run_dir is not None and (run_dir / CHECKPOINT).exists() else "no checkpoint was written yet")
+        raise TrainingDiverged(f"{bad[0]} became {means[bad[0]]} at step {step}; {where}")
+
+
+def _preview(family: Family, ema: dict[str, nn.Module], run_dir: Path, step: int, board: Any = None) -> None:
+    """The family's preview of the EMA weights into RUN/samples/step_N.png (and TensorBoard's ``samples``)."""
+    (run_dir / "samples").mkdir(exist_ok=True)
+    path = run_dir / "samples" / f"step_{step:07d}.png"
+    family.preview(ema, path)
+    if board is not None and path.is_file():
+        board.image(step, path)
+
+
+def _board_scalars(board: Any, shown: dict[str, float], step: int, shown_at: tuple[int, float], batch: int,
+                   opt: torch.optim.Optimizer) -> tuple[int, float]:
+    """The logged row, the LR and samples/s since the last row to TensorBoard; returns the new (step, time) mark."""
+    now = time.monotonic()
+    rate = batch * (step - shown_at[0]) / max(now - shown_at[1], 1e-9)
+    board.scalars(step, {**shown, "lr": opt.param_groups[0]["lr"], "samples_per_s": rate})
+    return step, now
+
+
+def _log_step(log: "_Log", bar: tqdm, means: dict[str, float], step: int, cfg: FitConfig,
+              opt: torch.optim.Optimizer, seconds: float) -> dict[str, float] | None:
+    """Add the step's values to the log window; write a row every log_every steps and show it on the bar (the row)."""
+    log.add(means)
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        shown = log.flush(step, opt.param_groups[0]["lr"], seconds)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items() if not k.startswith("grad_norm")})
+        return shown
+    return None
 
 
 def fit_into(family: Family, n_examples: int, cfg: FitConfig, out: str | Path | None, config: dict[str, Any],

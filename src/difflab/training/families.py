@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import CheckpointError, UserError
-from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_folder_config, read_json, write_json
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_folder_config, read_json, stage_config
 from .cld import CLDFamily
 from .config import FitConfig
 from .ddgan import DDGANFamily
@@ -78,7 +78,7 @@ def train_family(name: str, cfg: FitConfig, data: Dataset, run_dir: str | Path |
     family = cls(cfg, data)
     if run_dir is not None and world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG, family_config(cls, cfg, data, family))
+        stage_config(run_dir, family_config(cls, cfg, data, family))  # in place with the next checkpoint
     world.barrier()
     return fit(family, len(data), cfg, run_dir, world=world, resume=resume, progress=progress)
 

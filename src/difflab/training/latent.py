@@ -42,10 +42,12 @@ def autoencoder_record(ae: LoadedAutoencoder) -> dict[str, Any]:
 
 class LatentDataset(Dataset):
     """The scaled latents of an image dataset, encoded lazily: each example once, when a batch first needs it
-    (a short run never pays for encoding examples it does not reach), then cached; labels and spec are the data's."""
+    (a short run never pays for encoding examples it does not reach), then cached; labels, captions and spec are the
+    data's; text conditioning reads digit captions from ``images``, the pixels."""
 
     def __init__(self, ae: LoadedAutoencoder, data: Dataset):
-        super().__init__(torch.zeros(len(data), *ae.config["latent"]), data.y, data.spec, data.class_names)
+        super().__init__(torch.zeros(len(data), *ae.config["latent"]), data.y, data.spec, data.class_names,
+                         data.captions)
         self.ae, self.images = ae, data
         self.encoded = torch.zeros(len(data), dtype=torch.bool)
 
@@ -62,12 +64,16 @@ class LatentDataset(Dataset):
         return self.batch(torch.arange(len(self)))
 
 
-def encode_dataset(ae: LoadedAutoencoder, data: Dataset) -> LatentDataset:
-    """The data as scaled latents (posterior mean times the scale factor), encoded lazily."""
+def encode_dataset(ae: LoadedAutoencoder, data: Dataset) -> Dataset:
+    """The data as scaled latents (posterior mean times the scale factor): those ``prepare-data --autoencoder``
+    stored for a packed set (memory-mapped), else encoded lazily."""
+    from ..data.packed import packed_latents
+
     if data.kind != "image" or tuple(data.shape) != tuple(ae.config["shape"]):
         raise UserError(f"--autoencoder {ae.path} encodes images of shape {tuple(ae.config['shape'])}, "
                         f"but {data.spec} holds examples of shape {tuple(data.shape)}")
-    return LatentDataset(ae, data)
+    stored = packed_latents(data, ae.sha256)
+    return stored if stored is not None else LatentDataset(ae, data)
 
 
 def open_autoencoder(record: dict[str, Any], run_dir: str | Path | None = None,

@@ -98,44 +98,32 @@ def _latent_noise(rng: Any, n: int, latent: tuple[int, ...], device: torch.devic
             "n": rng.randn((n, *latent)).to(device), "t_u": rng.rand(n, torch.float64)}
 
 
+def latent_grid(schedule: Any, sampler: str, steps: int) -> Tensor:
+    """The levels sigma~ from t_max down to t_eps (no final 0): Karras rho = 7 with ``steps`` steps (Karras et al. 2022,
+    eq. 5), or just the two ends for the adaptive dopri5."""
+    lo, hi = (torch.tensor(float(v), dtype=torch.float64) for v in (schedule.t_min, schedule.t_max))
+    sig_hi, sig_lo = (math.exp(-0.5 * float(schedule.log_snr(v))) for v in (hi, lo))
+    if sampler == "dopri5":
+        return torch.tensor([sig_hi, sig_lo], dtype=torch.float64)
+    r = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    grid = (sig_hi ** (1 / 7) + r * (sig_lo ** (1 / 7) - sig_hi ** (1 / 7))) ** 7
+    grid[0], grid[-1] = sig_hi, sig_lo
+    return grid
+
+
 @torch.no_grad()
 def sample_latent(prior: Denoiser, z1: Tensor, sampler: LatentSampler = "dopri5", steps: int = 20, rtol: float = 1e-5,
                   atol: float = 1e-5) -> tuple[Tensor, int]:
-    """(z at t_eps, network calls) from z_1 along the probability-flow ODE in y = z / alpha and sigma~ = sigma / alpha,
-    dy/dsigma~ = (y - D(alpha y, t)) / sigma~ (Karras et al. 2022, eq. 4): dopri5 adaptive in log sigma~ (torchdiffeq),
-    or Euler / Heun steps on the Karras grid (rho = 7) from sigma~(1) to sigma~(t_eps) (their Alg. 1, without the
-    final step to 0)."""
-    sched = prior.schedule
-    lo, hi = (torch.tensor(float(v), dtype=torch.float64) for v in (sched.t_min, sched.t_max))
-    sig_hi, sig_lo = (math.exp(-0.5 * float(sched.log_snr(v))) for v in (hi, lo))
-    nfe = 0
+    """(z at t_eps, network calls) from z_1 along the probability-flow ODE: the registry's dopri5 (adaptive in log sigma~),
+    heun or euler on :func:`latent_grid`, a grid that stops at sigma~(t_eps) (no final step to 0)."""
+    from ..samplers import sample
 
-    def slope(sig: float, y: Tensor) -> Tensor:
-        """(y - D) / sigma~ at noise level sigma~."""
-        nonlocal nfe
-        nfe += 1
-        t = sched.t_from_log_snr(torch.tensor(-2.0 * math.log(sig), dtype=torch.float64))
-        a = float(sched.alpha(t))
-        return (y - prior(a * y, t.to(y.dtype).expand(len(y)))) / sig
-
-    y = z1 / float(sched.alpha(hi))
-    if sampler == "dopri5":
-        from torchdiffeq import odeint
-
-        span = torch.tensor([math.log(sig_hi), math.log(sig_lo)], dtype=z1.dtype)
-        y = odeint(lambda u, y: math.exp(float(u)) * slope(math.exp(float(u)), y), y, span, rtol=rtol, atol=atol,
-                   method="dopri5")[-1]
-    elif sampler in ("euler", "heun"):
-        r = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-        grid = ((sig_hi ** (1 / 7) + r * (sig_lo ** (1 / 7) - sig_hi ** (1 / 7))) ** 7).tolist()
-        grid[0], grid[-1] = sig_hi, sig_lo
-        for s0, s1 in zip(grid[:-1], grid[1:]):
-            d0 = slope(s0, y)
-            y_e = y + (s1 - s0) * d0
-            y = y_e if sampler == "euler" else y + 0.5 * (s1 - s0) * (d0 + slope(s1, y_e))
-    else:
+    if sampler not in LATENT_SAMPLERS:
         raise ValueError(f"sampler must be dopri5, heun or euler, got {sampler!r}")
-    return y * float(sched.alpha(lo)), nfe
+    options = {"rtol": rtol, "atol": atol} if sampler == "dopri5" else {}
+    grid = latent_grid(prior.schedule, sampler, steps)
+    z, nfe = sample(prior, z1, sampler, grid=grid, return_nfe=True, **options)
+    return z, nfe
 
 
 class LSGMFamily(Family):
@@ -227,7 +215,7 @@ class LSGMFamily(Family):
     @classmethod
     def nfe(cls, cfg: LSGMConfig) -> int:
         """Network calls per sample of the latent Euler / Heun; 0 otherwise (known once sampled)."""
-        return {"euler": cfg.sample_steps, "heun": 2 * cfg.sample_steps}.get(cfg.sampler, 0)
+        return {"euler": cfg.sample_steps, "heun": 2 * cfg.sample_steps - 1}.get(cfg.sampler, 0)  # Euler first step
 
     @classmethod
     @torch.no_grad()

@@ -24,9 +24,11 @@ def _bins(x0: Tensor) -> int | None:
 
 
 def simple(model: Denoiser, x0: Tensor, cond: Any, rng: Any, cfg: Any) -> Tensor:
-    """L_simple (Ho et al. 2020, Alg. 1) / denoising score matching (Song et al. 2021, eq. 7) with the configured weighting."""
-    return denoising_loss(model, x0, cond, generator=rng, weighting=cfg.weighting,
-                          min_snr_gamma=cfg.min_snr_gamma).mean()
+    """L_simple (Ho et al. 2020, Alg. 1) / denoising score matching (Song et al. 2021, eq. 7) with the configured
+    training-noise distribution and weighting (EDM: lognormal + edm, Karras et al. 2022, sec. 5)."""
+    return denoising_loss(model, x0, cond, generator=rng, weighting=cfg.weighting, min_snr_gamma=cfg.min_snr_gamma,
+                          noise=getattr(cfg, "noise", "uniform"), noise_mean=getattr(cfg, "noise_mean", None),
+                          noise_std=getattr(cfg, "noise_std", None), sigma_data=getattr(cfg, "sigma_data", None)).mean()
 
 
 def hybrid(model: Denoiser, x0: Tensor, cond: Any, rng: Any, cfg: Any) -> Tensor:

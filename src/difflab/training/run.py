@@ -9,7 +9,7 @@ import torch
 
 from .. import schedules
 from ..data import Dataset
-from ..errors import UserError
+from ..errors import CheckpointError, UserError
 from ..likelihood.variance import LearnedVarianceDenoiser
 from ..models.denoiser import ConsistencyDenoiser, Denoiser
 from ..models.mlp import mlp_toy
@@ -93,7 +93,12 @@ class LoadedRun:
     @property
     def conditioning(self) -> Conditioning:
         """The run's conditioning (labels, captions or none), rebuilt from its config."""
-        return conditioning_of_run(self.config)
+        try:
+            return conditioning_of_run(self.config)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:  # a config.json edited by hand
+            raise CheckpointError(f"the run's config.json: cannot rebuild its conditioning ({e})") from None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -104,7 +109,12 @@ def load_run(run_dir: str | Path, ema: bool = True, device: torch.device | str |
     """Rebuild the denoiser of a run folder from its JSON and safetensors (no pickle)."""
 
     def build(rc: dict[str, Any]) -> Denoiser:
+        if rc.get("family", "diffusion") != "diffusion":
+            raise ValueError(f"family {rc['family']!r}: a {RUN_FORMAT} folder holds a diffusion run")
         net = build_network(rc["network"]["kind"], rc["network"]["config"])
+        channels = getattr(net.config, "in_channels", getattr(net.config, "dim", None))
+        if channels is not None and channels != rc["shape"][0]:
+            raise ValueError(f"shape {rc['shape']} does not match the network's {channels} input channels")
         return DENOISERS[rc.get("denoiser", "plain")](net, schedules.from_config(rc["schedule"]), rc["prediction"])
 
     fam = read_json(Path(run_dir) / CONFIG).get("family", "diffusion") if Path(run_dir).is_dir() else "diffusion"

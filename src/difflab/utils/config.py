@@ -96,13 +96,58 @@ def read_json_object(path: str | Path, error: type[UserError], what: str = "") -
     name = f"{what} {p}" if what else str(p)
     if not p.is_file():
         raise error(f"{name} does not exist")
+    size = p.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise error(f"{name} is {size} bytes; a difflab JSON file is at most {MAX_JSON_BYTES}")
     try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        d = loads_json(p.read_bytes())
+    except ValueError as e:  # bad JSON, bad UTF-8, a 5000-digit integer, nesting too deep
         raise error(f"{name} is not valid JSON ({e})") from None
     if not isinstance(d, dict):
         raise error(f"{name} must hold a JSON object")
     return d
+
+
+#: Largest JSON file read as a config (a run's config.json with a trained beta table is a few hundred kB).
+MAX_JSON_BYTES = 64 * 2**20
+#: Deepest nesting of [ and { accepted (difflab's own files nest fewer than 10 levels).
+MAX_JSON_DEPTH = 64
+
+
+def loads_json(text: str | bytes) -> Any:
+    """json.loads with the failures of hostile input as ValueError: nesting deeper than MAX_JSON_DEPTH (instead
+    of a RecursionError) and integers beyond Python's digit limit."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    depth = _nesting(text) if text.count("[") + text.count("{") > MAX_JSON_DEPTH else 0
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested {depth} levels deep; at most {MAX_JSON_DEPTH} are read")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of brackets and braces outside strings (a linear scan, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

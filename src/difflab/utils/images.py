@@ -9,10 +9,14 @@ import torch
 from torch import Tensor
 
 
+def to_uint8(x: Tensor) -> np.ndarray:
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] (values outside are clipped)."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
 def image_grid(x: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> uint8 grid [rows*(H+pad)+pad, cols*(W+pad)+pad, C]."""
-    from ..data import to_uint8
-
     imgs = to_uint8(x)
     n, h, w, c = imgs.shape
     cols = nrow or max(1, math.ceil(math.sqrt(n)))

@@ -1,0 +1,152 @@
+"""Data of any size and sampling over processes: what packing and sharding buy (docs/benchmarks/scale.md).
+
+For synthetic folders of N 64x64 colour PNGs (default 100k and 1M): the time and peak memory of ``prepare-data``;
+time to the first training step and peak resident memory per process, in-memory folder against packed memory
+map, with 1 and 2 processes; the packed loader's images/s against the training step rate; generation of 50,000
+samples with 1 and 2 processes.  Every measurement runs the ``difflab`` command in a fresh subprocess.
+
+    python benchmarks/scale.py                   (hours and ~13 GB of disk for 1M images: run on an idle machine)
+    python benchmarks/scale.py --quick           (a smoke test: 2,000 16x16 images, 200 samples; about a minute)
+
+Writes the raw numbers to --json (default: a temporary folder) and prints Markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+TINY = {"network": {"channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [],
+                    "groups": 4, "dropout": 0.0}, "schedule": {"kind": "linear", "T": 1000}, "sample_steps": 2,
+        "checkpoint_every": 10**6, "log_every": 10**6}
+
+
+def make_folder(root: Path, n: int, size: int, workers: int = 8) -> None:
+    """n smooth random colour PNGs of size x size in 10 class folders (reused when already there)."""
+    from PIL import Image
+
+    if root.is_dir() and sum(1 for _ in root.rglob("*.png")) == n:
+        return
+
+    def one(i: int) -> None:
+        rng = np.random.default_rng(i)
+        low = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        d = root / f"c{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(low).resize((size, size), Image.Resampling.BICUBIC).save(d / f"{i:07d}.png")
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(n), chunksize=256))
+
+
+def difflab(*args: Any, nproc: int = 1) -> dict[str, float]:
+    """Run ``difflab ARGS`` (under torchrun for nproc > 1); wall seconds and the peak RSS of its largest process."""
+    cmd = [sys.executable, "-m", "difflab", *map(str, args)]
+    if nproc > 1:
+        cmd += ["--nproc", str(nproc)]
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], env=ENV, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+    return {"seconds": wall, "peak_rss_mb": int(r.stdout.split()[-1]) / 1024}
+
+
+# runs a command and prints the peak RSS (KiB) of its largest process, torchrun's workers included
+_WRAPPER = """import resource, subprocess, sys
+rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(rc)"""
+
+
+def loader_rate(spec: str, batch: int, seconds: float = 5.0) -> float:
+    """Images/s of Dataset.batch on the engine's random batches (the data path of one training step)."""
+    from difflab.data import load
+    from difflab.training.engine import batch_indices
+
+    data = load(spec)
+    t0, n, step = time.perf_counter(), 0, 0
+    while time.perf_counter() - t0 < seconds:
+        data.batch(batch_indices(len(data), batch, 0, step))
+        n, step = n + batch, step + 1
+    return n / (time.perf_counter() - t0)
+
+
+def bench_size(n: int, size: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    folder, packed, cfg = work / f"folder_{n}_{size}", work / f"packed_{n}_{size}", work / "cfg.json"
+    cfg.write_text(json.dumps({**TINY, "batch_size": args.batch}))
+    out: dict[str, Any] = {"n": n, "size": size}
+    t0 = time.perf_counter()
+    make_folder(folder, n, size)
+    out["make_folder_s"] = time.perf_counter() - t0
+    if not packed.is_dir():
+        out["prepare_data"] = difflab("prepare-data", folder, "--out", packed, "--image-size", size, "--splits", "train")
+    for kind, spec in (("in-memory", folder), ("packed", f"packed:{packed}")):
+        for nproc in (1, 2):
+            run = work / f"run_{kind}_{nproc}"
+            r = difflab("train", "--data", spec, "--image-size", size, "--steps", 1, "--config", cfg, "--out", run,
+                        "--quiet", "--device", "cpu", nproc=nproc)
+            out[f"first_step {kind} x{nproc}"] = r
+            print(f"N={n}: {kind}, {nproc} process(es): first step after {r['seconds']:.1f} s, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    out["loader_images_per_s"] = loader_rate(f"packed:{packed}", args.batch)
+    r = difflab("train", "--data", f"packed:{packed}", "--steps", args.train_steps, "--config", cfg, "--out",
+                work / "run_rate", "--quiet", "--device", "cpu")
+    start = out["first_step packed x1"]["seconds"]  # the same command's cost up to its first step
+    out["train_images_per_s"] = args.batch * (args.train_steps - 1) / max(r["seconds"] - start, 1e-9)
+    return out
+
+
+def bench_generate(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    run = work / "run_packed_1"
+    out = {}
+    for nproc in (1, 2):
+        r = difflab("sample", "--run", run, "--num", args.gen_num, "--steps", args.gen_steps, "--batch-size", 500,
+                    "--out", work / f"gen_{nproc}", "--device", "cpu", nproc=nproc)
+        out[f"x{nproc}"] = r
+        print(f"generate {args.gen_num}: {nproc} process(es) {r['seconds']:.1f} s", flush=True)
+    from difflab.evaluation.generate import merge
+
+    out["equal"] = bool(np.array_equal(merge(work / "gen_1"), merge(work / "gen_2")))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a smoke test of every part")
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="images per folder")
+    p.add_argument("--image", type=int, default=64, help="image side")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--gen-num", type=int, default=50_000)
+    p.add_argument("--gen-steps", type=int, default=10)
+    p.add_argument("--work", type=Path, help="folder for the synthetic data (kept between runs)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    if args.quick:
+        args.sizes, args.image, args.batch, args.train_steps, args.gen_num, args.gen_steps = [2000], 16, 32, 3, 200, 2
+    work = args.work or Path(tempfile.mkdtemp(prefix="difflab-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    res = {"sizes": [bench_size(n, args.image, work, args) for n in args.sizes], "generate": bench_generate(work, args)}
+    path = args.json or work / "scale.json"
+    path.write_text(json.dumps(res, indent=1))
+    print("| N | loader images/s | training images/s |\n|---|---|---|")
+    for r in res["sizes"]:
+        print(f"| {r['n']} | {r['loader_images_per_s']:.0f} | {r['train_images_per_s']:.0f} |")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
