@@ -53,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            help="t0 as a fraction of the schedule (0 = the input, 1 = ignore it; default 0.5)")
             q.add_argument("--mask", type=Path, metavar="MASK", help="optional: keep the white part of this mask")
         elif task not in ("superres", "colorize"):
-            r, j = (10, 5) if task == "inpaint" else (1, 10)
+            from ..tasks.inpaint import REPAINT
+
+            j, r = REPAINT if task == "inpaint" else (10, 1)
             q.add_argument("--jump", type=int, default=j, help=f"RePaint jump length j (default {j})")
             q.add_argument("--resample", type=int, default=r, help=f"RePaint resamples r per block (default {r}" + (
                 "; 1 is plain replacement, faster but biased)" if r > 1 else ": plain replacement)"))

@@ -1,7 +1,6 @@
 """Sampling and editing jobs of ``difflab serve``: validated requests run on a small worker pool, with step previews."""
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import itertools
@@ -233,8 +232,7 @@ class Service:
         return sampler, _int(req, "steps", 50, 1, MAX_STEPS), _int(req, "seed", 0, 0, MAX_SEED)
 
     def _guided(self, req: Mapping[str, Any]) -> tuple[Any, Callable[[int, torch.device], Any]]:
-        from ..cli import guide
-        from ..models.denoiser import Clamped
+        from ..guidance.spec import GuidanceSpec, wrap
 
         label = req.get("label")
         label = None if label in (None, "") else _int(req, "label", 0, 0, 10**6)
@@ -246,11 +244,10 @@ class Service:
             raise UserError(f"label {label}: this run has classes 0..{num_classes - 1}")
         if label is not None and self.conditioning.kind != "labels":
             raise UserError("label: this run is not class-conditional")
-        args = argparse.Namespace(label=label, prompt=prompt, run=self.run,
-                                  guidance_scale=_float(req, "guidance_scale", 0.0, 0.0, MAX_GUIDANCE),
-                                  classifier=None, classifier_scale=1.0, clip=None, clip_scale=30.0)
-        model, make_cond = guide.guided(args, self.loaded)
-        return Clamped(model), make_cond
+        spec = GuidanceSpec(label=label, prompt=prompt,
+                            guidance_scale=_float(req, "guidance_scale", 0.0, 0.0, MAX_GUIDANCE))
+        model, make_cond = wrap(spec, self.loaded, where=self.run)
+        return self.opened.denoiser(model), make_cond
 
     # ---- jobs ----------------------------------------------------------------------------------------------
     def _submit(self, kind: str, total: int, work: Callable[[Job], Tensor]) -> Job:
@@ -313,7 +310,6 @@ class Service:
     def edit(self, req: Mapping[str, Any]) -> Job:
         """Validate an editing request (inpaint, sdedit, superres, colorize) and queue it."""
         from .. import tasks
-        from ..models.denoiser import Clamped
 
         task = req.get("task")
         info = self.info()
@@ -332,8 +328,8 @@ class Service:
             if task == "inpaint" and bool(mask.all()):
                 raise UserError("mask: nothing to fill (paint the part to generate)")
         strength = _float(req, "strength", 0.5, 0.0, 1.0)
-        jump, resample = _int(req, "jump", 10, 1, 100), _int(req, "resample", 1, 1, 10)
-        model = Clamped(self.loaded.model)
+        jump, resample = _int(req, "jump", tasks.REPAINT[0], 1, 100), _int(req, "resample", tasks.REPAINT[1], 1, 10)
+        model = self.opened.denoiser()
         cond = self.conditioning
         total = max(1, int(steps * strength)) if task == "sdedit" else steps * resample
 
