@@ -534,7 +534,7 @@ def test_noise_conditioning_augmentation(tmp_path, capsys):
     assert np.asarray(Image.open(tmp_path / "big.png")).shape == (8, 8)
     assert edit("superres", "--run", tmp_path / "sr", "--input", tmp_path / "small.png", "--aug-level", 2,
                 "--out", tmp_path / "big.png", "--overwrite") == 2
-    assert "augmentation level must lie in [0, 1]" in capsys.readouterr().err
+    assert "--aug-level must lie in [0, 1]" in capsys.readouterr().err
     assert main(["train", "--data", "digits", "--noise-aug", "--out", str(tmp_path / "x"), "--steps", "1",
                  "--quiet"]) == 2
     assert "noise_aug needs task='superres'" in capsys.readouterr().err

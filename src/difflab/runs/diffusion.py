@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..models.protocol import DenoiserLike
+from ..tasks.registry import tasks_for
 from ..training.families import DEFAULT_FAMILY, FAMILIES
 from ..training.run import LoadedRun, load_run
 from .base import Callback, Cond, ConditioningKind, Run
@@ -16,10 +17,8 @@ from .base import Callback, Cond, ConditioningKind, Run
 #: The run's conditioning (training/conditioning.py kinds) as the protocol names it.
 CONDITIONING_KINDS: dict[str, ConditioningKind] = {"none": "none", "labels": "labels", "captions": "text",
                                                     "superres": "image", "colorize": "image", "inpaint": "image"}
-#: What a run of each conditioning kind does besides nothing (tasks/, ``difflab edit``).
-TASKS: dict[str, tuple[str, ...]] = {"none": ("generate", "inpaint", "sdedit"), "labels": ("generate",),
-                                     "captions": ("generate",), "superres": ("superres",),
-                                     "colorize": ("colorize",), "inpaint": ("inpaint",)}
+#: Conditioning kinds whose runs generate from noise (the others need an input image: tasks/registry.py).
+GENERATES = ("none", "labels", "captions")
 DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 50
 
 
@@ -33,7 +32,8 @@ class DiffusionRun(Run):
         self.config, self.step = loaded.config, loaded.step
         self.domain = "latents" if loaded.latent else ("images" if len(loaded.shape) == 3 else "points")
         kind = loaded.conditioning.kind
-        self.conditioning_kind, self.tasks = CONDITIONING_KINDS.get(kind, "image"), TASKS.get(kind, ())
+        self.conditioning_kind = CONDITIONING_KINDS.get(kind, "image")
+        self.tasks = (("generate",) if kind in GENERATES else ()) + (tasks_for(kind) if self.domain == "images" else ())
         net_config = getattr(getattr(loaded.model, "net", None), "config", None)
         self.num_classes = int(getattr(net_config, "num_classes", 0) or 0)
         self.samplers = tuple(self.cls.samplers(None))
@@ -164,4 +164,4 @@ def open_diffusion_run(path: Path, ema: bool = True, device: torch.device | str 
     return DiffusionRun(path, load_run(path, ema=ema, device=device))
 
 
-__all__ = ["DiffusionRun", "open_diffusion_run", "CONDITIONING_KINDS", "TASKS"]
+__all__ = ["DiffusionRun", "open_diffusion_run", "CONDITIONING_KINDS", "GENERATES"]

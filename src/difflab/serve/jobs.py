@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..models.protocol import DenoiserLike
+from ..tasks.registry import TASKS
 
 #: Request limits (a page on localhost, a CPU): beyond these a request is refused with HTTP 400.
 MAX_STEPS = 1000
@@ -27,8 +28,8 @@ MAX_NUM = 64
 MAX_SEED = 2**63 - 1
 MAX_GUIDANCE = 100.0
 MAX_PROMPT = 200
+EDIT_TASKS = tuple(t for t in TASKS if TASKS[t].page)  # the page's editing tasks
 MAX_PREVIEWS = 100  # x0 previews kept per job (evenly spaced when a job has more steps)
-EDIT_TASKS = ("inpaint", "sdedit", "superres", "colorize")
 
 
 class Busy(Exception):
@@ -132,6 +133,19 @@ def _float(req: Mapping[str, Any], key: str, default: float, lo: float, hi: floa
     return f
 
 
+def _number(req: Mapping[str, Any], key: str) -> Any:
+    """``req[key]`` for a task option (tasks/registry.py checks it): a decimal string read as a number, None if absent."""
+    v = req.get(key)
+    if isinstance(v, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,30}\s*", v):
+        return int(v)
+    if isinstance(v, str) and len(v) <= 60:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 @dataclass
 class Job:
     """One request's state, read by the polling endpoint."""
@@ -213,7 +227,7 @@ class Service:
 
         c, h, w = self.loaded.shape
         kind = self.conditioning.kind
-        tasks = [t for t in EDIT_TASKS if t in self.opened.tasks]
+        tasks = [t for t in self.opened.tasks if t in TASKS and TASKS[t].page]
         scale = int(getattr(self.conditioning, "scale", 1))
         return {"run": str(self.run), "shape": [c, h, w], "conditioning": kind,
                 "num_classes": int(getattr(self.loaded.model.net.config, "num_classes", 0)),
@@ -308,44 +322,35 @@ class Service:
         return self._submit("generate", n_levels(sampler, steps), work)
 
     def edit(self, req: Mapping[str, Any]) -> Job:
-        """Validate an editing request (inpaint, sdedit, superres, colorize) and queue it."""
-        from .. import tasks
+        """Validate an editing request (the registry's page tasks: inpaint, sdedit, superres, colorize) and queue it."""
+        from ..tasks.registry import Job as TaskJob
 
-        task = req.get("task")
-        info = self.info()
-        if task not in EDIT_TASKS:
-            raise UserError(f"unknown task {_shown(task)}; choose one of {', '.join(EDIT_TASKS)}")
-        if task not in info["tasks"]:
-            raise UserError(f"task {task}: this run ({self.conditioning.kind} conditioning) supports "
+        name, info = req.get("task"), self.info()
+        page = [t for t in TASKS if TASKS[t].page]
+        if not isinstance(name, str) or name not in page:
+            raise UserError(f"unknown task {_shown(name)}; choose one of {', '.join(page)}")
+        if name not in info["tasks"]:
+            raise UserError(f"task {name}: this run ({self.conditioning.kind} conditioning) supports "
                             + (", ".join(info["tasks"]) or "no editing task"))
+        task = TASKS[name]
         sampler, steps, seed = self._common(req)
-        c, h, w = self.loaded.shape
+        values = task.values(lambda k: _number(req, k))
+        c = self.loaded.shape[0]
         size = tuple(info["input_size"])
-        image = decode_image(req.get("image"), "image", size, "L" if (task == "colorize" or c == 1) else "RGB")
+        image = decode_image(req.get("image"), "image", size, "L" if (task.gray_input or c == 1) else "RGB")
         mask = None
-        if task == "inpaint" or (task == "sdedit" and req.get("mask")):
+        if task.mask == "required" or (task.mask == "optional" and req.get("mask")):
             mask = (decode_image(req.get("mask"), "mask", size, "L")[0, 0] > 0).float()  # white (>= 128) = keep
-            if task == "inpaint" and bool(mask.all()):
+            if task.mask == "required" and bool(mask.all()):
                 raise UserError("mask: nothing to fill (paint the part to generate)")
-        strength = _float(req, "strength", 0.5, 0.0, 1.0)
-        jump, resample = _int(req, "jump", tasks.REPAINT[0], 1, 100), _int(req, "resample", tasks.REPAINT[1], 1, 10)
-        model = self.opened.denoiser()
-        cond = self.conditioning
-        total = max(1, int(steps * strength)) if task == "sdedit" else steps * resample
+        total = max(1, int(steps * values["strength"])) if "strength" in values else steps * values.get("resample", 1)
+        if total > 10 * MAX_STEPS:
+            raise UserError(f"steps x resample = {total} model-call blocks; the page runs at most {10 * MAX_STEPS}")
+        model, cond = self.opened.denoiser(), self.conditioning
 
         def work(job: Job) -> Tensor:
-            g = torch.Generator().manual_seed(seed)
-            m = _Watched(model, job)
-            common = {"sampler": sampler, "steps": steps, "generator": g}
-            if task == "inpaint" and cond.kind == "inpaint":
-                return tasks.inpaint_conditioned(m, image, mask, cond, **common)
-            if task == "inpaint":
-                return tasks.inpaint(m, image, mask, jump=jump, resample=resample, **common)
-            if task == "sdedit":
-                return tasks.sdedit(m, image, strength, mask=mask, **common)
-            if task == "superres":
-                return tasks.superres(m, image, cond, **common)
-            return tasks.colorize(m, image, cond, **common)
+            common = {"sampler": sampler, "steps": steps, "generator": torch.Generator().manual_seed(seed)}
+            return task.run(TaskJob(_Watched(model, job), image, mask, cond, None, values, common))
 
         return self._submit(task, total, work)
 
