@@ -130,7 +130,7 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
     family = DiffusionFamily(cfg, data, decode=ae.decode if ae is not None else None)
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        rc = run_config(cfg, data, family.model, world.size)
+        rc = {**run_config(cfg, data, family.model, world.size), "conditioning": family.conditioning.config()}
         if ae is not None:
             rc["autoencoder"] = autoencoder_record(ae)
             from .latent import SIGMA_MAX_WARN, sigma_max
