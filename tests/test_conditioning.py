@@ -65,7 +65,7 @@ def test_evaluate_and_report_sample_a_conditional_run_by_class(labelled_run, tmp
 @pytest.mark.parametrize("fields, data", [
     ({}, "digits"), ({"conditional": True}, "digits"), ({"conditional": True, "text_encoder": "small"}, "digits"),
     ({"task": "superres", "scale": 2, "noise_aug": True, "aug_blur": 0.4}, "digits"),
-    ({"task": "superres", "scale": 2, "text_encoder": "small"}, "digits"),
+    ({"task": "superres", "scale": 2, "text_encoder": "small", "conditional": True}, "digits"),
     ({"task": "inpaint"}, "digits"), ({"task": "colorize"}, "color:digits")])
 def test_conditioning_round_trips_through_its_tagged_config(fields, data):
     from difflab.training.conditioning import conditioning_from_config
