@@ -382,7 +382,7 @@ def test_superres_conditioning_and_cli(tmp_path, capsys):
     assert "big.png is 8x8 but the run" in capsys.readouterr().err
     assert edit("inpaint", "--run", run_dir, "--input", tmp_path / "big.png", "--mask", tmp_path / "big.png",
                 "--out", tmp_path / "o.png") == 2
-    assert "is conditional (superres)" in capsys.readouterr().err
+    assert "(superres conditioning) does not support edit inpaint; it supports superres" in capsys.readouterr().err
 
 
 def test_superres_refused_for_a_scale_that_does_not_divide(tmp_path, capsys):

@@ -116,7 +116,9 @@ def sample_diffusion(args: argparse.Namespace, r: DiffusionRun) -> int:
     sampler, steps = args.sampler or r.default_sampler, args.steps or r.default_steps
     tuned = None if args.no_tuned_grid else r.grid(sampler, steps, not args.no_clip, args.threshold)
     if tuned is not None:
-        print(f"using the stored {sampler} grid for {steps} calls from {args.run}")
+        from ..samplers.tuned import GRIDS_FILE
+
+        print(f"using the tuned {sampler} grid for {steps} calls from {args.run / GRIDS_FILE}")
     model, shape, device = r.denoiser(model, not args.no_clip, args.threshold), r.shape, r.device
 
     def draw(idx: torch.Tensor, rng: Any) -> torch.Tensor:

@@ -352,7 +352,7 @@ class Service:
             common = {"sampler": sampler, "steps": steps, "generator": torch.Generator().manual_seed(seed)}
             return task.run(TaskJob(_Watched(model, job), image, mask, cond, None, values, common))
 
-        return self._submit(task, total, work)
+        return self._submit(task.name, total, work)
 
     def job(self, job_id: str) -> Job | None:
         with self.lock:
