@@ -1,4 +1,5 @@
 """The conditioning object: one per run, the same at training, preview, sample, evaluate and report."""
+import json
 import math
 
 import pytest
@@ -59,3 +60,29 @@ def test_evaluate_and_report_sample_a_conditional_run_by_class(labelled_run, tmp
     assert main(["report", "--run", str(labelled_run), "--num", "20", "--methods", "ddim:2", "--device", "cpu",
                  "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("fields, data", [
+    ({}, "digits"), ({"conditional": True}, "digits"), ({"conditional": True, "text_encoder": "small"}, "digits"),
+    ({"task": "superres", "scale": 2, "noise_aug": True, "aug_blur": 0.4}, "digits"),
+    ({"task": "superres", "scale": 2, "text_encoder": "small", "conditional": True}, "digits"),
+    ({"task": "inpaint"}, "digits"), ({"task": "colorize"}, "color:digits")])
+def test_conditioning_round_trips_through_its_tagged_config(fields, data):
+    from difflab.training.conditioning import conditioning_from_config
+
+    c = conditioning_for(TrainConfig.from_dict(fields), load(data))
+    back = conditioning_from_config(json.loads(json.dumps(c.config())))
+    assert type(back) is type(c) and back.config() == c.config() and back.kind == c.kind
+
+
+def test_a_run_stores_its_conditioning_and_sampling_reads_it(labelled_run):
+    from difflab.training.conditioning import conditioning_of_run
+
+    rc = json.loads((labelled_run / "config.json").read_text())
+    assert rc["conditioning"] == {"kind": "labels", "num_classes": 10, "p_uncond": 0.1}
+    rc["conditioning"]["p_uncond"] = 0.3  # the tagged record, not the recipe, is what is read
+    assert conditioning_of_run(rc).p_uncond == 0.3
+    del rc["conditioning"]  # a run written before the record: rebuilt from the recipe and network
+    assert conditioning_of_run(rc).config() == {"kind": "labels", "num_classes": 10, "p_uncond": 0.1}
+    with pytest.raises(UserError, match="cannot rebuild the run's conditioning"):
+        conditioning_of_run({**rc, "conditioning": {"kind": "nosuch"}})

@@ -100,7 +100,9 @@ def test_cli_sample_on_a_ve_run_starts_from_the_schedule_prior(tmp_path, monkeyp
 
     loaded = SimpleNamespace(model=model, config={"shape": [2], "train": {}}, shape=(2,), step=0,
                              conditioning=Conditioning(), latent=False, to_data=lambda x: x)
-    monkeypatch.setattr(cli_sample, "load_run", lambda *a, **k: loaded)
+    from difflab.runs import DiffusionRun
+
+    monkeypatch.setattr(cli_sample, "load", lambda *a, **k: DiffusionRun(tmp_path, loaded))
     n = 2000
     out = tmp_path / "s.npz"
     assert main(["sample", "--run", str(tmp_path), "--num", str(n), "--batch-size", "1000", "--sampler", "dpmpp_2m",
@@ -125,7 +127,11 @@ def test_cli_sample_draws_x_T_of_a_trained_ve_run_from_its_prior(tmp_path, monke
     run = tmp_path / "run"
     assert main(["train", "--data", "toy:moons", "--out", str(run), "--steps", "2", "--config", str(cfg), "--quiet"]) == 0
     seen = []
-    monkeypatch.setattr(difflab.samplers, "sample", lambda model, x_T, **kw: seen.append(x_T) or torch.zeros_like(x_T))
+    def fake(model, x_T, **kw):
+        seen.append(x_T)
+        return (torch.zeros_like(x_T), 0) if kw.get("return_nfe") else torch.zeros_like(x_T)
+
+    monkeypatch.setattr(difflab.samplers, "sample", fake)
     assert main(["sample", "--run", str(run), "--num", "300", "--seed", "5", "--device", "cpu",
                  "--out", str(tmp_path / "s.npz")]) == 0
     sched = load_run(run, device="cpu").model.schedule

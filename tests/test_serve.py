@@ -191,7 +191,7 @@ def test_edit_inpaint_keeps_the_known_pixels(server):
     ({"task": "inpaint", "image": png_url(np.zeros((8, 8), np.uint8))}, "mask: expected an image"),
     ({"task": "inpaint", "image": png_url(np.zeros((8, 8), np.uint8)), "mask": png_url(np.full((8, 8), 255, np.uint8))},
      "nothing to fill"),
-    ({"task": "sdedit", "image": png_url(np.zeros((8, 8), np.uint8)), "strength": 2}, "strength must be")])
+    ({"task": "sdedit", "image": png_url(np.zeros((8, 8), np.uint8)), "strength": 2}, "strength must lie in [0, 1]")])
 def test_bad_edit_requests_get_400_and_a_message(server, body, needle):
     srv = server()
     status, r = call(srv, "/api/edit", body)

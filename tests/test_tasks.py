@@ -382,7 +382,7 @@ def test_superres_conditioning_and_cli(tmp_path, capsys):
     assert "big.png is 8x8 but the run" in capsys.readouterr().err
     assert edit("inpaint", "--run", run_dir, "--input", tmp_path / "big.png", "--mask", tmp_path / "big.png",
                 "--out", tmp_path / "o.png") == 2
-    assert "is conditional (superres)" in capsys.readouterr().err
+    assert "(superres conditioning) does not support edit inpaint; it supports superres" in capsys.readouterr().err
 
 
 def test_superres_refused_for_a_scale_that_does_not_divide(tmp_path, capsys):
@@ -534,7 +534,7 @@ def test_noise_conditioning_augmentation(tmp_path, capsys):
     assert np.asarray(Image.open(tmp_path / "big.png")).shape == (8, 8)
     assert edit("superres", "--run", tmp_path / "sr", "--input", tmp_path / "small.png", "--aug-level", 2,
                 "--out", tmp_path / "big.png", "--overwrite") == 2
-    assert "augmentation level must lie in [0, 1]" in capsys.readouterr().err
+    assert "--aug-level must lie in [0, 1]" in capsys.readouterr().err
     assert main(["train", "--data", "digits", "--noise-aug", "--out", str(tmp_path / "x"), "--steps", "1",
                  "--quiet"]) == 2
     assert "noise_aug needs task='superres'" in capsys.readouterr().err

@@ -46,10 +46,13 @@ def test_run_grid_reads_checks_and_merges(tmp_path):
 def test_sample_batches_equals_sample_on_one_batch_with_the_grid(toy_run):
     model, sig = _store_three_levels(toy_run)
     x, calls = sample_batches(model, (2,), 8, "ddim", 6, seed=1, grid=run_grid(toy_run, "ddim", 6, "none"))
-    g = torch.Generator().manual_seed(1)
-    x_T = model.schedule.sample_prior((8, 2), generator=g)
-    want, n = difflab.sample(model, x_T, "ddim", grid=sig, generator=g, return_nfe=True)
+    from difflab.samplers.seeds import PerSample
+
+    g = PerSample(1, range(8))  # a seed per sample: sample i's x_T from its own generator
+    want, n = difflab.sample(model, g.prior(model.schedule, (2,)), "ddim", grid=sig, generator=g, return_nfe=True)
     assert calls == n == 3 and torch.allclose(x, want, atol=1e-6)
+    x3, _ = sample_batches(model, (2,), 8, "ddim", 6, seed=1, batch_size=3, grid=sig)
+    assert torch.allclose(x3, x, atol=1e-6)  # the samples do not depend on the batch size
 
 
 def test_evaluate_and_report_use_the_runs_tuned_grid(toy_run, tmp_path):

@@ -18,6 +18,8 @@ _NAMES = {
     "from_score": (".models.denoiser", "from_score"), "log_likelihood": (".likelihood", "log_likelihood"),
     "sample": (".samplers", "sample"), "ClassifierFreeGuidance": (".guidance", "ClassifierFreeGuidance"),
     "ClassifierGuidance": (".guidance", "ClassifierGuidance"), "ClipGuidance": (".guidance", "ClipGuidance"),
+    "load": (".runs", "load"), "Run": (".runs", "Run"), "runs": (".runs", None),
+    "DenoiserLike": (".models.protocol", "DenoiserLike"),
 }
 
 

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..tasks.registry import MAX_SIDE  # the largest image side edit reads or writes (checked from the header)
 from . import _args
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
-TASKS = ("inpaint", "sdedit", "uncrop", "panorama", "superres", "colorize")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..samplers import names
+    from ..tasks.registry import TASKS
 
     p = sub.add_parser("edit", help="inpaint, SDEdit, uncrop or extend images with a trained run", description=(
         "Image-to-image tasks on a trained run: inpaint (RePaint), sdedit, uncrop, panorama (training-free, on "
@@ -30,14 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "mask conditioning; sdedit and inpaint on a text run take --prompt (with --guidance-scale, --negative-prompt). "
         "--input and --out are PNG/JPEG files, or folders (same file names out). Masks: white = keep, "
         "black = generate."))
-    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-    for task in TASKS:
-        q = tasks.add_parser(task, help={"inpaint": "fill the black part of --mask (RePaint)",
-                                         "sdedit": "noise the input to --strength and denoise it (SDEdit)",
-                                         "uncrop": "extend by --left/--right/--top/--bottom pixels",
-                                         "panorama": "grow a strip --width pixels wide",
-                                         "superres": "upsample with a --task superres run (SR3)",
-                                         "colorize": "colour grayscale images with a --task colorize run"}[task])
+    sub_tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    for task in TASKS.values():
+        q = sub_tasks.add_parser(task.name, help=task.help)
         q.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
         q.add_argument("--input", required=True, type=Path, metavar="IMG_OR_DIR")
         q.add_argument("--out", required=True, type=Path, metavar="OUT")
@@ -48,28 +45,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
         q.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
         q.add_argument("--device", type=_args.device, help="cpu, cuda, ... (default: cuda if available)")
-        if task == "sdedit":
-            q.add_argument("--strength", type=float, default=0.5,
-                           help="t0 as a fraction of the schedule (0 = the input, 1 = ignore it; default 0.5)")
-            q.add_argument("--mask", type=Path, metavar="MASK", help="optional: keep the white part of this mask")
-        elif task not in ("superres", "colorize"):
-            r, j = (10, 5) if task == "inpaint" else (1, 10)
-            q.add_argument("--jump", type=int, default=j, help=f"RePaint jump length j (default {j})")
-            q.add_argument("--resample", type=int, default=r, help=f"RePaint resamples r per block (default {r}" + (
-                "; 1 is plain replacement, faster but biased)" if r > 1 else ": plain replacement)"))
-        if task in ("sdedit", "inpaint"):
+        for o in task.options:  # checked against the registry's bounds in run()
+            q.add_argument(f"--{o.flag}", type=_args.finite_float if o.type is float else o.type, default=None,
+                           help=o.help)
+        if task.mask != "none":
+            q.add_argument("--mask", required=task.mask == "required", type=Path, metavar="MASK",
+                           help="PNG (white = keep, black = generate) or a folder of masks named as the inputs"
+                           + ("" if task.mask == "required" else " (optional)"))
+        if task.prompt:
             _prompt_arguments(q)
-        if task == "inpaint":
-            q.add_argument("--mask", required=True, type=Path, metavar="MASK",
-                           help="PNG (white = keep, black = generate) or a folder of masks named as the inputs")
-        if task == "uncrop":
-            for side in ("left", "right", "top", "bottom"):
-                q.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
-        if task == "superres":
-            q.add_argument("--aug-level", type=_args.finite_float,
-                           help="noise-conditioning augmentation level of a --noise-aug run (default 0.2)")
-        if task == "panorama":
-            q.add_argument("--width", type=int, required=True, help="width of the strip in pixels")
         q.set_defaults(handler=run)
 
 
@@ -132,8 +116,6 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
     return torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
 
 
-#: Largest image side edit reads or writes (images are checked from their header, before decoding).
-MAX_SIDE = 4096
 
 
 def _check_pixels(size: tuple[int, int], name: str) -> None:
@@ -206,88 +188,60 @@ def _mask_for(args: argparse.Namespace, image_file: Path, size: tuple[int, int])
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import tasks
-    from ..models.denoiser import Clamped
-    from ..training import load_run
+    from ..tasks.registry import get
 
+    task = get(args.task)
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    for name in ("jump", "resample"):
-        if getattr(args, name, 1) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.task == "sdedit" and not 0.0 <= args.strength <= 1.0:
-        raise UserError(f"--strength must lie in [0, 1], got {args.strength}")
-    for name, lo in (("left", 0), ("right", 0), ("top", 0), ("bottom", 0), ("width", 1)):
-        if not lo <= getattr(args, name, lo) <= MAX_SIDE:
-            raise UserError(f"--{name} must lie in [{lo}, {MAX_SIDE}] pixels, got {getattr(args, name)}")
+    values = task.values(lambda name: getattr(args, name, None))
     files = _files(args.input)
-    from ..training.cascade import is_cascade
+    from ..runs import CascadeRun, DiffusionRun, load
 
-    if is_cascade(args.run):
-        if args.task != "superres":
-            raise UserError(f"--run {args.run} is a cascade: edit superres runs its SR stages; edit {args.task} "
+    r = load(args.run, ema=not args.no_ema, device=args.device)
+    if isinstance(r, CascadeRun):
+        if task.name != "superres":
+            raise UserError(f"--run {args.run} is a cascade: edit superres runs its SR stages; edit {task.name} "
                             f"needs a single run (e.g. {args.run / 'base'})")
-        return _cascade_superres(args, files, _outputs(args, files))
+        return _cascade_superres(args, files, _outputs(args, files), values["aug_level"])
     outs = _outputs(args, files)
-    from ..training.families import is_family_run
-
-    if is_family_run(args.run):
-        raise UserError(f"--run {args.run}: edit needs a diffusion run (this one is a GAN/VAE-family run)")
-    loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
-    if loaded.latent:
-        raise UserError(f"--run {args.run}: edit works on pixel runs, not on a latent diffusion run")
-    shape = loaded.shape
-    if len(shape) != 3:
-        raise UserError(f"--run {args.run} models points of shape {list(shape)}, not images")
-    kind = loaded.conditioning.kind
-    if args.task in ("superres", "colorize") and kind != args.task:
-        raise UserError(f"--run {args.run} is not a {args.task} run (train it with --task {args.task})")
-    text = kind == "captions" and args.task in ("sdedit", "inpaint")  # a text run: the prompt is the condition
-    if args.task not in ("superres", "colorize") and kind != "none" and not (args.task == "inpaint" and kind == "inpaint") \
-            and not text:
-        raise UserError(f"--run {args.run} is conditional ({kind}); edit {args.task} needs an unconditional run")
-    c, h, w = shape
-    if args.task == "superres":
-        h, w = h // loaded.conditioning.scale, w // loaded.conditioning.scale
-    guided, cond = _text_guided(args, loaded)
-    model = Clamped(guided)
-    device = next(loaded.model.parameters()).device
-    g = torch.Generator().manual_seed(args.seed)
-    common = {"sampler": args.sampler, "steps": args.steps, "generator": g}
-    for f, out in zip(files, outs):
-        x = read_image(f, 1 if args.task == "colorize" else c)
-        if tuple(x.shape[-2:]) != (h, w):
-            raise UserError(f"{f} is {x.shape[-2]}x{x.shape[-1]} but the run {args.run} "
-                            f"{'takes' if args.task == 'superres' else 'makes'} {h}x{w} images "
-                            f"(height x width); resize it first")
-        x = x.to(device)
-        mask = _mask_for(args, f, (h, w))
-        try:
-            if args.task == "inpaint" and kind == "inpaint":  # a mask-conditioned run (Palette)
-                y = tasks.inpaint_conditioned(model, x, mask.to(device), loaded.conditioning, **common)
-            elif args.task == "inpaint":
-                y = tasks.inpaint(model, x, mask.to(device), jump=args.jump, resample=args.resample, cond=cond,
-                                  **common)
-            elif args.task == "sdedit":
-                y = tasks.sdedit(model, x, args.strength, mask=None if mask is None else mask.to(device), cond=cond,
-                                 **common)
-            elif args.task == "uncrop":
-                y = tasks.uncrop(model, x, left=args.left, right=args.right, top=args.top, bottom=args.bottom,
-                                 jump=args.jump, resample=args.resample, **common)
-            elif args.task == "colorize":
-                y = tasks.colorize(model, x, loaded.conditioning, **common)
-            elif args.task == "superres":
-                y = tasks.superres(model, x, loaded.conditioning, level=args.aug_level, **common)
-            else:
-                y = tasks.panorama(model, x, args.width, jump=args.jump, resample=args.resample, **common)
-        except ValueError as e:
-            raise UserError(f"edit {args.task}: {e}") from None
-        write_image(y.cpu(), out)
+    if not isinstance(r, DiffusionRun) or r.domain != "images":
+        raise UserError(f"--run {args.run}: edit works on pixel diffusion runs ({r.describe()})")
+    kind = r.conditioning.kind
+    if not task.supports(kind):
+        raise UserError(f"--run {args.run} ({kind} conditioning) does not support edit {task.name}; it supports "
+                        + (", ".join(r.tasks) or "no editing task") + f" (edit {task.name} runs on "
+                        + ", ".join(f"{k} runs" for k in task.runs_on) + ")")
+    guided, cond = _text_guided(args, r.loaded)
+    _edit_files(args, task, r, r.denoiser(guided), cond, values, files, outs)
     print(f"wrote {len(outs)} image{'s' if len(outs) != 1 else ''} to {args.out}")
     return 0
 
 
-def _cascade_superres(args: argparse.Namespace, files: list[Path], outs: list[Path]) -> int:
+def _edit_files(args: argparse.Namespace, task: Any, r: Any, model: Any, cond: Any, values: dict[str, Any],
+                files: list[Path], outs: list[Path]) -> None:
+    """Run the task on each input file (its size checked against the run's) into its output file."""
+    from ..tasks.registry import Job
+
+    h, w = task.input_size(r.shape, r.conditioning)
+    device, g = r.device, torch.Generator().manual_seed(args.seed)
+    common = {"sampler": args.sampler, "steps": args.steps, "generator": g}
+    for f, out in zip(files, outs):
+        x = read_image(f, 1 if task.gray_input else r.shape[0])
+        if tuple(x.shape[-2:]) != (h, w):
+            raise UserError(f"{f} is {x.shape[-2]}x{x.shape[-1]} but the run {args.run} "
+                            f"{'takes' if (h, w) != tuple(r.shape[-2:]) else 'makes'} {h}x{w} images "
+                            f"(height x width); resize it first")
+        mask = _mask_for(args, f, (h, w))
+        job = Job(model, x.to(device), None if mask is None else mask.to(device), r.conditioning, cond, values,
+                  common)
+        try:
+            y = task.run(job)
+        except ValueError as e:
+            raise UserError(f"edit {task.name}: {e}") from None
+        write_image(y.cpu(), out)
+
+
+def _cascade_superres(args: argparse.Namespace, files: list[Path], outs: list[Path], aug_level: float | None) -> int:
     """``edit superres`` on a cascade folder: inputs of the base's size through every SR stage in turn (each
     ``--noise-aug`` stage at --aug-level if given, else at the cascade's level; the others at 0)."""
     from .. import tasks
@@ -295,9 +249,7 @@ def _cascade_superres(args: argparse.Namespace, files: list[Path], outs: list[Pa
     from ..training.cascade import load_cascade
 
     c = load_cascade(args.run, ema=not args.no_ema, device=args.device)
-    if args.aug_level is not None and not 0.0 <= args.aug_level <= 1.0:
-        raise UserError(f"--aug-level must lie in [0, 1], got {args.aug_level}")
-    levels = [(args.aug_level if args.aug_level is not None else lv) if st.conditioning.augment else 0.0
+    levels = [(aug_level if aug_level is not None else lv) if st.conditioning.augment else 0.0
               for st, lv in zip(c.stages, c.levels)]
     ch, h, w = c.base.shape
     g = torch.Generator().manual_seed(args.seed)

@@ -10,9 +10,7 @@ import numpy as np
 import torch
 
 from ..data import Dataset, load, to_unit
-from ..data.domain import domain_of
 from ..errors import UserError
-from ..training import load_run
 from ..training.checkpoint import write_json
 from . import _args
 
@@ -20,8 +18,7 @@ FEATURE_NETS = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..samplers import names
-    from ..samplers.cld import CLD_SAMPLERS
+    from ..runs import sampler_names
 
     p = sub.add_parser("evaluate", help="measure sample quality (and likelihood)", description=(
         "Score samples against data: for images FD, KID, precision/recall, density/coverage and class statistics in "
@@ -34,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the run's data)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"], help="reference split (default train)")
     p.add_argument("--num", type=int, default=1000, help="samples to draw from the run (default 1000)")
-    p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS))
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=sampler_names(), help="a sampler the run's family accepts (default: the run's)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the run's; 50 for diffusion runs)")
     p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--features", choices=["digits", "mnist", "inception"],
                    help="feature network (default: by image size); inception: FID's Inception-v3 (docs/evaluation.md)")
@@ -44,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref-num", type=int, default=50_000,
                    help="--features inception: reference images, a seeded subset if the split is larger (default 50000)")
     p.add_argument("--nll", action="store_true", help="also report the negative log-likelihood on the test split")
-    p.add_argument("--nll-method", default="elbo", choices=["elbo", "ode"])
+    p.add_argument("--nll-method", choices=["elbo", "ode"],
+                   help="bound or probability-flow ODE (default: the run's first; refused where its family has none)")
     p.add_argument("--nll-num", type=int, default=300, help="test examples for --nll (default 300)")
     p.add_argument("--nll-num-t", type=int, default=100,
                    help="DDPM bound: stratified steps per example, an unbiased estimate (default 100; 0 = all T)")
@@ -111,37 +109,20 @@ def run(args: argparse.Namespace) -> int:
     if args.nll_num_t < 0:
         raise UserError(f"--nll-num-t must be >= 0, got {args.nll_num_t}")
     for name in ("num", "steps", "nll_num", "ref_num"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    from ..training.families import is_family_run
-
-    if args.run is not None and is_family_run(args.run):  # gan / vae / ddgan / lsgm: the family's own sampler
-        from ._families import evaluate_family
-
-        return evaluate_family(args)
-    from ..samplers import SAMPLERS
-
-    if args.run is not None and args.sampler not in SAMPLERS:
-        raise UserError(f"--sampler {args.sampler} samples cld runs only; {args.run} is a diffusion run")
     if args.run is not None:
-        loaded = load_run(args.run, device=args.device)
-        if args.nll and loaded.latent and args.nll_method != "elbo":
-            raise UserError(f"--nll-method {args.nll_method}: a latent run {args.run} has only the bound through its "
-                            "encoder (--nll-method elbo; docs/latent.md)")
-        spec = args.data or loaded.config["data"]
-        ref = load(spec, args.split)
-        domain = domain_of(loaded)
-        model = domain.denoiser(loaded.model)  # images clamped, latents and points never
-        from ..evaluation.report import draw
-        from ..samplers.tuned import run_grid
+        from ..runs import load as load_run
 
-        dev, c = next(loaded.model.parameters()).device, loaded.conditioning
-        grid = run_grid(args.run, args.sampler, args.steps, domain.denoised_mode())
-        x, nfe, secs = draw(model, loaded.shape, args.num, args.sampler, args.steps, args.seed,
-                            cond=lambda n: c.preview(n, dev), grid=grid)  # a conditional run: the classes in turn
-        x = loaded.to_data(x)  # a latent run: the decoded images
-        result.update(source=str(args.run), sampler=args.sampler, steps=args.steps, nfe=nfe, seconds=secs,
-                      tuned_grid=grid is not None)
+        r = load_run(args.run, device=args.device)
+        r.check_sampler(args.sampler, args.steps)
+        if args.nll:
+            r.check_nll(args.nll_method)
+        ref = load(args.data or r.config["data"], args.split)
+        x, secs = r.timed_sample(args.num, args.seed, sampler=args.sampler, steps=args.steps)  # classes in turn
+        result.update(source=str(args.run), family=r.family, sampler=args.sampler or r.default_sampler,
+                      steps=args.steps or r.default_steps, nfe=r.nfe, seconds=secs,
+                      tuned_grid=r.last_tuned)
         out_json = args.json or args.run / "evaluation.json"
     else:
         if args.nll:
@@ -154,32 +135,22 @@ def run(args: argparse.Namespace) -> int:
         out_json = args.json or args.samples.with_suffix(".json")
     result.update(data=ref.spec, split=args.split, metrics=metrics_for(x, ref, args.features, args))
     if args.nll:
-        from ..likelihood import evaluate_nll
-
-        from ..likelihood.variance import LearnedVarianceDenoiser
-        from ..schedules import DiscreteSchedule
-
         held_out = load(ref.spec, "test")
         test = held_out.batch(torch.arange(min(args.nll_num, len(held_out))))
-        options: dict[str, Any] = {}
-        if args.nll_method == "elbo" and isinstance(loaded.model.schedule, DiscreteSchedule):
-            options["num_t"] = args.nll_num_t or None
-            if isinstance(loaded.model, LearnedVarianceDenoiser):
-                options["variance"] = "learned"
-        if loaded.latent:  # the bound on the images through the autoencoder (docs/latent.md)
-            from ..training.latent import latent_nll, open_autoencoder
-
-            ae = open_autoencoder(loaded.config["autoencoder"], args.run, next(loaded.model.parameters()).device)
-            result["nll"] = latent_nll(loaded.model, ae, test, seed=args.seed, num_t=options.get("num_t"))
-        else:
-            result["nll"] = evaluate_nll(loaded.model, test.to(next(loaded.model.parameters()).device),
-                                         method=args.nll_method, seed=args.seed, **options)
-    print(f"{'metric':<18} value")
-    for k, v in result["metrics"].items():
-        print(f"{k:<18} {v:.5g}")
-    if "nll" in result:
-        r = result["nll"]
-        print(f"{'nll (' + r['method'] + ')':<18} {r['nll']:.4f} +- {r['ci95']:.4f} {r['unit']}")
+        result["nll"] = r.nll(test, seed=args.seed, method=args.nll_method, num_t=args.nll_num_t or None)
+    _print(result)
     write_json(Path(out_json), json.loads(json.dumps(result, default=float)))
     print(f"wrote {out_json}")
     return 0
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(f"{'metric':<18} value")
+    for k, v in result["metrics"].items():
+        print(f"{k:<18} {v:.5g}")
+    if "nfe" in result:
+        print(f"{'nfe':<18} {result['nfe']}")
+    if "nll" in result:
+        r = result["nll"]
+        print(f"{'nll (' + r['method'] + ')':<18} {r['nll']:.4f} +- {r['ci95']:.4f} {r['unit']}  "
+              + "  ".join(f"{k} {v:.4f}" for k, v in r.get("terms", {}).items()))

@@ -4,12 +4,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 from ..data import load
 from ..errors import UserError
-from ..training import LoadedRun, load_run
 from ._families import family_row, points_extras
 from ..training.checkpoint import write_json
 from . import _args
@@ -22,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Sample every run with every method, score quality (FD), diversity (recall, coverage) and speed (NFE, "
         "seconds per 1000 samples), and write report.md, report.json and trilemma.png."))
     p.add_argument("--run", "--runs", type=Path, action="extend", nargs="+", required=True, metavar="RUN_DIR",
-                   help="run folders of any family (diffusion, gan, vae, ddgan) on the same data; a diffusion run is "
-                        "sampled with every --methods entry, the others with their own sampler")
+                   help="run folders of any registered family on the same data; a denoiser run is sampled with "
+                        "every --methods entry, the others with their own sampler")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
     p.add_argument("--num", type=int, default=1000, help="samples per method (default 1000)")
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the first run's data)")
@@ -42,19 +40,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..evaluation import evaluate_features, evaluate_points, get_extractor
-    from ..evaluation.report import draw, parse_methods, write_report
+    from ..evaluation.report import parse_methods, write_report
     from ..samplers import names
-    from ..data.domain import domain_of
-    from ..samplers.tuned import run_grid
     from .evaluate import FEATURE_NETS
 
     if args.num < 10:
         raise UserError(f"--num must be at least 10, got {args.num}")
     methods = parse_methods(args.methods, names())
-    from ..training.families import is_family_run, load_generator
+    from ..runs import DiffusionRun, load as load_run
 
-    runs = [load_generator(r, device=args.device) if is_family_run(r) else load_run(r, device=args.device)
-            for r in args.run]
+    runs = [load_run(r, device=args.device) for r in args.run]
     ref = load(args.data or runs[0].config["data"])
     if args.ref_num < 10:
         raise UserError(f"--ref-num must be at least 10, got {args.ref_num}")
@@ -63,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
         ref = Dataset(ref.x[:args.ref_num], None, ref.spec)
     for r, path in zip(runs, args.run):
-        if getattr(r, "data_shape", r.shape) != ref.shape:  # a latent run: the decoded images
-            raise UserError(f"{path} makes samples of shape {r.shape}, but {ref.spec} has {ref.shape}")
+        r.check_can_sample()
+        if r.data_shape != ref.shape:  # a latent run: the decoded images
+            raise UserError(f"{path} makes samples of shape {r.data_shape}, but {ref.spec} has {ref.shape}")
     if ref.kind == "image":
         name = args.features or FEATURE_NETS.get(ref.shape)
         if name is None:
@@ -75,25 +71,15 @@ def run(args: argparse.Namespace) -> int:
     score = lambda x: (evaluate_features(extractor(x), ref_features) if ref.kind == "image"  # noqa: E731
                        else {**evaluate_points(x, ref.x), **points_extras(x, ref.spec)})
     for path, r in zip(args.run, runs):
-        if not isinstance(r, LoadedRun):  # gan / vae / ddgan: one row, the family's own sampler
+        if not isinstance(r, DiffusionRun):  # a family with its own sampler: one row
             rows.append(family_row(path, r, args.num, args.seed, score, len(runs) > 1))
-    jobs = [(path, r, s, k) for path, r in zip(args.run, runs) if isinstance(r, LoadedRun) for s, k in methods]
+    jobs = [(path, r, s, k) for path, r in zip(args.run, runs) if isinstance(r, DiffusionRun) for s, k in methods]
     for path, r, sampler, steps in tqdm(jobs, desc="report", unit="method"):
-        domain = domain_of(r)
-        model = domain.denoiser(r.model)  # images clamped, latents and points never
-        dev = next(r.model.parameters()).device
-        grid = run_grid(path, sampler, steps, domain.denoised_mode())  # a tuned or distilled grid
-        x, nfe, secs = draw(model, r.shape, args.num, sampler, steps, args.seed,  # classes in turn if conditional
-                            cond=lambda n, c=r.conditioning, dev=dev: c.preview(n, dev), grid=grid)
-        if r.latent:  # decoding is part of a latent run's sampling time
-            t0 = time.perf_counter()
-            x = r.to_data(x)
-            secs += time.perf_counter() - t0
-        m = score(x)
+        x, secs = r.timed_sample(args.num, args.seed, sampler=sampler, steps=steps)  # classes in turn if conditional
         label = f"{path.name} {sampler}:{steps}" if len(runs) > 1 else f"{sampler}:{steps}"
-        rows.append({"method": label, "run": str(path), "family": "diffusion", "sampler": sampler, "steps": steps,
-                     "nfe": nfe, "tuned_grid": grid is not None, "sec_per_1000": secs * 1000 / args.num,
-                     "params": sum(p.numel() for p in r.model.parameters()), **m})
+        rows.append({"method": label, "run": str(path), "family": r.family, "sampler": sampler, "steps": steps,
+                     "nfe": r.nfe, "sec_per_1000": secs * 1000 / args.num, "params": r.num_params,
+                     "marker": r.marker, "tuned_grid": r.last_tuned, **score(x)})
     command = "difflab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = write_report(rows, args.out, f"Trilemma on {ref.spec} ({args.num} samples per method)", command)
     write_json(args.out / "report.json", {"data": ref.spec, "rows": rows})

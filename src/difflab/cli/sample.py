@@ -10,9 +10,7 @@ import numpy as np
 import torch
 from ..data import to_uint8, to_unit
 from ..errors import UserError
-from ..interop.diffusers import clipped_as_imported
-from ..models.denoiser import Clamped, Thresholded
-from ..training import load_run
+from ..runs import CascadeRun, DiffusionRun, load
 from ..training.checkpoint import atomic_write
 from ..utils.images import save_image_grid, save_scatter
 from . import guide
@@ -20,17 +18,17 @@ from . import _args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..samplers import names
-    from ..samplers.cld import CLD_SAMPLERS
+    from ..runs import sampler_names
 
     p = sub.add_parser("sample", help="sample from a trained run", description=(
-        "Sample from a run folder. FILE.png gets a grid (images) or a scatter plot (2-D data); FILE.npz gets "
-        "'images' (uint8 N x H x W x C) or 'samples' (float32 N x D)."))
+        "Sample from a run folder of any family. FILE.png gets a grid (images) or a scatter plot (2-D data); "
+        "FILE.npz gets 'images' (uint8 N x H x W x C) or 'samples' (float32 N x D)."))
     p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
     p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--sampler", default="ddim", choices=names() + list(CLD_SAMPLERS),
-                   help="sampler (default ddim; a cld run: em | sscs | ode, default its recipe's)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--sampler", choices=sampler_names(),
+                   help="sampler, one the run's family accepts (default: the run's; ddim for diffusion runs, the "
+                        "recipe's for a family with several, none to choose for a family with its own sampler)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the run's; 50 for diffusion runs)")
     p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
     p.add_argument("--label", type=int, help="class to generate (class-conditional runs)")
@@ -56,79 +54,79 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..samplers import sample
-
     if args.nproc is not None:
         return _launch(args.nproc)
     suffix = args.out.suffix.lower()
     if suffix not in (".png", ".npz", ""):
         raise UserError(f"--out {args.out}: the file must end in .png or .npz (or be a folder, without a suffix)")
     for name in ("num", "steps", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {args.out.parent} does not exist")
     if args.out.suffix:  # a shard folder is resumed instead (docs/evaluation.md)
         _args.refuse_existing(args.out, args.overwrite)
     from ..training import distributed
-    from ..training.cascade import is_cascade
-    from ..training.families import is_family_run
 
-    if (is_cascade(args.run) or is_family_run(args.run)) and (not suffix or distributed.launched()):
+    r = load(args.run, ema=not args.no_ema, device=distributed.init(args.device).device)
+    r.check_sampler(args.sampler, args.steps)
+    if not isinstance(r, DiffusionRun) and (not suffix or distributed.launched()):
         raise UserError(f"{args.run}: shard folders and several processes are for diffusion runs; sample it into "
                         "one .png or .npz in one process")
-    if is_cascade(args.run):  # a cascade folder: the base run, then its super-resolution stages
+    if isinstance(r, CascadeRun):  # the base run, then its super-resolution stages
         from .cascade import sample_cascade
 
+        args.sampler, args.steps = args.sampler or r.default_sampler, args.steps or r.default_steps
         return sample_cascade(args)
-    if is_family_run(args.run):  # gan / vae / ddgan: the family's own sampler
-        from ._families import sample_family
+    if isinstance(r, DiffusionRun):
+        return sample_diffusion(args, r)
+    refuse_denoiser_options(args, r.describe())  # a family with its own sampler: no denoiser to guide or clamp
+    r.check_label(args.label)
+    x = r.sample(args.num, args.seed, cond=args.label, sampler=args.sampler, steps=args.steps,
+                 batch_size=args.batch_size)
+    write_samples(x, args.out, r.domain != "points")
+    print(f"wrote {args.num} samples of the {r.label} run ({r.nfe} network call(s) each) to {args.out}")
+    return 0
 
-        return sample_family(args)
-    from ..samplers import SAMPLERS
 
-    if args.sampler not in SAMPLERS:
-        raise UserError(f"--sampler {args.sampler} samples cld runs only; {args.run} is a diffusion run")
-    loaded = load_run(args.run, ema=not args.no_ema, device=distributed.init(args.device).device)
-    model, shape = loaded.model, loaded.shape
-    image = len(shape) == 3
-    num_classes = int(model.net.config.num_classes) if hasattr(model.net, "config") else 0
-    if args.label is not None and args.classifier is None and not 0 <= args.label < max(num_classes, 1):
-        raise UserError(f"--label {args.label}: the run in {args.run} "
-                        + (f"has classes 0..{num_classes - 1}" if num_classes else "is not class-conditional"))
-    model, make_cond = guide.guided(args, loaded)
+def refuse_denoiser_options(args: argparse.Namespace, what: str) -> None:
+    """Guidance and thresholding wrap a denoiser: a one-line error for runs that have none."""
+    given = [opt for opt, v in (("--threshold", args.threshold), ("--prompt", args.prompt),
+                                ("--guidance-scale", args.guidance_scale or None), ("--classifier", args.classifier),
+                                ("--clip", args.clip)) if v is not None]
+    if given:
+        raise UserError(f"{given[0]}: {what}, which has no denoiser to guide or threshold")
+
+
+def sample_diffusion(args: argparse.Namespace, r: DiffusionRun) -> int:
+    """A denoiser run: guidance (--label, --prompt, --classifier, --clip), the run's stored grid, clamping or
+    thresholding, a seed per sample over this command's processes."""
+    from ..samplers import sample
+
+    if args.classifier is None:
+        r.check_label(args.label)
+    if r.domain == "latents" and args.threshold is not None:
+        raise UserError(f"--threshold: {args.run} is a latent diffusion run; its latents are never thresholded "
+                        "(the decoded image is clamped)")
+    model, make_cond = guide.guided(args, r.loaded)
     if args.negative_prompt is not None:
         from ..training.conditioning import with_negative_prompt
 
-        make_cond = with_negative_prompt(model, loaded.conditioning, args.negative_prompt, make_cond)
-    device = next(model.parameters()).device
-    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
-        raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")
-    pixels = image and not loaded.latent  # a latent run clamps the decoded image, never the latents
-    if loaded.latent and args.threshold is not None:
-        raise UserError(f"--threshold: {args.run} is a latent diffusion run; its latents are never thresholded "
-                        "(the decoded image is clamped)")
-    imported = loaded.config.get("imported") if pixels and args.threshold is None and not args.no_clip else None
-    if isinstance(imported, dict):  # the x0 clipping of the diffusers pipeline the run came from (docs/interop.md)
-        model = clipped_as_imported(model, imported)
-    elif pixels and args.threshold is not None:
-        model = Thresholded(model, args.threshold)
-    elif pixels and not args.no_clip:
-        model = Clamped(model)
-    from .tune_steps import GRIDS_FILE, denoised_mode, tuned_sigmas
-
-    tuned = None if args.no_tuned_grid else tuned_sigmas(args.run, args.sampler, args.steps,
-                                                         denoised_mode(pixels, args.no_clip, args.threshold))
+        make_cond = with_negative_prompt(model, r.conditioning, args.negative_prompt, make_cond)
+    sampler, steps = args.sampler or r.default_sampler, args.steps or r.default_steps
+    tuned = None if args.no_tuned_grid else r.grid(sampler, steps, not args.no_clip, args.threshold)
     if tuned is not None:
-        print(f"using the tuned {args.sampler} grid for {args.steps} calls from {args.run / GRIDS_FILE}")
-    from ..evaluation.generate import PerSample
+        from ..samplers.tuned import GRIDS_FILE
 
-    def draw(idx: torch.Tensor, rng: PerSample) -> torch.Tensor:
-        x = sample(model, rng.prior(model.schedule, shape, device), sampler=args.sampler, steps=args.steps,
-                   grid=tuned, cond=make_cond(len(idx), device), generator=rng)
-        return loaded.to_data(x).cpu()
+        print(f"using the tuned {sampler} grid for {steps} calls from {args.run / GRIDS_FILE}")
+    model, shape, device = r.denoiser(model, not args.no_clip, args.threshold), r.shape, r.device
 
-    return sharded(args, draw, image)
+    def draw(idx: torch.Tensor, rng: Any) -> torch.Tensor:
+        x = sample(model, rng.prior(model.schedule, shape, device), sampler=sampler, steps=steps, grid=tuned,
+                   cond=make_cond(len(idx), device), generator=rng)
+        return r.loaded.to_data(x).cpu()
+
+    return sharded(args, draw, r.domain != "points")
 
 
 def _launch(nproc: int) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="digits | toy:NAME (swiss_roll, moons, 8gaussians, 25gaussians, checkerboard, pinwheel, rings) | "
                         "mnist:DIR | path to a folder of PNG/JPEG images (with --resume: the run's own data by default)")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder to create (or resume)")
-    p.add_argument("--family", choices=["diffusion", "gan", "vae", "ddgan", "lsgm", "cld"], default="diffusion",
-                   help="model family (default diffusion; see docs/families.md)")
+    from ..training.families import DEFAULT_FAMILY, FAMILIES
+
+    p.add_argument("--family", choices=list(FAMILIES), default=DEFAULT_FAMILY,
+                   help=f"model family (default {DEFAULT_FAMILY}; see docs/families.md)")
     p.add_argument("--timesteps", type=int, metavar="T", help="--family ddgan: denoising steps (default 4)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="total optimisation steps")
@@ -101,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--image-size must be at least 4, got {args.image_size}")
     if args.data is None:
         _data_of_run(args)
-    if args.family != "diffusion":
+    from ..training.families import DEFAULT_FAMILY
+
+    if args.family != DEFAULT_FAMILY:
         return run_family(args)
     overrides = _engine_overrides(args) | {
         "conditional": True if args.text_encoder else args.conditional, "sample_every": args.sample_every, "text_encoder": args.text_encoder,
@@ -139,9 +144,10 @@ def run_family(args: argparse.Namespace) -> int:
         raise UserError(f"--autoencoder is an option of diffusion runs, not --family {args.family}")
     if args.text_encoder is not None or args.sample_every is not None:
         raise UserError(f"--text-encoder and --sample-every are options of diffusion runs, not --family {args.family}")
-    if args.timesteps is not None and args.family != "ddgan":
-        raise UserError(f"--timesteps is an option of --family ddgan, not {args.family}")
-    if args.family in ("vae", "lsgm", "cld") and args.conditional:
+    fields = {f.name for f in dataclasses.fields(cls.recipe)}  # what the family's recipe can be told
+    if args.timesteps is not None and "timesteps" not in fields:
+        raise UserError(f"--timesteps is an option of families with denoising steps (ddgan), not {args.family}")
+    if "conditional" not in fields and args.conditional:
         raise UserError(f"--conditional: the {args.family} family is unconditional")
     overrides = _engine_overrides(args) | {"conditional": args.conditional, "timesteps": args.timesteps}
     overrides = {k: v for k, v in overrides.items() if v is not None}

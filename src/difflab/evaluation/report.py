@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..models.protocol import DenoiserLike
 
 
 def parse_methods(spec: str, samplers: Sequence[str]) -> list[tuple[str, int]]:
@@ -27,7 +28,7 @@ def parse_methods(spec: str, samplers: Sequence[str]) -> list[tuple[str, int]]:
     return out
 
 
-def draw(model: Callable[..., Tensor], shape: Sequence[int], num: int, sampler: str, steps: int, seed: int = 0,
+def draw(model: DenoiserLike, shape: Sequence[int], num: int, sampler: str, steps: int, seed: int = 0,
          batch_size: int = 500, cond: Callable[[int], Any] | None = None,
          grid: Tensor | None = None) -> tuple[Tensor, int, float]:
     """num samples with a sampler from the schedule's prior x_T (``sample_prior``): (samples on CPU, model calls per
@@ -49,7 +50,7 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["method", "nfe", "sec_per_1000", "fd", "kid", "precision", "recall", "coverage"]
-    if any(r.get("family", "diffusion") != "diffusion" for r in rows):  # several families: their columns too
+    if len({r.get("family") for r in rows}) > 1 or any(r.get("own_sampler") for r in rows):  # their columns too
         cols = ["method", "family", "nfe", "sec_per_1000", "params", "fd", "kid", "precision", "recall", "density",
                 "coverage", "modes", "high_quality", "nll"]
         cols = [c for c in cols if any(c in r for r in rows)]
@@ -63,12 +64,12 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
     (out_dir / "report.md").write_text("\n".join(lines))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
     for ax, key, xl in [(axes[0], "nfe", "model calls per sample (NFE)"), (axes[1], "sec_per_1000", "seconds per 1000 samples")]:
-        for fam in dict.fromkeys(r.get("family", "diffusion") for r in rows):  # one marker per family
-            sub = [r for r in rows if r.get("family", "diffusion") == fam]
+        for fam in dict.fromkeys(r.get("family") for r in rows):  # one marker per family (its registry entry's)
+            sub = [r for r in rows if r.get("family") == fam]
             sc = ax.scatter([r[key] for r in sub], [r["fd"] for r in sub], c=[r.get("recall", math.nan) for r in sub],
-                            cmap="viridis", s=60, vmin=0, vmax=1, edgecolors="k", marker=_MARKERS.get(fam, "o"),
+                            cmap="viridis", s=60, vmin=0, vmax=1, edgecolors="k", marker=sub[0].get("marker", "o"),
                             label=fam)
-        if len({r.get("family", "diffusion") for r in rows}) > 1:
+        if len({r.get("family") for r in rows}) > 1:
             ax.legend(fontsize=7)
         for r in rows:
             ax.annotate(r["method"], (r[key], r["fd"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
@@ -83,9 +84,6 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
     fig.savefig(out_dir / "trilemma.png", bbox_inches="tight")
     plt.close(fig)
     return out_dir / "report.md"
-
-
-_MARKERS = {"diffusion": "o", "gan": "s", "ddgan": "D", "vae": "^", "lsgm": "v", "cld": "P"}  # others: "o"
 
 
 def _fmt(v: Any) -> str:

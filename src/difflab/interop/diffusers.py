@@ -79,17 +79,36 @@ def table_time_scale(table: Tensor) -> float | None:
     return None
 
 
+def _attention(cfg: Mapping[str, Any], widths: list[int], down: list[str]) -> tuple[tuple[int, ...], int | None]:
+    """(attention levels, the one head count of every attention width incl. the middle block's, or None)."""
+    levels = tuple(i for i, t in enumerate(down) if t.startswith("Attn"))
+    head_dim = cfg.get("attention_head_dim", 8)
+    att_widths = [widths[i] for i in levels if i < len(widths)] + widths[-1:]
+    heads = {w // (head_dim or w) for w in att_widths}
+    ok = len(heads) == 1 and all(w % (head_dim or w) == 0 for w in att_widths)
+    return levels, heads.pop() if ok else None
+
+
+def _time_features(cfg: Mapping[str, Any], width: int, learned: bool) -> TimeFeatures:
+    """difflab's time features equal to a UNet2DModel's time projection (``learned``: a table difflab wrote)."""
+    flip, shift = bool(cfg.get("flip_sin_to_cos", True)), float(cfg.get("freq_shift", 0))
+    if learned:  # the table is difflab's [cos, sin] features of time_scale t
+        return TimeFeatures("sinusoidal", swap=False, freqs=None)
+    if shift == 0:  # difflab's sinusoidal features are diffusers' with freq_shift 0 in the order [cos, sin]
+        return TimeFeatures("sinusoidal", swap=not flip, freqs=None)
+    # difflab's Fourier features [sin(2 pi f t / 1000), cos(...)]: f = w 1000 / (2 pi) gives sin(w t)
+    w = diffusers_frequencies(width, shift).to(torch.float64)
+    return TimeFeatures("fourier", swap=flip, freqs=(w * (TIME_RANGE / (2.0 * math.pi))).to(torch.float32))
+
+
 def unet_config_from_diffusers(cfg: Mapping[str, Any], sd: Mapping[str, Tensor] | None = None
                                ) -> tuple[UNetConfig, TimeFeatures]:
     """difflab UNetConfig equal to a UNet2DModel config (``sd``: its weights, to recognise a learned time table
     that difflab wrote); UserError naming every setting that does not map."""
     bad: list[str] = []
-    time_scale = 1.0
-    learned = cfg.get("time_embedding_type") == "learned"
-    if learned:
-        found = table_time_scale(sd["time_proj.weight"]) if sd is not None and "time_proj.weight" in sd else None
-        learned = found is not None
-        time_scale = found if found is not None else 1.0
+    found = (table_time_scale(sd["time_proj.weight"]) if cfg.get("time_embedding_type") == "learned" and sd is not None
+             and "time_proj.weight" in sd else None)
+    learned, time_scale = found is not None, found if found is not None else 1.0
 
     def want(key: str, ok: bool, note: str = "") -> None:
         if not ok:
@@ -122,27 +141,17 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any], sd: Mapping[str, Tensor] 
          "with scale_shift and no attn_norm_num_groups diffusers' middle attention has no GroupNorm; difflab's has")
     want("resnet_time_scale_shift", cfg.get("resnet_time_scale_shift", "default") in ("default", "scale_shift"))
     want("class_embed_type", cfg.get("class_embed_type") is None, "only a label table (num_class_embeds) maps")
-    attention_levels = tuple(i for i, t in enumerate(down) if t.startswith("Attn"))
-    head_dim = cfg.get("attention_head_dim", 8)
-    att_widths = [widths[i] for i in attention_levels] + widths[-1:]
-    heads = {w // (head_dim or w) for w in att_widths}
-    want("attention_head_dim", len(heads) == 1 and all(w % (head_dim or w) == 0 for w in att_widths),
+    attention_levels, heads = _attention(cfg, widths, down)
+    want("attention_head_dim", heads is not None,
          "difflab uses one head count at every attention level, so every attention width / head width must agree")
     if bad:
         raise UserError("this UNet2DModel does not map onto difflab's U-Net: " + "; ".join(bad))
 
-    flip, shift = bool(cfg.get("flip_sin_to_cos", True)), float(cfg.get("freq_shift", 0))
-    if learned:  # the table is difflab's [cos, sin] features of time_scale t
-        time = TimeFeatures("sinusoidal", swap=False, freqs=None)
-    elif shift == 0:  # difflab's sinusoidal features are diffusers' with freq_shift 0 in the order [cos, sin]
-        time = TimeFeatures("sinusoidal", swap=not flip, freqs=None)
-    else:  # difflab's Fourier features [sin(2 pi f t / 1000), cos(...)]: f = w 1000 / (2 pi) gives sin(w t)
-        w = diffusers_frequencies(widths[0], shift).to(torch.float64)
-        time = TimeFeatures("fourier", swap=flip, freqs=(w * (TIME_RANGE / (2.0 * math.pi))).to(torch.float32))
+    time = _time_features(cfg, widths[0], learned)
     try:
         dl = UNetConfig(in_channels=int(cfg["in_channels"]), out_channels=int(cfg["out_channels"]), channels=widths[0],
                         channel_mult=tuple(w // widths[0] for w in widths), num_res_blocks=int(cfg["layers_per_block"]),
-                        attention_levels=attention_levels, num_heads=heads.pop(),
+                        attention_levels=attention_levels, num_heads=heads,
                         dropout=float(cfg.get("dropout", 0.0)), groups=int(cfg.get("norm_num_groups", 32)),
                         time_embedding=time.kind, time_injection=("adagn" if cfg.get("resnet_time_scale_shift") ==
                                                                   "scale_shift" else "add"),

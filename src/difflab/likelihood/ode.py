@@ -37,6 +37,32 @@ def _divergence(f: Tensor, y: Tensor, trace: Trace, v: Tensor | None) -> Tensor:
     return div
 
 
+def _dequantize(sched: Any, x: Tensor, bins: int | None, dequantization: str,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """(the ODE's starting point, log-volume correction [B]) of 8-bit data x: uniform noise in the bin, or
+    z ~ q(z_{t_min} | x) with the discretised decoder (see :func:`ode_log_likelihood`); (x, 0) without ``bins``."""
+    B, d = x.shape[0], x[0].numel()
+    correction = torch.zeros(B, dtype=x.dtype, device=x.device)
+    if bins and dequantization == "uniform":
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        return x + (2.0 * u - 1.0) / (bins - 1), correction + d * math.log(2.0 / (bins - 1))
+    if bins and dequantization == "gaussian":
+        from .bound import reconstruction_nll
+        from .gaussian import gaussian_log_likelihood, sum_except_batch
+
+        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        with torch.no_grad():
+            t0 = as_tensor(float(sched.t_min), like=x).expand(B)
+            a0, s0 = (append_dims(z.to(x), x.ndim) for z in sched.alpha_sigma(t0))
+            z = a0 * x + s0 * eps
+            correction = (-reconstruction_nll(sched, x, eps, bins)
+                          - sum_except_batch(gaussian_log_likelihood(z, a0 * x, torch.log(s0).expand_as(x))))
+        return z, correction
+    if bins:
+        raise ValueError(f"dequantization must be 'uniform' or 'gaussian', got {dequantization!r}")
+    return x, correction
+
+
 def ode_log_likelihood(model: Denoiser, x: Tensor, cond: Any = None, *, trace: Trace = "hutchinson",
                        probes: Probes = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
                        method: str = "dopri5", generator: torch.Generator | None = None, bins: int | None = None,
@@ -61,31 +87,11 @@ def ode_log_likelihood(model: Denoiser, x: Tensor, cond: Any = None, *, trace: T
     if probes not in ("rademacher", "gaussian"):
         raise ValueError(f"probes must be 'rademacher' or 'gaussian', got {probes!r}")
     B, d = x.shape[0], x[0].numel()
-    x = x.detach()
-    correction = torch.zeros(B, dtype=x.dtype, device=x.device)
-    if bins and dequantization == "uniform":
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        x = x + (2.0 * u - 1.0) / (bins - 1)
-        correction = correction + d * math.log(2.0 / (bins - 1))
-    elif bins and dequantization == "gaussian":
-        from .bound import reconstruction_nll
-        from .gaussian import gaussian_log_likelihood, sum_except_batch
-
-        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        with torch.no_grad():
-            t0 = as_tensor(float(sched.t_min), like=x).expand(B)
-            a0, s0 = (append_dims(z.to(x), x.ndim) for z in sched.alpha_sigma(t0))
-            z = a0 * x + s0 * eps
-            correction = (-reconstruction_nll(sched, x, eps, bins)
-                          - sum_except_batch(gaussian_log_likelihood(z, a0 * x, torch.log(s0).expand_as(x))))
-        x = z
-    elif bins:
-        raise ValueError(f"dequantization must be 'uniform' or 'gaussian', got {dequantization!r}")
+    x, correction = _dequantize(sched, x.detach(), bins, dequantization, generator)
     v = None
-    if trace == "hutchinson":
+    if trace == "hutchinson":  # one probe along the whole solve
         v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        if probes == "rademacher":
-            v = torch.sign(v)
+        v = torch.sign(v) if probes == "rademacher" else v
     t_lo, t_hi = (as_tensor(float(t), like=x) for t in (sched.t_min, sched.t_max))
     with torch.no_grad():
         lam_lo, lam_hi = float(sched.log_snr(t_lo)), float(sched.log_snr(t_hi))
@@ -107,18 +113,15 @@ def ode_log_likelihood(model: Denoiser, x: Tensor, cond: Any = None, *, trace: T
         return f.detach(), div.detach()
 
     with torch.no_grad():
-        y0 = x / a_lo
-        ys, divs = odeint(rhs, (y0, torch.zeros(B, dtype=x.dtype, device=x.device)), s_span, rtol=rtol, atol=atol,
-                          method=method, options=options)
+        ys, divs = odeint(rhs, (x / a_lo, torch.zeros(B, dtype=x.dtype, device=x.device)), s_span, rtol=rtol,
+                          atol=atol, method=method, options=options)
     x_T = a_hi * ys[-1]
-    t_hi_b = t_hi.expand(B)
-    var = sched.prior_std**2  # the prior of Schedule.sample_prior
+    var = sched.prior_std**2  # the prior of Schedule.sample_prior: N(0, var I)
     log_prior = -0.5 * (x_T**2).flatten(1).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
     delta = divs[-1] + d * (math.log(a_hi) - math.log(a_lo)) + correction
     ll = log_prior + delta
     if return_details:
-        return {"log_likelihood": ll, "log_prior": log_prior, "delta": delta, "x_T": x_T, "nfe": nfe,
-                "t_max": t_hi_b}
+        return {"log_likelihood": ll, "log_prior": log_prior, "delta": delta, "x_T": x_T, "nfe": nfe, "t_max": t_hi.expand(B)}
     return ll
 
 

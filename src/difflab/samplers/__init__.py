@@ -225,14 +225,16 @@ def sample_batches(model: Any, shape: tuple[int, ...] | list[int], num: int, sam
                    **options: Any) -> tuple[Tensor, int]:
     """num samples of one example ``shape`` in batches: (samples on the CPU, most model calls of one batch).
 
-    One generator seeded with ``seed`` draws every batch's x_T (``schedule.sample_prior``) and sampler noise, so
-    the result depends on ``batch_size`` only through how the noise is split; ``cond(n, device)`` gives a batch's
+    Sample i's x_T (``schedule.sample_prior``) and sampler noise come from its own generator seeded by (seed, i)
+    (:class:`seeds.PerSample`), so the samples do not depend on ``batch_size`` (up to the rounding of other batch
+    shapes) and equal those of ``difflab sample`` with any number of processes; ``cond(n, device)`` gives a batch's
     condition; ``grid`` is as in :func:`sample` (e.g. the run's stored grid from :func:`tuned.run_grid`).
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be >= 1, got {num} and {batch_size}")
+    from .seeds import PerSample
+
     device = _device_of(model)
-    g = torch.Generator().manual_seed(seed)
     starts = range(0, num, batch_size)
     if progress and num > batch_size:
         from tqdm.auto import tqdm
@@ -241,7 +243,8 @@ def sample_batches(model: Any, shape: tuple[int, ...] | list[int], num: int, sam
     chunks, calls = [], 0
     for start in starts:
         n = min(batch_size, num - start)
-        x_T = model.schedule.sample_prior((n, *shape), generator=g, device=device)
+        g = PerSample(seed, range(start, start + n))
+        x_T = g.prior(model.schedule, shape, device)
         c = cond(n, device) if cond is not None else None
         x, k = sample(model, x_T, sampler=sampler, steps=steps, grid=grid, cond=c, generator=g, return_nfe=True,
                       **options)

@@ -88,7 +88,7 @@ def steps(n: int, progress: bool, desc: str = "sampling") -> Iterable[int]:
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like x, drawn from ``generator`` (on x's device); a generator per sample
-    (``evaluation.generate.PerSample``) draws each row from its own."""
+    (``samplers.seeds.PerSample``) draws each row from its own."""
     if hasattr(generator, "randn"):
         return generator.randn(x.shape, x.dtype, x.device)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

@@ -1,7 +1,6 @@
 """Sampling and editing jobs of ``difflab serve``: validated requests run on a small worker pool, with step previews."""
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import itertools
@@ -20,6 +19,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..models.protocol import DenoiserLike
+from ..tasks.registry import TASKS
 
 #: Request limits (a page on localhost, a CPU): beyond these a request is refused with HTTP 400.
 MAX_STEPS = 1000
@@ -27,8 +28,8 @@ MAX_NUM = 64
 MAX_SEED = 2**63 - 1
 MAX_GUIDANCE = 100.0
 MAX_PROMPT = 200
+EDIT_TASKS = tuple(t for t in TASKS if TASKS[t].page)  # the page's editing tasks
 MAX_PREVIEWS = 100  # x0 previews kept per job (evenly spaced when a job has more steps)
-EDIT_TASKS = ("inpaint", "sdedit", "superres", "colorize")
 
 
 class Busy(Exception):
@@ -132,6 +133,19 @@ def _float(req: Mapping[str, Any], key: str, default: float, lo: float, hi: floa
     return f
 
 
+def _number(req: Mapping[str, Any], key: str) -> Any:
+    """``req[key]`` for a task option (tasks/registry.py checks it): a decimal string read as a number, None if absent."""
+    v = req.get(key)
+    if isinstance(v, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,30}\s*", v):
+        return int(v)
+    if isinstance(v, str) and len(v) <= 60:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 @dataclass
 class Job:
     """One request's state, read by the polling endpoint."""
@@ -173,7 +187,7 @@ class Job:
 class _Watched(torch.nn.Module):
     """A denoiser that reports each call's x0 estimate to a job (edits: the tasks run the sampler themselves)."""
 
-    def __init__(self, model: Any, job: Job):
+    def __init__(self, model: DenoiserLike, job: Job):
         super().__init__()
         self.model, self.job, self.schedule, self.calls = model, job, model.schedule, 0
 
@@ -188,14 +202,14 @@ class Service:
     """A loaded run, its request validation and a bounded pool of sampling workers (shared by the HTTP threads)."""
 
     def __init__(self, run: str | Path, workers: int = 2, max_queued: int = 8, device: str | None = "cpu"):
-        from ..training import load_run
-        from ..training.families import is_family_run
+        from ..runs import DiffusionRun, load
 
         run = Path(run)
-        if is_family_run(run):
-            raise UserError(f"--run {run}: serve needs a diffusion run (this one is a GAN/VAE-family run)")
-        self.run = run
-        self.loaded = load_run(run, device=device)
+        opened = load(run, device=device)
+        if not isinstance(opened, DiffusionRun):  # the page guides, edits and watches a denoiser
+            raise UserError(f"--run {run}: serve needs a diffusion run ({opened.describe()})")
+        self.run, self.opened = run, opened
+        self.loaded = opened.loaded
         if len(self.loaded.shape) != 3:
             raise UserError(f"--run {run} models points of shape {list(self.loaded.shape)}; serve shows images")
         if workers < 1 or max_queued < 1:
@@ -213,13 +227,12 @@ class Service:
 
         c, h, w = self.loaded.shape
         kind = self.conditioning.kind
-        tasks = [t for t in EDIT_TASKS if (t in ("superres", "colorize") and kind == t)
-                 or (t in ("inpaint", "sdedit") and kind == "none") or (t == "inpaint" and kind == "inpaint")]
+        tasks = [t for t in self.opened.tasks if t in TASKS and TASKS[t].page]
         scale = int(getattr(self.conditioning, "scale", 1))
         return {"run": str(self.run), "shape": [c, h, w], "conditioning": kind,
                 "num_classes": int(getattr(self.loaded.model.net.config, "num_classes", 0)),
                 "class_names": self.loaded.config.get("class_names"), "samplers": names(), "default_sampler": "ddim",
-                "tasks": tasks, "generate": kind in ("none", "labels", "captions"),
+                "tasks": tasks, "generate": "generate" in self.opened.tasks,
                 "input_size": [h // scale, w // scale] if kind == "superres" else [h, w],
                 "limits": {"steps": MAX_STEPS, "num": MAX_NUM, "guidance_scale": MAX_GUIDANCE}}
 
@@ -233,8 +246,7 @@ class Service:
         return sampler, _int(req, "steps", 50, 1, MAX_STEPS), _int(req, "seed", 0, 0, MAX_SEED)
 
     def _guided(self, req: Mapping[str, Any]) -> tuple[Any, Callable[[int, torch.device], Any]]:
-        from ..cli import guide
-        from ..models.denoiser import Clamped
+        from ..guidance.spec import GuidanceSpec, wrap
 
         label = req.get("label")
         label = None if label in (None, "") else _int(req, "label", 0, 0, 10**6)
@@ -246,11 +258,10 @@ class Service:
             raise UserError(f"label {label}: this run has classes 0..{num_classes - 1}")
         if label is not None and self.conditioning.kind != "labels":
             raise UserError("label: this run is not class-conditional")
-        args = argparse.Namespace(label=label, prompt=prompt, run=self.run,
-                                  guidance_scale=_float(req, "guidance_scale", 0.0, 0.0, MAX_GUIDANCE),
-                                  classifier=None, classifier_scale=1.0, clip=None, clip_scale=30.0)
-        model, make_cond = guide.guided(args, self.loaded)
-        return Clamped(model), make_cond
+        spec = GuidanceSpec(label=label, prompt=prompt,
+                            guidance_scale=_float(req, "guidance_scale", 0.0, 0.0, MAX_GUIDANCE))
+        model, make_cond = wrap(spec, self.loaded, where=self.run)
+        return self.opened.denoiser(model), make_cond
 
     # ---- jobs ----------------------------------------------------------------------------------------------
     def _submit(self, kind: str, total: int, work: Callable[[Job], Tensor]) -> Job:
@@ -311,47 +322,37 @@ class Service:
         return self._submit("generate", n_levels(sampler, steps), work)
 
     def edit(self, req: Mapping[str, Any]) -> Job:
-        """Validate an editing request (inpaint, sdedit, superres, colorize) and queue it."""
-        from .. import tasks
-        from ..models.denoiser import Clamped
+        """Validate an editing request (the registry's page tasks: inpaint, sdedit, superres, colorize) and queue it."""
+        from ..tasks.registry import Job as TaskJob
 
-        task = req.get("task")
-        info = self.info()
-        if task not in EDIT_TASKS:
-            raise UserError(f"unknown task {_shown(task)}; choose one of {', '.join(EDIT_TASKS)}")
-        if task not in info["tasks"]:
-            raise UserError(f"task {task}: this run ({self.conditioning.kind} conditioning) supports "
+        name, info = req.get("task"), self.info()
+        page = [t for t in TASKS if TASKS[t].page]
+        if not isinstance(name, str) or name not in page:
+            raise UserError(f"unknown task {_shown(name)}; choose one of {', '.join(page)}")
+        if name not in info["tasks"]:
+            raise UserError(f"task {name}: this run ({self.conditioning.kind} conditioning) supports "
                             + (", ".join(info["tasks"]) or "no editing task"))
+        task = TASKS[name]
         sampler, steps, seed = self._common(req)
-        c, h, w = self.loaded.shape
+        values = task.values(lambda k: _number(req, k))
+        c = self.loaded.shape[0]
         size = tuple(info["input_size"])
-        image = decode_image(req.get("image"), "image", size, "L" if (task == "colorize" or c == 1) else "RGB")
+        image = decode_image(req.get("image"), "image", size, "L" if (task.gray_input or c == 1) else "RGB")
         mask = None
-        if task == "inpaint" or (task == "sdedit" and req.get("mask")):
+        if task.mask == "required" or (task.mask == "optional" and req.get("mask")):
             mask = (decode_image(req.get("mask"), "mask", size, "L")[0, 0] > 0).float()  # white (>= 128) = keep
-            if task == "inpaint" and bool(mask.all()):
+            if task.mask == "required" and bool(mask.all()):
                 raise UserError("mask: nothing to fill (paint the part to generate)")
-        strength = _float(req, "strength", 0.5, 0.0, 1.0)
-        jump, resample = _int(req, "jump", 10, 1, 100), _int(req, "resample", 1, 1, 10)
-        model = Clamped(self.loaded.model)
-        cond = self.conditioning
-        total = max(1, int(steps * strength)) if task == "sdedit" else steps * resample
+        total = max(1, int(steps * values["strength"])) if "strength" in values else steps * values.get("resample", 1)
+        if total > 10 * MAX_STEPS:
+            raise UserError(f"steps x resample = {total} model-call blocks; the page runs at most {10 * MAX_STEPS}")
+        model, cond = self.opened.denoiser(), self.conditioning
 
         def work(job: Job) -> Tensor:
-            g = torch.Generator().manual_seed(seed)
-            m = _Watched(model, job)
-            common = {"sampler": sampler, "steps": steps, "generator": g}
-            if task == "inpaint" and cond.kind == "inpaint":
-                return tasks.inpaint_conditioned(m, image, mask, cond, **common)
-            if task == "inpaint":
-                return tasks.inpaint(m, image, mask, jump=jump, resample=resample, **common)
-            if task == "sdedit":
-                return tasks.sdedit(m, image, strength, mask=mask, **common)
-            if task == "superres":
-                return tasks.superres(m, image, cond, **common)
-            return tasks.colorize(m, image, cond, **common)
+            common = {"sampler": sampler, "steps": steps, "generator": torch.Generator().manual_seed(seed)}
+            return task.run(TaskJob(_Watched(model, job), image, mask, cond, None, values, common))
 
-        return self._submit(task, total, work)
+        return self._submit(task.name, total, work)
 
     def job(self, job_id: str) -> Job | None:
         with self.lock:

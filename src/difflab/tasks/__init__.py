@@ -7,9 +7,9 @@ changes a sampler (docs/tasks.md).
 """
 from __future__ import annotations
 
-from .inpaint import Known, inpaint, inpaint_conditioned, repaint_plan
+from .inpaint import REPAINT, Known, inpaint, inpaint_conditioned, repaint_plan
 from .sdedit import sdedit
 from .superres import colorize, superres
 from .uncrop import extend, panorama, uncrop
 
-__all__ = ["inpaint", "inpaint_conditioned", "sdedit", "uncrop", "panorama", "superres", "colorize", "extend", "repaint_plan", "Known"]
+__all__ = ["inpaint", "inpaint_conditioned", "sdedit", "uncrop", "panorama", "superres", "colorize", "extend", "repaint_plan", "Known", "REPAINT"]

@@ -173,8 +173,12 @@ def start_state(schedule: Any, image: Tensor, mask: Tensor, sigma: float, genera
     return mask * noised + (1 - mask) * z
 
 
+#: RePaint's (jump length j, resamples r) by default: inpaint(), ``difflab edit inpaint`` and the page.
+REPAINT = (5, 10)
+
+
 def inpaint(model: Any, image: Tensor, mask: Tensor | Any, *, sampler: str = "ddim", steps: int = 50,
-            grid: str | Tensor | None = None, jump: int = 5, resample: int = 10, cond: Any = None,
+            grid: str | Tensor | None = None, jump: int = REPAINT[0], resample: int = REPAINT[1], cond: Any = None,
             generator: torch.Generator | None = None, **options: Any) -> Tensor:
     """Fill the pixels where ``mask`` is 0 given those where it is 1 (RePaint, Lugmayr et al. 2022, Alg. 1: jump j, resamples r).
 

@@ -39,7 +39,7 @@ def is_cascade(path: str | Path) -> bool:
 def _stage_config(folder: Path, where: str) -> dict[str, Any]:
     """A stage's config.json (a diffusion run), or a one-line CheckpointError naming ``where``."""
     from .checkpoint import read_folder_config
-    from .run import RUN_FORMAT
+    from .run import RUN_FORMATS as RUN_FORMAT
 
     if not folder.is_dir():
         raise CheckpointError(f"{where}: run folder {folder} does not exist")

@@ -191,12 +191,12 @@ def restore_optimizer(opt: torch.optim.Optimizer, ck: Checkpoint, name: str) -> 
     opt.load_state_dict({"state": state, "param_groups": ck.meta["optimizers"][name]})
 
 
-def read_folder_config(path: Path, fmt: str, what: str, hint: str = "") -> dict[str, Any]:
-    """folder/config.json, whose "format" must be fmt; a CheckpointError naming the folder or file otherwise."""
+def read_folder_config(path: Path, fmt: str | tuple[str, ...], what: str, hint: str = "") -> dict[str, Any]:
+    """folder/config.json, whose "format" must be fmt (or one of them); a CheckpointError naming the folder or file otherwise."""
     if not path.is_dir():
         raise CheckpointError(f"{what} folder {path} does not exist")
     rc = read_json(path / CONFIG)
-    if rc.get("format") != fmt:
+    if rc.get("format") not in ((fmt,) if isinstance(fmt, str) else fmt):
         raise CheckpointError(f"{path / CONFIG} is not a difflab {what}{hint}")
     return rc
 
@@ -260,7 +260,7 @@ def data_shape(spec: str) -> tuple[int | None, ...] | None:
     return None
 
 
-def load_folder(path: str | Path, fmt: str, what: str, build: Callable[[dict[str, Any]], nn.Module],
+def load_folder(path: str | Path, fmt: str | tuple[str, ...], what: str, build: Callable[[dict[str, Any]], nn.Module],
                 ema: bool = False, hint: str = "", module: str = "model") -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Rebuild a module saved as folder/config.json (whose "format" must be fmt) + checkpoint.safetensors.
 

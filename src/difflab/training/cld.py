@@ -130,7 +130,19 @@ class CLDFamily(Family):
     name = "cld"
     recipe = CLDConfig
     sampling_modules = ("model",)
-    samplers = CLD_SAMPLERS
+    likelihood = ("ode",)
+    marker = "P"
+
+    @classmethod
+    def samplers(cls, recipe: CLDConfig) -> tuple[str, ...]:
+        return CLD_SAMPLERS
+
+    @classmethod
+    def with_sampler(cls, recipe: CLDConfig, sampler: str | None, steps: int | None) -> CLDConfig:
+        if steps is not None and steps < 2:
+            raise UserError(f"--steps {steps}: a cld sampler needs at least 2 score calls")
+        changes = {k: v for k, v in (("sampler", sampler), ("sample_steps", steps)) if v is not None}
+        return dataclasses.replace(recipe, **changes)
 
     def __init__(self, cfg: CLDConfig, data: Dataset):
         self.cfg, self.data = cfg, data
@@ -170,7 +182,8 @@ class CLDFamily(Family):
         return (x.clamp(-1, 1) if x.ndim == 4 else x).cpu()
 
     @classmethod
-    def nll(cls, modules: dict[str, nn.Module], cfg: CLDConfig, x: Tensor, seed: int = 0) -> dict[str, Any]:
+    def nll(cls, modules: dict[str, nn.Module], cfg: CLDConfig, x: Tensor, seed: int = 0,
+            method: str | None = None) -> dict[str, Any]:
         """The probability-flow ODE bound on -log p(x) of test data (likelihood/cld.py)."""
         from ..likelihood.cld import evaluate_cld_nll
 

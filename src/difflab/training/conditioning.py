@@ -4,6 +4,8 @@ samples.  Training, previews, ``sample`` and ``report`` all use the same object,
 """
 from __future__ import annotations
 
+import json
+
 from typing import Any, Sequence
 
 import torch
@@ -19,6 +21,10 @@ class Conditioning:
     """No condition (unconditional runs); the base of the conditional kinds."""
 
     kind = "none"
+
+    def config(self) -> dict[str, Any]:
+        """The tagged config written to a run's config.json (``conditioning``); :func:`conditioning_from_config` reads it."""
+        return {"kind": self.kind}
     num_classes = 0
 
     def network_options(self) -> dict[str, Any]:
@@ -56,6 +62,9 @@ class LabelConditioning(Conditioning):
             raise UserError(f"class-conditional training needs labelled data with at least 2 classes, got {num_classes}")
         self.num_classes, self.p_uncond, self.y = int(num_classes), float(p_uncond), y
 
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "num_classes": self.num_classes, "p_uncond": self.p_uncond}
+
     def network_options(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes}
 
@@ -89,6 +98,9 @@ class CaptionConditioning(Conditioning):
 
     def __init__(self, encoder: str, p_uncond: float, num_classes: int, table: Any = None):
         self.encoder, self.p_uncond, self.num_classes, self.table = encoder, float(p_uncond), num_classes, table
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "encoder": self.encoder, "p_uncond": self.p_uncond, "num_classes": int(self.num_classes)}
 
     def network_options(self) -> dict[str, Any]:
         from ..text import encoder_dim
@@ -188,6 +200,11 @@ class SuperResConditioning(Conditioning):
     def __init__(self, scale: int, channels: int, data: Any = None, augment: bool = False, blur: float = 0.0):
         self.scale, self.channels, self.data, self.augment = int(scale), int(channels), data, bool(augment)
         self.blur = float(blur) if augment else 0.0
+
+    def config(self) -> dict[str, Any]:
+        text = getattr(self, "text", None)
+        return {"kind": self.kind, "scale": self.scale, "channels": self.channels, "augment": self.augment,
+                "blur": self.blur, **({"text": text.config()} if text is not None else {})}
 
     def network_options(self) -> dict[str, Any]:
         return {"cond_channels": self.channels + int(self.augment)}
@@ -313,6 +330,9 @@ class InpaintConditioning(Conditioning):
     def __init__(self, channels: int, data: Any = None):
         self.channels, self.data = int(channels), data
 
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "channels": self.channels}
+
     def network_options(self) -> dict[str, Any]:
         return {"cond_channels": self.channels + 1}
 
@@ -430,8 +450,23 @@ def with_negative_prompt(model: Any, conditioning: Conditioning, prompt: str, co
     return cond_fn
 
 
+def conditioning_from_config(c: dict[str, Any]) -> Conditioning:
+    """The conditioning of a tagged config (:meth:`Conditioning.config`), without data: for sampling a saved run."""
+    args = {k: v for k, v in c.items() if k not in ("kind", "text")}
+    try:
+        if c.get("kind") == "superres" and "text" in c:
+            text = conditioning_from_config(c["text"])
+            return TextSuperResConditioning(text=text, **args)
+        return CONDITIONINGS[c["kind"]](**args)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"cannot rebuild the run's conditioning from {json.dumps(c)[:120]} ({e})") from None
+
+
 def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
-    """The conditioning of a saved run, for sampling (from its config.json; no data needed)."""
+    """The conditioning of a saved run, for sampling (from its config.json; no data needed): its tagged
+    ``conditioning`` config, or, for runs written before it, the recipe and network fields."""
+    if isinstance(run_config.get("conditioning"), dict):
+        return conditioning_from_config(run_config["conditioning"])
     train = run_config.get("train", {})
     net = run_config.get("network", {}).get("config", {})
     p = float(train.get("p_uncond", 0.1))
@@ -455,6 +490,10 @@ def conditioning_of_run(run_config: dict[str, Any]) -> Conditioning:
     return Conditioning()
 
 
-__all__ = ["Conditioning", "LabelConditioning", "CaptionConditioning", "with_negative_prompt", "SuperResConditioning",
+#: Conditioning classes by their tagged ``kind`` (TextSuperResConditioning is a superres config with "text").
+CONDITIONINGS: dict[str, type[Conditioning]] = {c.kind: c for c in (
+    Conditioning, LabelConditioning, CaptionConditioning, SuperResConditioning, InpaintConditioning, ColorizeConditioning)}
+
+__all__ = ["conditioning_from_config", "CONDITIONINGS", "Conditioning", "LabelConditioning", "CaptionConditioning", "with_negative_prompt", "SuperResConditioning",
            "TextSuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
            "training_masks", "gaussian_blur", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]

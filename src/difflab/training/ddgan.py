@@ -79,6 +79,11 @@ class DDGANFamily(GANFamily):
 
     name = "ddgan"
     recipe = DDGANConfig
+    marker = "D"
+
+    @classmethod
+    def label(cls, recipe: DDGANConfig, nfe: int) -> str:
+        return f"ddgan T={nfe}"
 
     def __init__(self, cfg: DDGANConfig, data: Dataset):
         super().__init__(cfg, data)

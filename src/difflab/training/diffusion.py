@@ -25,6 +25,17 @@ from .run import build_denoiser, run_config
 class DiffusionFamily(Family):
     """A denoiser D(x_t, t, cond) -> x0 with an EMA; one phase minimising the configured objective."""
 
+    name = "diffusion"
+    recipe = TrainConfig
+    sampling_modules = ("model",)
+    likelihood = ("elbo", "ode")
+
+    @classmethod
+    def samplers(cls, recipe: TrainConfig) -> tuple[str, ...]:
+        from ..samplers import names
+
+        return tuple(names())
+
     def __init__(self, cfg: TrainConfig, data: Dataset, decode: Callable[[Tensor], Tensor] | None = None):
         self.cfg, self.data, self.decode = cfg, data, decode  # decode: latents -> images (latent diffusion)
         self.conditioning: Conditioning = conditioning_for(cfg, data)
@@ -119,7 +130,7 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
     family = DiffusionFamily(cfg, data, decode=ae.decode if ae is not None else None)
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        rc = run_config(cfg, data, family.model, world.size)
+        rc = {**run_config(cfg, data, family.model, world.size), "conditioning": family.conditioning.config()}
         if ae is not None:
             rc["autoencoder"] = autoencoder_record(ae)
             from .latent import SIGMA_MAX_WARN, sigma_max

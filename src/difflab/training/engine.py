@@ -83,6 +83,27 @@ class Family:
     phases: list[Phase]
     #: True if some parameters of a phase may receive no gradient in a step (DistributedDataParallel must look)
     unused_parameters: bool = False
+    #: Sampling side, read by difflab.load (runs/): the registry name, the networks a sample uses, the
+    #: likelihood methods (none: no ``nll``) and the trilemma plot's marker.
+    name: str = ""
+    sampling_modules: tuple[str, ...] = ()
+    likelihood: tuple[str, ...] = ()
+    marker: str = "o"
+
+    @classmethod
+    def samplers(cls, recipe: Any) -> tuple[str, ...]:
+        """Sampler names a run of this family accepts (none: it has its own sampler only)."""
+        return ()
+
+    @classmethod
+    def with_sampler(cls, recipe: Any, sampler: str | None, steps: int | None) -> Any:
+        """The recipe sampling with ``sampler`` and ``steps`` (None: the recipe's own)."""
+        return recipe
+
+    @classmethod
+    def label(cls, recipe: Any, nfe: int) -> str:
+        """The run's name in a report table."""
+        return cls.name
 
     def compile(self) -> None:
         """torch.compile the networks (in place, so checkpoints keep their keys)."""
@@ -244,13 +265,7 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
     run_dir = Path(run_dir) if run_dir is not None else None
     opts, params, scaler = _prepare(family, cfg, world)
     start, ck = _restore(run_dir, family, opts, scaler) if resume else (0, None)
-    emas = {name: EMA(family.modules[name], getattr(cfg, "ema_decay", 0.999)) for name in family.ema}
-    if resume:
-        try:
-            for name, e in emas.items():
-                e.model.load_state_dict(ck.ema[name])
-        except (KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{run_dir / CHECKPOINT} does not match this model ({str(e).splitlines()[0]})") from None
+    emas = _emas(family, cfg, ck, run_dir)
     posthoc = posthoc_for({n: family.modules[n] for n in family.ema}, cfg, run_dir, files, start if resume else None)
     if cfg.compile:
         family.compile()
@@ -278,12 +293,7 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
                                  batch_indices(n_examples, cfg.batch_size, cfg.seed, step))
             means, stop = _reduce(world, values, cfg, t0, term.flag)
             _check_finite(means, scaler is not None, run_dir, step)
-            for name, e in emas.items():
-                e.update(family.modules[name], step)
-            if posthoc is not None:
-                posthoc.update(step + 1)
-                if (step + 1) % posthoc.every == 0 and (step + 1) % cfg.checkpoint_every:
-                    posthoc.snapshot(step + 1)
+            _update_averages(family, emas, posthoc, step, cfg.checkpoint_every)
             step, last = step + 1, {k: v for k, v in means.items() if not k.startswith("grad_norm")}
             bar.update(min(round(time.monotonic() - t0, 1), bar.total) - bar.n if cfg.minutes else 1)
             if log is not None:
@@ -297,17 +307,45 @@ def fit(family: Family, n_examples: int, cfg: FitConfig, run_dir: str | Path | N
             if stop:
                 stopped = stop
                 break
-    bar.close()
-    if board is not None:
-        board.close()
-    if log is not None:
-        log.close(step, opt0.param_groups[0]["lr"], time.monotonic() - t0)
+    _close_logs(bar, board, log, step, opt0, time.monotonic() - t0)
     checkpoint(step)
     if files and stopped != "terminated":
         log.curve(run_dir / "loss.png")
         family.finish(run_dir, ema_modules())
     world.barrier()
     return FitResult(run_dir, step, last, time.monotonic() - t0, stopped)
+
+
+def _close_logs(bar: tqdm, board: Any, log: "_Log | None", step: int, opt: torch.optim.Optimizer, seconds: float) -> None:
+    """The progress bar, TensorBoard and log.csv (its last partial window) closed at the end of training."""
+    bar.close()
+    if board is not None:
+        board.close()
+    if log is not None:
+        log.close(step, opt.param_groups[0]["lr"], seconds)
+
+
+def _emas(family: Family, cfg: FitConfig, ck: Any, run_dir: Path | None) -> dict[str, EMA]:
+    """The EMA of each module the family averages, restored from checkpoint ``ck`` when resuming (ck not None)."""
+    emas = {name: EMA(family.modules[name], getattr(cfg, "ema_decay", 0.999)) for name in family.ema}
+    if ck is not None:
+        try:
+            for name, e in emas.items():
+                e.model.load_state_dict(ck.ema[name])
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{run_dir / CHECKPOINT} does not match this model ({str(e).splitlines()[0]})") from None
+    return emas
+
+
+def _update_averages(family: Family, emas: dict[str, EMA], posthoc: Any, step: int, checkpoint_every: int) -> None:
+    """After step ``step``: every EMA, and the post-hoc EMA profiles with their snapshot when one is due
+    (a checkpoint step writes its own)."""
+    for name, e in emas.items():
+        e.update(family.modules[name], step)
+    if posthoc is not None:
+        posthoc.update(step + 1)
+        if (step + 1) % posthoc.every == 0 and (step + 1) % checkpoint_every:
+            posthoc.snapshot(step + 1)
 
 
 def _prepare(family: Family, cfg: FitConfig, world: World) -> tuple[dict[str, torch.optim.Optimizer],

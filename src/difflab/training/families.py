@@ -1,7 +1,9 @@
-"""The non-diffusion families by name (gan, vae, ddgan): training into a run folder and loading a run's sampler.
+"""The family registry: every model family by name (diffusion, gan, vae, ddgan, lsgm, cld), training one into a
+run folder and loading the sampler of a run of the engine-only families.
 
-A family run folder holds config.json ({"format": FAMILY_RUN_FORMAT, "family": name, "data", "shape",
-"num_classes", "train": recipe}) and checkpoint.safetensors with every named module and its EMA.
+A run folder holds config.json ({"format": RUN_FORMAT, "family": name, "data", "shape", "num_classes",
+"train": recipe}) and checkpoint.safetensors with every named module and its EMA.  Folders written before the
+registry ("difflab-family-run-1") keep loading.
 """
 from __future__ import annotations
 
@@ -19,21 +21,32 @@ from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, load_weights, read_
 from .cld import CLDFamily
 from .config import FitConfig
 from .ddgan import DDGANFamily
+from .diffusion import DiffusionFamily, train
 from .distributed import World, default_device, init
-from .engine import FitResult, fit
+from .engine import Family, FitResult, fit
 from .gan import GANFamily
 from .lsgm import LSGMFamily
+from .run import RUN_FORMAT
 from .vae import VAEFamily
 
-FAMILY_RUN_FORMAT = "difflab-family-run-1"
-FAMILIES: dict[str, type] = {"gan": GANFamily, "vae": VAEFamily, "ddgan": DDGANFamily, "lsgm": LSGMFamily,
-                             "cld": CLDFamily}
+FAMILY_RUN_FORMAT = RUN_FORMAT
+FAMILY_RUN_FORMAT_1 = "difflab-family-run-1"  # gan / vae / ddgan / lsgm / cld runs written before the registry
+#: Every model family by name: its module's Family class (recipe, networks, phases, sampling side).
+FAMILIES: dict[str, type[Family]] = {"diffusion": DiffusionFamily, "gan": GANFamily, "vae": VAEFamily,
+                                     "ddgan": DDGANFamily, "lsgm": LSGMFamily, "cld": CLDFamily}
+DEFAULT_FAMILY = "diffusion"
 
 
-def family_class(name: str) -> type:
+def family_class(name: str) -> type[Family]:
+    """The registered family called ``name``; a UserError listing the registry otherwise."""
     if name not in FAMILIES:
-        raise UserError(f"unknown family {name!r}; choose one of diffusion, {', '.join(FAMILIES)}")
+        raise UserError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
     return FAMILIES[name]
+
+
+def engine_families() -> dict[str, type[Family]]:
+    """The families whose runs :func:`load_generator` opens (all but the denoiser family, opened by load_run)."""
+    return {k: v for k, v in FAMILIES.items() if not issubclass(v, DiffusionFamily)}
 
 
 def family_config(cls: type, cfg: FitConfig, data: Dataset, family: Any) -> dict[str, Any]:
@@ -48,6 +61,8 @@ def train_family(name: str, cfg: FitConfig, data: Dataset, run_dir: str | Path |
     """Train family ``name`` with recipe ``cfg`` on ``data`` into ``run_dir`` (None: in memory) through the engine."""
     cls = family_class(name)
     world = world or init(None)
+    if issubclass(cls, DiffusionFamily):  # its own run config (schedule, network, latent autoencoder record)
+        return train(cfg, data, run_dir, resume=resume, progress=progress, world=world)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         if resume:
@@ -69,9 +84,13 @@ def train_family(name: str, cfg: FitConfig, data: Dataset, run_dir: str | Path |
 
 
 def is_family_run(run_dir: str | Path) -> bool:
-    """True if run_dir's config.json is a gan / vae / ddgan run (not a diffusion run)."""
+    """True if run_dir's config.json is a run of an engine-only family (gan, vae, ddgan, lsgm, cld, or unknown)."""
     path = Path(run_dir) / CONFIG
-    return path.is_file() and read_json(path).get("format") == FAMILY_RUN_FORMAT
+    if not path.is_file():
+        return False
+    rc = read_json(path)
+    return rc.get("format") == FAMILY_RUN_FORMAT_1 or (
+        rc.get("format") == RUN_FORMAT and not issubclass(FAMILIES.get(rc.get("family"), Family), DiffusionFamily))
 
 
 @dataclass
@@ -125,10 +144,11 @@ class LoadedGenerator:
 def load_generator(run_dir: str | Path, ema: bool = True, device: torch.device | str | None = None) -> LoadedGenerator:
     """Rebuild a gan / vae / ddgan run folder (EMA weights by default) from its JSON and safetensors."""
     run_dir = Path(run_dir)
-    rc = read_folder_config(run_dir, FAMILY_RUN_FORMAT, "gan / vae / ddgan run", " (a diffusion run? use load_run)")
-    if rc.get("family") not in FAMILIES:  # e.g. a family added in a later version: one line naming the folder
+    rc = read_folder_config(run_dir, (FAMILY_RUN_FORMAT, FAMILY_RUN_FORMAT_1), "gan / vae / ddgan run",
+                            " (a diffusion run? use load_run)")
+    if rc.get("family") not in engine_families():  # e.g. a family added in a later version: one line naming the folder
         raise CheckpointError(f"{run_dir / CONFIG}: unknown family {rc.get('family')!r}; this version knows "
-                              f"{', '.join(FAMILIES)} (and diffusion runs)")
+                              f"{', '.join(FAMILIES)}")
     cls = FAMILIES[rc["family"]]
     try:
         recipe = cls.recipe.from_dict(rc["train"], where=str(run_dir / CONFIG))
@@ -143,5 +163,5 @@ def load_generator(run_dir: str | Path, ema: bool = True, device: torch.device |
     return LoadedGenerator(cls.name, rc, recipe, modules, ck.step)
 
 
-__all__ = ["FAMILIES", "FAMILY_RUN_FORMAT", "train_family", "load_generator", "LoadedGenerator", "is_family_run",
-           "family_class"]
+__all__ = ["FAMILIES", "FAMILY_RUN_FORMAT", "FAMILY_RUN_FORMAT_1", "DEFAULT_FAMILY", "train_family", "load_generator",
+           "LoadedGenerator", "is_family_run", "family_class", "engine_families"]

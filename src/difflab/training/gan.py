@@ -107,6 +107,7 @@ class GANFamily(Family):
     name = "gan"
     recipe = GANConfig
     sampling_modules = ("generator",)
+    marker = "s"
 
     def __init__(self, cfg: GANConfig, data: Dataset):
         self.cfg, self.data = cfg, data

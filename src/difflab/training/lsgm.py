@@ -132,6 +132,26 @@ class LSGMFamily(Family):
     name = "lsgm"
     recipe = LSGMConfig
     sampling_modules = ("decoder", "prior")
+    likelihood = ("elbo", "ode")
+    marker = "v"
+
+    @classmethod
+    def samplers(cls, recipe: LSGMConfig) -> tuple[str, ...]:
+        """The latent ODE solvers to t_eps, then every scalar sampler over the prior as over any denoiser."""
+        from ..samplers import names
+
+        return (*LATENT_SAMPLERS, *(n for n in names() if n not in LATENT_SAMPLERS))
+
+    @classmethod
+    def with_sampler(cls, recipe: LSGMConfig, sampler: str | None, steps: int | None) -> LSGMConfig:
+        changes = {k: v for k, v in (("sampler", sampler), ("sample_steps", steps)) if v is not None}
+        return dataclasses.replace(recipe, **changes)
+
+    @classmethod
+    def nll(cls, modules: dict[str, nn.Module], cfg: LSGMConfig, x: Tensor, seed: int = 0,
+            method: str | None = None) -> dict[str, Any]:
+        """The LSGM bound on -log p(x) (Vahdat et al. 2021, eq. 8; :func:`lsgm_nll`)."""
+        return lsgm_nll(modules, cfg, x, method=method or "elbo", seed=seed)
 
     def __init__(self, cfg: LSGMConfig, data: Dataset):
         if data.kind != "image":

@@ -16,13 +16,17 @@ from ..models.mlp import mlp_toy
 from ..models.networks import build_network, network_spec, time_scale_for
 from ..models.unet import unet_for_image
 from ..utils.config import ConfigError
-from .checkpoint import load_folder
+from ..errors import CheckpointError
+from .checkpoint import CONFIG, load_folder, read_json
 from .conditioning import Conditioning, conditioning_for, conditioning_of_run
 from .config import TrainConfig
 from .distributed import default_device
 from .objectives import denoiser_kind
 
-RUN_FORMAT = "difflab-run-1"
+#: One format for every trained run: {"format": RUN_FORMAT, "family": NAME, "train": its typed recipe, "data", "shape", ...}
+RUN_FORMAT = "difflab-run-2"
+RUN_FORMAT_1 = "difflab-run-1"  # diffusion runs written before the family registry; read as before
+RUN_FORMATS = (RUN_FORMAT, RUN_FORMAT_1)
 
 
 def build_denoiser(cfg: TrainConfig, data: Dataset, conditioning: Conditioning | None = None) -> Denoiser:
@@ -113,7 +117,10 @@ def load_run(run_dir: str | Path, ema: bool = True, device: torch.device | str |
             raise ValueError(f"shape {rc['shape']} does not match the network's {channels} input channels")
         return DENOISERS[rc.get("denoiser", "plain")](net, schedules.from_config(rc["schedule"]), rc["prediction"])
 
-    model, rc, meta = load_folder(run_dir, RUN_FORMAT, "run", build, ema=ema)
+    fam = read_json(Path(run_dir) / CONFIG).get("family", "diffusion") if Path(run_dir).is_dir() else "diffusion"
+    if fam != "diffusion":
+        raise CheckpointError(f"{Path(run_dir) / CONFIG} is a {fam} run, not a diffusion run (open it with difflab.load)")
+    model, rc, meta = load_folder(run_dir, RUN_FORMATS, "run", build, ema=ema)
     decode = None
     if "autoencoder" in rc:  # latent diffusion: decode through the recorded (and checked) autoencoder
         from .latent import latent_decoder
