@@ -98,8 +98,9 @@ def features_name(spec: str) -> str:
 
 
 @torch.no_grad()
-def prompt_accuracy(run: Path, spec: str, n: int, steps: int, reference) -> list[dict]:
-    """Per guidance scale: accuracy of digit, colour and both; FD of the grey samples; seconds per sample."""
+def prompt_accuracy(run: Path, spec: str, n: int, steps: int, reference, grid: Path | None = None) -> list[dict]:
+    """Per guidance scale: accuracy of digit, colour and both; FD of the grey samples; seconds per sample (the first
+    40 samples of the scale with the best prompt accuracy to ``grid``: row k asks for colour k // 10, digit k % 10)."""
     loaded = load_run(run)
     c = loaded.conditioning
     g = torch.Generator().manual_seed(0)
@@ -121,6 +122,10 @@ def prompt_accuracy(run: Path, spec: str, n: int, steps: int, reference) -> list
         rows.append({"w": w, "digit": float(d_ok.float().mean()), "colour": float(c_ok.float().mean()),
                      "both": float((d_ok & c_ok).float().mean()),
                      "fd": float(evaluate_features(feats, reference)["fd"]), "s_per_sample": sec})
+        if grid is not None and rows[-1]["both"] >= max(r["both"] for r in rows):
+            from difflab.utils.images import save_image_grid
+
+            save_image_grid(x[:40], grid, nrow=10)
     return rows
 
 
@@ -152,7 +157,9 @@ def report(res: dict, args: argparse.Namespace) -> str:
             lines.append(f"| {kind} | {r['w']:g} | {r['digit']:.2f} | {r['colour']:.2f} | {r['both']:.2f} | "
                          f"{r['fd']:.2f} | {r['s_per_sample']:.4f} |")
     lines += ["", f"Prompt-guided SDEdit (pixel run, strength 0.8, w = 3), recoloured as asked: "
-              f"{res['sdedit']:.2f}.", "", f"Command: `{' '.join(sys.argv)}`; {res['date']}; load {res['load']}."]
+              f"{res['sdedit']:.2f}.", "", f"Command: `{' '.join(sys.argv)}`; {res['date']}; load {res['load']}.",
+              "", "Samples at the scale with the best prompt accuracy (row k asks for the k-th colour, column for the "
+              "digit): ![pixel](text_to_image_pixel.png) ![latent](text_to_image_latent.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +182,8 @@ def main() -> None:
     runs = train_runs(folder, args.out, args.size, args.minutes, args.threads)
     ref_x = datasets.load(str(folder), "train", image_size=args.size, channels=3).x[:2000]
     reference = extract(grey(ref_x), features_name(args.data))
-    res = {kind: prompt_accuracy(runs[kind], args.data, args.samples, args.steps, reference) for kind in runs}
+    res = {kind: prompt_accuracy(runs[kind], args.data, args.samples, args.steps, reference,
+                                 DOCS / f"text_to_image_{kind}.png" if args.write_docs else None) for kind in runs}
     res["sdedit"] = sdedit_recolour(runs["pixel"], folder, args.size, args.samples, args.steps)
     res["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
     res["load"] = os.getloadavg()
