@@ -47,14 +47,6 @@ class Known:
         return a.to(x).reshape(shape) * self.image.to(x) + s.to(x).reshape(shape) * eps
 
 
-class _Reached(Exception):
-    """Raised by the segment callback to stop a sampler at a grid level; carries the state there."""
-
-    def __init__(self, x: Tensor):
-        super().__init__("segment end")
-        self.x = x
-
-
 def check_mask(image: Tensor, mask: Tensor | Any) -> Tensor:
     """The mask as a 0/1 tensor like image (1 = keep, 0 = generate); ValueError naming both shapes if it does not broadcast."""
     m = torch.as_tensor(mask)
@@ -104,25 +96,10 @@ def renoise(schedule: Any, x: Tensor, sigma_from: float, sigma_to: float, genera
 
 def run_segment(model: Any, x: Tensor, sigmas: Tensor, sampler: str, cond: Any, generator: torch.Generator | None,
                 options: dict[str, Any]) -> Tensor:
-    """Run ``sampler`` from sigmas[0] down to sigmas[-1]; a nonzero end is reached by stopping the sampler there (one extra model call)."""
-    fn = samplers.get(sampler).fn
-    end = float(sigmas[-1])
-    if end == 0.0:
-        with torch.no_grad():
-            return fn(model, x, sigmas, cond=cond, generator=generator, callback=None, **options)
-    k = len(sigmas) - 1
-
-    def stop(info: dict) -> None:
-        if info["i"] == k:
-            raise _Reached(info["x"])
-
-    full = torch.cat([sigmas.to(torch.float64), torch.zeros(1, dtype=torch.float64)])
-    try:
-        with torch.no_grad():
-            fn(model, x, full, cond=cond, generator=generator, callback=stop, **options)
-    except _Reached as r:
-        return r.x.to(x.dtype)
-    raise RuntimeError(f"sampler {sampler!r} did not report grid level {k}")  # every registered sampler reports each level
+    """Run ``sampler`` from sigmas[0] down to sigmas[-1]; a grid ending above 0 stops there (docs/samplers.md)."""
+    with torch.no_grad():
+        return samplers.get(sampler).fn(model, x, sigmas, cond=cond, generator=generator, callback=None,
+                                        **options).to(x.dtype)
 
 
 def repaint_plan(n: int, jump: int, resample: int) -> list[tuple[int, int, bool]]:
