@@ -95,7 +95,7 @@ def bench_size(n: int, size: int, work: Path, args: argparse.Namespace) -> dict[
         out["prepare_data"] = difflab("prepare-data", folder, "--out", packed, "--image-size", size, "--splits", "train")
     for kind, spec in (("in-memory", folder), ("packed", f"packed:{packed}")):
         for nproc in (1, 2):
-            run = work / f"run_{kind}_{nproc}"
+            run = work / f"run_{kind}_{nproc}_{n}"
             r = difflab("train", "--data", spec, "--image-size", size, "--steps", 1, "--config", cfg, "--out", run,
                         "--quiet", "--device", "cpu", nproc=nproc)
             out[f"first_step {kind} x{nproc}"] = r
@@ -103,14 +103,14 @@ def bench_size(n: int, size: int, work: Path, args: argparse.Namespace) -> dict[
                   f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     out["loader_images_per_s"] = loader_rate(f"packed:{packed}", args.batch)
     r = difflab("train", "--data", f"packed:{packed}", "--steps", args.train_steps, "--config", cfg, "--out",
-                work / "run_rate", "--quiet", "--device", "cpu")
+                work / f"run_rate_{n}", "--quiet", "--device", "cpu")
     start = out["first_step packed x1"]["seconds"]  # the same command's cost up to its first step
     out["train_images_per_s"] = args.batch * (args.train_steps - 1) / max(r["seconds"] - start, 1e-9)
     return out
 
 
 def bench_generate(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    run = work / "run_packed_1"
+    run = work / f"run_packed_1_{args.sizes[-1]}"
     out = {}
     for nproc in (1, 2):
         r = difflab("sample", "--run", run, "--num", args.gen_num, "--steps", args.gen_steps, "--batch-size", 500,

@@ -134,3 +134,38 @@ def test_text_cascade_samples_from_a_prompt(text_run, tmp_path, capsys):
     capsys.readouterr()
     assert run("sample", "--run", tmp_path / "c", "--num", 2, "--steps", 2, "--guidance-scale", 2, "--out", out, "--overwrite") == 2
     assert "--guidance-scale needs --prompt" in capsys.readouterr().err
+
+
+def test_the_page_edits_a_text_run_with_its_prompt(text_run):
+    """The page's SDEdit on a text run: the prompt (with guidance) is the condition, the empty caption without one."""
+    import base64
+    import io
+    import time
+
+    from PIL import Image
+
+    from difflab.serve.jobs import Service
+
+    svc = Service(text_run / "run", workers=1)
+    try:
+        info = svc.info()
+        assert info["conditioning"] == "captions" and {"inpaint", "sdedit"} <= set(info["tasks"])
+        c = info["shape"][0]
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8) if c == 1 else (8, 8, 3), 128, np.uint8)).save(buf, format="PNG")
+        img = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+        def edited(**req):
+            job = svc.edit({"task": "sdedit", "image": img, "strength": 0.8, "steps": 3, "seed": 1, **req})
+            t0 = time.time()
+            while job.state not in ("done", "error") and time.time() - t0 < 60:
+                time.sleep(0.02)
+            assert job.state == "done", job.error
+            return np.asarray(Image.open(io.BytesIO(job.png)), dtype=np.int16)
+
+        left = edited(prompt="a bar on the left", guidance_scale=2)
+        assert np.array_equal(left, edited(prompt="a bar on the left", guidance_scale=2))  # seeded
+        assert not np.array_equal(left, edited(prompt="a bar on the right", guidance_scale=2))  # the prompt counts
+        assert edited().shape == left.shape  # no prompt: the empty caption
+    finally:
+        svc.close()

@@ -346,11 +346,16 @@ class Service:
         total = max(1, int(steps * values["strength"])) if "strength" in values else steps * values.get("resample", 1)
         if total > 10 * MAX_STEPS:
             raise UserError(f"steps x resample = {total} model-call blocks; the page runs at most {10 * MAX_STEPS}")
-        model, cond = self.opened.denoiser(), self.conditioning
+        model, cond, conditioning = self.opened.denoiser(), None, self.conditioning
+        if conditioning.kind == "captions":  # a text run: the prompt, with guidance if asked, or the empty caption
+            model, make_cond = self._guided(req) if req.get("prompt") else (model, conditioning.null)
+            cond = make_cond(1, torch.device("cpu"))
+        elif req.get("prompt"):
+            raise UserError("prompt: this run is not text-conditional")
 
         def work(job: Job) -> Tensor:
             common = {"sampler": sampler, "steps": steps, "generator": torch.Generator().manual_seed(seed)}
-            return task.run(TaskJob(_Watched(model, job), image, mask, cond, None, values, common))
+            return task.run(TaskJob(_Watched(model, job), image, mask, conditioning, cond, values, common))
 
         return self._submit(task.name, total, work)
 

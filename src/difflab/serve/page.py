@@ -146,6 +146,7 @@ async function runEdit(){
   const t=$("task").value;
   const body={task:t, image:composed(), sampler:$("sampler").value, steps:num("steps"), seed:num("seed"), strength:Number($("strength").value)};
   if(t==="inpaint") body.mask=mask.toDataURL("image/png");
+  if(info.conditioning==="captions" && $("prompt").value){ body.prompt=$("prompt").value; body.guidance_scale=num("guidance")||0; }
   try { const j=await api("/api/edit", body); await poll(j.id, "edit-error"); }
   catch(e){ showError("edit-error", e.message); }
   finally { $("run-edit").disabled=false; }
