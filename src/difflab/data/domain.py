@@ -37,11 +37,11 @@ class Domain:
 
     def denoised_mode(self, no_clip: bool = False, threshold: float | None = None) -> str:
         """How sampling treats x_0: 'clip', 'none' or 'threshold:P' (the key of a stored grid, samplers.tuned)."""
+        from ..samplers.tuned import denoised_mode
+
         if threshold is not None and not self.clamps:
             raise UserError(f"--threshold: {self.name} are never thresholded")
-        if not self.clamps:
-            return "none"
-        return f"threshold:{threshold:g}" if threshold is not None else ("none" if no_clip else "clip")
+        return denoised_mode(self.clamps, no_clip, threshold)
 
     def denoiser(self, model: Any, no_clip: bool = False, threshold: float | None = None) -> Any:
         """``model`` wrapped as sampling in this domain uses it: Clamped / Thresholded for images, as is otherwise."""
