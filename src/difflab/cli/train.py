@@ -12,7 +12,8 @@ from ..data import load
 from ..errors import UserError
 from ..training import TrainConfig, distributed, train
 from ..training.checkpoint import CONFIG, read_json
-from ..utils.config import ConfigError
+from ..training.recipes import RECIPE_NAMES, recipe
+from ..utils.config import ConfigError, read_config_file
 from . import _args
 
 
@@ -83,6 +84,10 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prediction", choices=PREDICTIONS, help="network output (edm: EDM preconditioning; flow: eps - x0)")
     p.add_argument("--noise", choices=NOISE_DISTRIBUTIONS, help="training noise levels (lognormal: EDM; logit_normal: SD3)")
     p.add_argument("--weighting", choices=WEIGHTINGS, help="loss weighting (edm: Karras et al. 2022)")
+    p.add_argument("--recipe", choices=RECIPE_NAMES,
+                   help="the parameterisation to start from (default auto: flow matching for images, with the "
+                        "pixel-unshuffle U-Net from side 16; ddpm for points, latents and image-to-image tasks; "
+                        "docs/training.md); the options below override its fields")
     p.add_argument("--posthoc-ema", type=float, nargs="+", metavar="SIGMA_REL",
                    help="track power-function EMAs of these lengths for `difflab ema` (e.g. 0.05 0.1)")
 
@@ -117,14 +122,24 @@ def run(args: argparse.Namespace) -> int:
         from ..training.latent import LATENT_SCHEDULE
 
         overrides["schedule"] = LATENT_SCHEDULE  # latent runs default to LDM's table (docs/latent.md)
-    if args.resume and (args.out / CONFIG).is_file():
-        cfg = TrainConfig.resumed(read_json(args.out / CONFIG), overrides, str(args.out / CONFIG),
-                                  more_minutes=args.minutes is not None and args.steps is None)
-    elif args.config is not None:
-        cfg = TrainConfig.load(args.config, **overrides)
-    else:
-        cfg = TrainConfig.from_dict(overrides)
-    res, main = _fit(args, lambda data, world: train(cfg, data, args.out, resume=args.resume,
+    resumed = args.resume and (args.out / CONFIG).is_file()
+    if args.recipe is not None and resumed:
+        raise UserError("--recipe applies to a new run; a resumed run keeps the recipe in its config.json")
+
+    def recipe_config(data: Any) -> TrainConfig:
+        """The run's recipe: the stored one when resuming; else --recipe (auto: by the data's size), then the
+        --config file, then the options."""
+        if resumed:
+            return TrainConfig.resumed(read_json(args.out / CONFIG), overrides, str(args.out / CONFIG),
+                                       more_minutes=args.minutes is not None and args.steps is None)
+        from_file = read_config_file(args.config) if args.config is not None else {}
+        base = recipe(args.recipe or "auto", data.shape, task=overrides.get("task", from_file.get("task", "generate")),
+                      latent=bool(overrides.get("autoencoder") or from_file.get("autoencoder")),
+                      given=[*from_file, *overrides])
+        base = _merge(base, from_file)
+        return TrainConfig.from_dict(_merge(base, overrides), where=str(args.config) if args.config else "")
+
+    res, main = _fit(args, lambda data, world: train(recipe_config(data), data, args.out, resume=args.resume,
                                                      progress=not args.quiet, world=world))
     if main and res.stopped != "terminated":
         print(f"trained {res.step} steps in {res.seconds:.0f} s (last loss {res.last_loss:.4f}); "
@@ -176,6 +191,16 @@ def _data_of_run(args: argparse.Namespace) -> None:
     shape = stored.get("shape") or []
     if len(shape) == 3:  # images: the size and channels a folder is loaded at
         args.channels, args.image_size = args.channels or int(shape[0]), int(shape[1])
+
+
+def _merge(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``more``; the network's overrides are merged key by key (a kind change starts afresh)."""
+    out = {**base, **more}
+    net_a, net_b = base.get("network"), more.get("network")
+    if isinstance(net_a, dict) and isinstance(net_b, dict):
+        same = net_b.get("kind", net_a.get("kind", "auto")) == net_a.get("kind", "auto")
+        out["network"] = {**net_a, **net_b} if same else net_b
+    return out
 
 
 def _config_sets(path: Path | None, key: str) -> bool:

@@ -43,10 +43,11 @@ class UNetConfig(Config):
     cond_channels: int = 0  # > 0: cond["image"] [B, cond_channels, H, W] is concatenated to the input
     context_dim: int = 0  # > 0: cross-attention to cond["context"] [B, L, context_dim] in attention blocks
     input_fourier: tuple[int, ...] = ()  # exponents n: append sin/cos(2^n 2 pi x_t) to the input (Kingma et al. 2021)
+    patch: int = 1  # > 1: a pixel-unshuffle stem; the U-Net works on (H/patch, W/patch) with patch^2 x the channels
 
     def check(self) -> None:
         n = "UNetConfig"
-        self.require_ints(("in_channels", "out_channels", "channels", "num_res_blocks", "num_heads", "groups"), 1)
+        self.require_ints(("in_channels", "out_channels", "channels", "num_res_blocks", "num_heads", "groups", "patch"), 1)
         self.require_ints(("num_classes", "cond_channels", "context_dim"), 0)
         require(len(self.channel_mult) >= 1 and all(isinstance(m, int) and m >= 1 for m in self.channel_mult),
                 f"{n}.channel_mult must be a non-empty list of integers >= 1, got {self.channel_mult!r}")
@@ -66,8 +67,8 @@ class UNetConfig(Config):
 
     @property
     def multiple(self) -> int:
-        """Input sizes are padded to a multiple of this (2^(levels-1))."""
-        return 2 ** (len(self.channel_mult) - 1)
+        """Input sizes are padded to a multiple of this (patch * 2^(levels-1))."""
+        return self.patch * 2 ** (len(self.channel_mult) - 1)
 
 
 class ResBlock(nn.Module):
@@ -200,7 +201,8 @@ class UNet(nn.Module):
             return Stage(ResBlock(c_in, c_out, emb_dim, groups, cfg.dropout, adagn), attn)
 
         extra = 2 * len(cfg.input_fourier) * cfg.in_channels
-        self.input_conv = nn.Conv2d(cfg.in_channels + extra + cfg.cond_channels, ch, 3, padding=1)
+        p2 = cfg.patch * cfg.patch
+        self.input_conv = nn.Conv2d((cfg.in_channels + extra + cfg.cond_channels) * p2, ch, 3, padding=1)
         widths = [ch * m for m in cfg.channel_mult]
         skips = [ch]
         self.down = nn.ModuleList()
@@ -229,7 +231,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.upsample.append(Upsample(c))
         self.out_norm = nn.GroupNorm(groups, c)
-        self.out_conv = zero_(nn.Conv2d(c, cfg.out_channels, 3, padding=1))
+        self.out_conv = zero_(nn.Conv2d(c, cfg.out_channels * p2, 3, padding=1))
 
     @classmethod
     def from_config(cls, config: UNetConfig | Mapping[str, Any]) -> "UNet":
@@ -278,6 +280,8 @@ class UNet(nn.Module):
         if ph or pw:
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
 
+        if cfg.patch > 1:
+            x = F.pixel_unshuffle(x, cfg.patch)
         h = self.input_conv(x)
         hs = [h]
         blocks, downs = iter(self.down), iter(self.downsample)
@@ -297,6 +301,8 @@ class UNet(nn.Module):
             if level > 0:
                 h = next(ups)(h)
         h = self.out_conv(F.silu(self.out_norm(h)))
+        if cfg.patch > 1:
+            h = F.pixel_shuffle(h, cfg.patch)
         if ph or pw:
             h = h[:, :, ph // 2: ph // 2 + H, pw // 2: pw // 2 + W]
         return h

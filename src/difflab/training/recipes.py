@@ -1,0 +1,73 @@
+"""Named recipes of a diffusion run and the default one for a data set's size (docs/training.md, "Default recipes").
+
+A recipe fixes the parameterisation (schedule, network output, training noise levels, loss weighting) and, where a
+measurement chose one, the network. ``difflab train --recipe NAME`` starts from it; options given on the command
+line or in a --config file override its fields. ``auto`` (the default) is :func:`default_recipe`: the recipe that
+trained the best samples per CPU-minute at the data's size in docs/benchmarks/edm_flow.md and
+docs/benchmarks/time_to_quality*.md.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from ..utils.config import ConfigError
+
+#: The parameterisations compared in docs/benchmarks/edm_flow.md (TrainConfig fields).
+RECIPES: dict[str, dict[str, Any]] = {
+    # Ho et al. 2020 with Nichol & Dhariwal's cosine table: eps prediction, uniform t
+    "ddpm": {"schedule": {"kind": "cosine", "T": 1000}, "prediction": "eps"},
+    # Salimans & Ho 2022: v prediction on the same table
+    "v": {"schedule": {"kind": "cosine", "T": 1000}, "prediction": "v"},
+    # Karras et al. 2022: VE path, preconditioning, log-normal sigma, EDM weighting
+    "edm": {"schedule": {"kind": "ve", "sigma_min": 0.002, "sigma_max": 80.0}, "prediction": "edm",
+            "noise": "lognormal", "weighting": "edm"},
+    # Lipman et al. 2023 / Liu et al. 2023: the linear path, velocity prediction, SD3's logit-normal t
+    "flow": {"schedule": {"kind": "flow"}, "prediction": "flow", "noise": "logit_normal"},
+}
+RECIPE_NAMES: tuple[str, ...] = ("auto", *RECIPES)
+
+#: Images of at least this side get the pixel-unshuffle network (MNIST: 28 -> 14 -> 7).
+PATCH_FROM = 16
+#: The U-Net of images of side >= PATCH_FROM in the default recipe (overrides of the size preset).
+PATCH_NETWORK: dict[str, Any] = {"patch": 2, "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2,
+                                 "attention_levels": [1]}
+
+
+def default_recipe(shape: Sequence[int]) -> dict[str, Any]:
+    """The TrainConfig fields of ``difflab train`` without --recipe, for data of this shape ([C, H, W] or [D]).
+
+    Images: flow matching (best FD per minute on digits and MNIST, docs/benchmarks/edm_flow.md), and from
+    side 16 up the pixel-unshuffle U-Net (docs/benchmarks/networks.md). Points keep the DDPM recipe."""
+    if len(shape) != 3:
+        return dict(RECIPES["ddpm"])
+    out = dict(RECIPES["flow"])
+    if max(int(shape[1]), int(shape[2])) >= PATCH_FROM:
+        out["network"] = {"kind": "unet", **PATCH_NETWORK}
+    return out
+
+
+#: The TrainConfig fields a recipe's parameterisation consists of.
+PARAMETERISATION = ("schedule", "prediction", "noise", "weighting")
+
+
+def recipe(name: str, shape: Sequence[int], task: str = "generate", latent: bool = False,
+           given: Iterable[str] = ()) -> dict[str, Any]:
+    """The TrainConfig fields a new run starts from (what the user gives, ``given``, is merged on top by the caller).
+
+    A named recipe is taken whole. ``auto`` is :func:`default_recipe` for unconditional or conditional generation
+    in pixel space; image-to-image tasks and latent runs keep the DDPM recipe they were measured with
+    (docs/tasks.md, docs/latent.md); and once any field of the parameterisation (schedule, prediction, noise,
+    weighting) is given, the others take their TrainConfig defaults (DDPM's), not flow matching's."""
+    if name != "auto":
+        if name not in RECIPES:
+            raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPE_NAMES)}")
+        return dict(RECIPES[name])
+    if latent or task != "generate":
+        return {}
+    out = default_recipe(shape)
+    if set(given) & set(PARAMETERISATION):
+        out = {k: v for k, v in out.items() if k not in PARAMETERISATION}
+    return out
+
+
+__all__ = ["RECIPES", "RECIPE_NAMES", "PARAMETERISATION", "PATCH_NETWORK", "default_recipe", "recipe"]
