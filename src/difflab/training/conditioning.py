@@ -135,14 +135,16 @@ class CaptionConditioning(Conditioning):
         return {"context": torch.zeros_like(c["context"]).expand(n, -1, -1),
                 "context_mask": torch.zeros_like(c["context_mask"]).expand(n, -1)}
 
-    def preview(self, n: int, device: torch.device | str) -> Cond:
+    def preview_prompts(self) -> list[str]:
+        """The prompts previews ask for in turn: the class prompts of digit captions, else the stored captions (none
+        for a run saved before they were stored)."""
         from ..text import class_prompts
 
-        if self.num_classes:
-            prompts = class_prompts(self.num_classes)
-        elif self.captions:
-            prompts = self.captions
-        else:  # a run saved before its captions were stored: the empty caption
+        return class_prompts(self.num_classes) if self.num_classes else list(self.captions)
+
+    def preview(self, n: int, device: torch.device | str) -> Cond:
+        prompts = self.preview_prompts()
+        if not prompts:  # a run saved before its captions were stored: the empty caption
             return self.null(n, device)
         return self.prompts([prompts[k % len(prompts)] for k in range(n)], device)
 
