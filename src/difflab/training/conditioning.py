@@ -515,4 +515,5 @@ CONDITIONINGS: dict[str, type[Conditioning]] = {c.kind: c for c in (
 
 __all__ = ["conditioning_from_config", "CONDITIONINGS", "Conditioning", "LabelConditioning", "CaptionConditioning", "with_negative_prompt", "SuperResConditioning",
            "TextSuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
-           "training_masks", "gaussian_blur", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]
+           "training_masks", "gaussian_blur", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond",
+           "spread_captions", "PREVIEW_CAPTIONS"]
