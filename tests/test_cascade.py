@@ -134,6 +134,40 @@ def test_cascade_round_trips_through_sample(runs, tmp_path, capsys):
         c.sample(1, steps=1, levels=[0.1])
 
 
+def test_cascade_threshold_wraps_every_stage(runs, tmp_path, monkeypatch):
+    """--threshold P: each stage's denoiser (base and both SR stages) is dynamically thresholded, so every x0 it
+    returns lies in [-1, 1] and is x0 clipped to s = max(1, quantile_P |x0|) divided by s (Saharia et al. 2022)."""
+    from difflab.models import denoiser as dn
+    from difflab.training.cascade import load_cascade
+
+    out = tmp_path / "c"
+    assert main(["cascade", "--base", str(runs / "base"), "--stage", str(runs / "sr1"), "--stage", str(runs / "sr2"),
+                 "--out", str(out)]) == 0
+    seen = []
+    forward = dn.Thresholded.forward
+
+    def spy(self, x, t, cond=None):
+        raw = self.model(x, t, cond)
+        y = forward(self, x, t, cond)
+        s = torch.quantile(raw.abs().flatten(1), self.p, dim=1).clamp_min(1.0).reshape(-1, 1, 1, 1)
+        assert torch.allclose(y, torch.maximum(torch.minimum(raw, s), -s) / s)
+        seen.append((tuple(x.shape[-2:]), float(raw.abs().max()), float(y.abs().max())))
+        return y
+
+    monkeypatch.setattr(dn.Thresholded, "forward", spy)
+    c = load_cascade(out, device="cpu")
+    xs = c.sample(2, steps=2, generator=torch.Generator().manual_seed(0), intermediates=True, threshold=0.9)
+    assert {s for s, _, _ in seen} == {(4, 4), (8, 8), (16, 16)}  # every stage went through the wrapper
+    assert all(m <= 1.0 + 1e-6 for _, _, m in seen)
+    assert any(r > 1.0 for _, r, _ in seen)  # 1-step models overshoot: the rescale did something
+    assert all(float(x.abs().max()) <= 1.0 + 1e-5 for x in xs)
+    with pytest.raises(ValueError, match="threshold"):
+        c.sample(1, steps=1, threshold=0.0)
+    assert main(["sample", "--run", str(out), "--num", "2", "--steps", "2", "--threshold", "0.95",
+                 "--out", str(tmp_path / "t.npz")]) == 0
+    assert np.load(tmp_path / "t.npz")["images"].shape == (2, 16, 16, 1)
+
+
 def _one_line_error(capsys, *needles):
     err = capsys.readouterr().err
     assert err.startswith("difflab: error: ") and err.count("\n") == 1, err
@@ -192,9 +226,10 @@ def test_bad_cascades_are_one_line_errors(runs, tmp_path, capsys):
     (bad / "cascade.json").write_text((tmp_path / "c" / "cascade.json").read_text())
     assert sample(bad) == 2
     _one_line_error(capsys, "stage 'sr1'")
-    assert main(["sample", "--run", str(tmp_path / "c"), "--num", "2", "--threshold", "0.99", "--out",
-                 str(tmp_path / "s.png")]) == 2
-    _one_line_error(capsys, "--threshold")
+    for bad_p, extra, needle in [("1.5", [], "(0, 1]"), ("0.9", ["--no-clip"], "--no-clip")]:
+        assert main(["sample", "--run", str(tmp_path / "c"), "--num", "2", "--threshold", bad_p, *extra, "--out",
+                     str(tmp_path / "s.png")]) == 2
+        _one_line_error(capsys, "--threshold", needle)
     assert main(["sample", "--run", str(tmp_path / "c"), "--num", "2", "--label", "3", "--out",
                  str(tmp_path / "s.png")]) == 2
     _one_line_error(capsys, "not class-conditional")

@@ -35,6 +35,44 @@ def test_folder_captions_train_a_text_run(text_run):
     assert rc["network"]["config"]["context_dim"] == 64 and rc["network"]["config"]["num_classes"] == 0
 
 
+def test_a_folder_run_stores_its_captions_for_previews_and_sample(text_run, tmp_path, monkeypatch):
+    """The run keeps a few of the folder's captions: a saved run's previews and ``sample`` without --prompt ask for
+    them in turn, not for the empty caption."""
+    import torch
+
+    from difflab.runs import load as load_run
+    from difflab.training.conditioning import spread_captions
+
+    rc = json.loads((text_run / "run" / "config.json").read_text())
+    assert rc["conditioning"]["captions"] == ["a bar on the left", "a bar on the right"]
+    r = load_run(text_run / "run", device="cpu")
+    c = r.loaded.conditioning
+    cond = r.condition(None, 4, 0)  # what sample without --prompt draws
+    want = c.prompts(["a bar on the left", "a bar on the right"] * 2, "cpu")
+    assert torch.equal(cond["context"], want["context"]) and bool(cond["context_mask"].any(1).all())
+    del rc["conditioning"]["captions"]  # a run saved before: the empty caption
+    from difflab.training.conditioning import conditioning_of_run
+
+    assert not conditioning_of_run(rc).preview(2, "cpu")["context_mask"].any()
+    texts = [f"caption {i:02d}" for i in range(25)]
+    got = spread_captions(texts)
+    assert len(got) == 10 and got[0] == texts[0] and got[-1] == texts[-1] and len(set(got)) == 10
+    assert spread_captions(texts[:3]) == texts[:3]
+    # sample without --prompt asks for the stored captions in turn (with --prompt "": the empty caption)
+    from difflab.training.conditioning import CaptionConditioning
+
+    asked = []
+    prompts = CaptionConditioning.prompts
+    spy = lambda self, texts, device: asked.append(list(texts)) or prompts(self, texts, device)  # noqa: E731
+    monkeypatch.setattr(CaptionConditioning, "prompts", spy)
+    assert run("sample", "--run", text_run / "run", "--num", 3, "--steps", 2, "--out", tmp_path / "u.npz") == 0
+    assert asked == [["a bar on the left", "a bar on the right", "a bar on the left"]]
+    asked.clear()
+    assert run("sample", "--run", text_run / "run", "--num", 3, "--steps", 2, "--prompt", "", "--out",
+               tmp_path / "e.npz") == 0
+    assert asked == [["", "", ""]]
+
+
 def test_sample_with_prompt_and_negative_prompt(text_run, tmp_path, capsys):
     out = tmp_path / "s.npz"
     assert run("sample", "--run", text_run / "run", "--num", 3, "--steps", 2, "--prompt", "a bar on the right",

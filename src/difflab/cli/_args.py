@@ -44,6 +44,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def text_encoder(text: str) -> str:
+    """A text encoder name: small, minilm, or clip:PATH with PATH made absolute (the run stores where it was)."""
+    from ..text.encoders import CLIP_PREFIX, TextEncoderError, check_encoder_name
+
+    try:
+        check_encoder_name(text)
+    except TextEncoderError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if text.startswith(CLIP_PREFIX):
+        return CLIP_PREFIX + str(Path(text[len(CLIP_PREFIX):]).expanduser().resolve())
+    return text
+
+
 def device(text: str) -> str:
     """A torch device string that exists here: cpu, cuda[:i] with CUDA available and i in range, mps if available."""
     import torch

@@ -50,8 +50,10 @@ def sample_cascade(args: argparse.Namespace) -> int:
 
     if args.sampler not in SAMPLERS:
         raise UserError(f"--sampler {args.sampler} is not a diffusion sampler; {args.run} is a cascade of diffusion runs")
-    if args.threshold is not None:
-        raise UserError("--threshold is not available for cascades (each stage clamps to [-1, 1]; --no-clip turns it off)")
+    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+        raise UserError(f"--threshold must lie in (0, 1], got {args.threshold}")
+    if args.threshold is not None and args.no_clip:
+        raise UserError("--threshold replaces each stage's clamping to [-1, 1]; it cannot be combined with --no-clip")
     if (getattr(args, "classifier", None) is not None or getattr(args, "clip", None) is not None
             or getattr(args, "negative_prompt", None) is not None):
         raise UserError(f"--run {args.run} is a cascade: of the guidance options it takes --prompt and --guidance-scale")
@@ -69,7 +71,8 @@ def sample_cascade(args: argparse.Namespace) -> int:
                       disable=args.num <= args.batch_size):
         n = min(args.batch_size, args.num - start)
         chunks.append(c.sample(n, sampler=args.sampler, steps=args.steps, generator=g, label=args.label,
-                               clip=not args.no_clip, prompt=prompt, guidance_scale=w).cpu())
+                               clip=not args.no_clip, prompt=prompt, guidance_scale=w,
+                               threshold=args.threshold).cpu())
     write_samples(torch.cat(chunks), args.out, True)
     sizes = " -> ".join("x".join(map(str, s[1:])) for s in c.sizes())
     print(f"wrote {args.num} samples to {args.out} (cascade {sizes})")

@@ -109,6 +109,9 @@ def sample_diffusion(args: argparse.Namespace, r: DiffusionRun) -> int:
         raise UserError(f"--threshold: {args.run} is a latent diffusion run; its latents are never thresholded "
                         "(the decoded image is clamped)")
     model, make_cond = guide.guided(args, r.loaded)
+    if (args.prompt is None and args.clip is None and args.classifier is None and args.label is None
+            and r.conditioning.kind == "captions"):
+        make_cond = r.conditioning.preview  # the run's stored captions in turn (its class prompts for digit captions)
     if args.negative_prompt is not None:
         from ..training.conditioning import with_negative_prompt
 

@@ -38,9 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=_args.seed, help="random seed (default 0)")
     p.add_argument("--config", type=Path, metavar="FILE", help="JSON file with TrainConfig fields")
     p.add_argument("--conditional", action="store_true", default=None, help="train on the dataset's class labels")
-    p.add_argument("--text-encoder", choices=["small", "minilm"],
+    p.add_argument("--text-encoder", type=_args.text_encoder, metavar="small|minilm|clip:PATH",
                    help="condition on captions through this text encoder (implies --conditional): a captioned "
-                        "folder's own (docs/data.md), or captions made from digit labels")
+                        "folder's own (docs/data.md), or captions made from digit labels; clip:PATH is a CLIP text "
+                        "model in a local folder (never downloaded; its absolute path is stored in the run)")
     p.add_argument("--sample-every", type=int, metavar="N", help="write a preview grid every N steps")
     p.add_argument("--task", choices=["generate", "superres", "inpaint", "colorize"],
                    help="superres: SR3, conditioned on the 1/--scale image upsampled; inpaint: conditioned on a masked "

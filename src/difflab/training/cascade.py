@@ -104,18 +104,25 @@ class Cascade:
     def sample(self, n: int, *, sampler: str = "ddim", steps: int = 50, generator: torch.Generator | None = None,
                levels: Sequence[float] | None = None, label: int | None = None, clip: bool = True,
                intermediates: bool = False, prompt: str | None = None, guidance_scale: float = 0.0,
-               **options: Any) -> Tensor | list[Tensor]:
+               threshold: float | None = None, **options: Any) -> Tensor | list[Tensor]:
         """n samples of the final size: the base's samples, then each SR stage conditioned on the previous output
         augmented to its level (Ho et al. 2022, Alg. 1-2).  ``levels`` overrides the folder's; ``label`` is the
         class of a class-conditional base, ``prompt`` the caption of a text-conditional base and SR stages, with
-        classifier-free guidance at ``guidance_scale``; ``intermediates`` returns every stage's output, base first."""
+        classifier-free guidance at ``guidance_scale``; ``threshold`` P wraps every stage's (guided) denoiser in dynamic
+        thresholding at percentile P instead of clamping (Imagen, Saharia et al. 2022, sec. 2.3); ``intermediates``
+        returns every stage's output, base first."""
         from ..guidance import ClassifierFreeGuidance
-        from ..models.denoiser import Clamped
+        from ..models.denoiser import Clamped, Thresholded
 
         levels = list(self.levels if levels is None else levels)
         if len(levels) != len(self.stages):
             raise ValueError(f"levels: one per super-resolution stage ({len(self.stages)}), got {len(levels)}")
-        wrap = Clamped if clip else (lambda m: m)
+        if threshold is not None:
+            if not 0.0 < float(threshold) <= 1.0:
+                raise ValueError(f"threshold percentile must lie in (0, 1], got {threshold}")
+            wrap = lambda m: Thresholded(m, float(threshold))  # noqa: E731
+        else:
+            wrap = Clamped if clip else (lambda m: m)
         base = self.base
         device = next(base.model.parameters()).device
         cond_b = base.conditioning

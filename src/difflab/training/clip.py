@@ -19,7 +19,6 @@ from ..errors import UserError
 from ..models.clip import ClipConfig, NoisyClip
 from ..models.networks import time_scale_for
 from ..schedules import Schedule
-from ..text.captions import CaptionThresholds, captions
 from ..utils.config import require
 from .checkpoint import load_folder
 from .classifier import noisy_batch
@@ -51,23 +50,35 @@ class ClipTrainConfig(NoisyModelConfig):
 
 
 class ClipFamily(Family):
-    """One CLIP model (image and text towers), no EMA, one phase: the contrastive loss of noised images and captions."""
+    """One CLIP model (image and text towers), no EMA, one phase: the contrastive loss of noised images and captions.
+
+    The captions are the data's own (a captioned image folder; an image with several takes one at random per step)
+    or those made from the labels of grey digits (:func:`difflab.text.dataset_captions`)."""
 
     def __init__(self, cfg: ClipTrainConfig, data: Dataset):
-        if data.kind != "image" or data.y is None:
-            raise UserError(f"a noisy CLIP needs labelled digit images for captions; {data.spec} has none")
+        from ..text import dataset_captions
+
+        if data.kind != "image":
+            raise UserError(f"a noisy CLIP needs captioned images; {data.spec} holds points")
         self.data, self.schedule = data, cfg.schedule.build()
-        x = data.x
-        self.texts = captions(x, data.y, CaptionThresholds.fit(x))
+        self.captions, self.digit_captions = dataset_captions(data)
+        self.several = any(len(c) > 1 for c in self.captions)
         image = {"in_channels": data.shape[0], "time_scale": time_scale_for(self.schedule), **cfg.clip.get("image", {})}
         self.model = NoisyClip(ClipConfig.from_dict({**cfg.clip, "image": image}))
         self.modules = {"model": self.model}
         self.optimizers = {"model": OptimizerSpec(("model",))}
         self.phases = [Phase("model", self.loss)]
 
+    def texts(self, idx: list[int], u: Tensor | None) -> list[str]:
+        """One caption of each example idx: the one the uniform draw u [B] picks (the first when u is None)."""
+        caps = [self.captions[i] for i in idx]
+        return [c[0] if u is None else c[min(int(float(v) * len(c)), len(c) - 1)] for c, v in
+                zip(caps, u if u is not None else [0.0] * len(caps))]
+
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         xt, t = noisy_batch(self.schedule, self.data.batch(batch.idx).to(batch.device), batch.rng)
-        return {"loss": clip_loss(self.model(xt, t, [self.texts[i] for i in batch.idx.tolist()]))}
+        u = batch.rng.rand(len(batch.idx), torch.float32) if self.several else None
+        return {"loss": clip_loss(self.model(xt, t, self.texts(batch.idx.tolist(), u)))}
 
 
 def train_clip(cfg: ClipTrainConfig, data: Dataset, out: str | Path | None = None,
@@ -77,6 +88,7 @@ def train_clip(cfg: ClipTrainConfig, data: Dataset, out: str | Path | None = Non
     family = ClipFamily(cfg, data)
     fit_into(family, len(data), cfg, out, {
         "format": CLIP_FORMAT, "data": data.spec, "shape": list(data.shape), "train": cfg.to_dict(),
+        "digit_captions": family.digit_captions,
         "clip": family.model.config.to_dict(), "schedule": family.schedule.config()}, progress)
     return family.model.eval().requires_grad_(False), family.schedule
 

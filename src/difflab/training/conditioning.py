@@ -87,20 +87,37 @@ class LabelConditioning(Conditioning):
         return {"y": y.to(device)}
 
 
+PREVIEW_CAPTIONS = 10
+
+
+def spread_captions(texts: Sequence[str], k: int = PREVIEW_CAPTIONS) -> list[str]:
+    """Up to k of the sorted distinct captions ``texts``, evenly spaced over the list (first and last included)."""
+    texts = list(texts)
+    if len(texts) <= k:
+        return texts
+    return [texts[round(i * (len(texts) - 1) / (k - 1))] for i in range(k)] if k > 1 else texts[:1]
+
+
 class CaptionConditioning(Conditioning):
     """Caption token states through a frozen text encoder, cross-attended ({"context", "context_mask"}); the
     null condition is the empty prompt (no context tokens), drawn with probability p_uncond in training (caption
     dropout for classifier-free guidance); an example with several captions takes one at random per step.
-    Previews ask for the class prompts of digit captions ("a zero", ...), else for the data's first distinct captions
-    (at training time) or the empty caption (a saved run)."""
+    Previews (and ``difflab sample`` without --prompt) ask for the class prompts of digit captions ("a zero", ...),
+    else for up to ``PREVIEW_CAPTIONS`` of the data's distinct captions, spread over their sorted list and stored in
+    the run's config (``captions``); a run saved before them falls back to the empty caption."""
 
     kind = "captions"
 
-    def __init__(self, encoder: str, p_uncond: float, num_classes: int, table: Any = None):
+    def __init__(self, encoder: str, p_uncond: float, num_classes: int, table: Any = None,
+                 captions: Sequence[str] | None = None):
         self.encoder, self.p_uncond, self.num_classes, self.table = encoder, float(p_uncond), num_classes, table
+        if captions is None and table is not None and not num_classes:
+            captions = spread_captions(table.texts)
+        self.captions = [str(c) for c in captions] if captions else []
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "encoder": self.encoder, "p_uncond": self.p_uncond, "num_classes": int(self.num_classes)}
+        return {"kind": self.kind, "encoder": self.encoder, "p_uncond": self.p_uncond, "num_classes": int(self.num_classes),
+                **({"captions": self.captions} if self.captions else {})}
 
     def network_options(self) -> dict[str, Any]:
         from ..text import encoder_dim
@@ -118,14 +135,16 @@ class CaptionConditioning(Conditioning):
         return {"context": torch.zeros_like(c["context"]).expand(n, -1, -1),
                 "context_mask": torch.zeros_like(c["context_mask"]).expand(n, -1)}
 
-    def preview(self, n: int, device: torch.device | str) -> Cond:
+    def preview_prompts(self) -> list[str]:
+        """The prompts previews ask for in turn: the class prompts of digit captions, else the stored captions (none
+        for a run saved before they were stored)."""
         from ..text import class_prompts
 
-        if self.num_classes:
-            prompts = class_prompts(self.num_classes)
-        elif self.table is not None:
-            prompts = self.table.texts[:10]
-        else:  # a saved run of a captioned folder (its captions are not stored): the empty caption
+        return class_prompts(self.num_classes) if self.num_classes else list(self.captions)
+
+    def preview(self, n: int, device: torch.device | str) -> Cond:
+        prompts = self.preview_prompts()
+        if not prompts:  # a run saved before its captions were stored: the empty caption
             return self.null(n, device)
         return self.prompts([prompts[k % len(prompts)] for k in range(n)], device)
 
@@ -496,4 +515,5 @@ CONDITIONINGS: dict[str, type[Conditioning]] = {c.kind: c for c in (
 
 __all__ = ["conditioning_from_config", "CONDITIONINGS", "Conditioning", "LabelConditioning", "CaptionConditioning", "with_negative_prompt", "SuperResConditioning",
            "TextSuperResConditioning", "InpaintConditioning", "ColorizeConditioning", "grayscale",
-           "training_masks", "gaussian_blur", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond"]
+           "training_masks", "gaussian_blur", "upsampled", "downsampled", "conditioning_for", "conditioning_of_run", "Cond",
+           "spread_captions", "PREVIEW_CAPTIONS"]

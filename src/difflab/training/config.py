@@ -185,7 +185,7 @@ class TrainConfig(FitConfig):
     posthoc_every: int = 100  # steps between post-hoc EMA snapshots (RUN/ema/)
     conditional: bool = False  # train on class labels (classifier-free: labels dropped with p_uncond)
     p_uncond: float = 0.1
-    text_encoder: Literal["none", "small", "minilm"] = "none"  # with conditional: caption cross-attention, not labels
+    text_encoder: str = "none"  # small | minilm | clip:PATH; with conditional: caption cross-attention, not labels
     sample_every: int = 0  # preview grid every N steps (0 = only at the end)
     sampler: str = "ddim"  # for previews and the final grid
     sample_steps: int = 50
@@ -205,6 +205,13 @@ class TrainConfig(FitConfig):
         self.require_ints(("sample_every",), 0)
         require(0 <= self.ema_decay < 1, f"{n}.ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         require(0 <= self.p_uncond < 1, f"{n}.p_uncond must lie in [0, 1), got {self.p_uncond!r}")
+        if self.text_encoder != "none":
+            from ..text import TextEncoderError, check_encoder_name
+
+            try:
+                check_encoder_name(self.text_encoder)
+            except TextEncoderError as e:
+                raise ConfigError(f"{n}.text_encoder: {e}") from None
         require(self.text_encoder == "none" or self.conditional,
                 f"{n}.text_encoder={self.text_encoder!r} needs conditional=true (captions of the labelled data)")
         self.require_ints(("scale",), 2)
