@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..models.clip import ClipConfig, NoisyClip
 from ..models.networks import time_scale_for
 from ..schedules import Schedule
-from ..text.captions import CaptionThresholds, captions
+from ..text.captions import captions, streamed_attributes
 from ..utils.config import require
 from .checkpoint import load_folder
 from .classifier import noisy_batch
@@ -57,8 +57,7 @@ class ClipFamily(Family):
         if data.kind != "image" or data.y is None:
             raise UserError(f"a noisy CLIP needs labelled digit images for captions; {data.spec} has none")
         self.data, self.schedule = data, cfg.schedule.build()
-        x = data.x
-        self.texts = captions(x, data.y, CaptionThresholds.fit(x))
+        self.texts = captions(streamed_attributes(data.batches()), data.y)  # terciles fitted on the data itself
         image = {"in_channels": data.shape[0], "time_scale": time_scale_for(self.schedule), **cfg.clip.get("image", {})}
         self.model = NoisyClip(ClipConfig.from_dict({**cfg.clip, "image": image}))
         self.modules = {"model": self.model}
@@ -96,11 +95,16 @@ def zero_shot_accuracy(clip: NoisyClip, sched: Schedule, data: Dataset, t: float
     from ..text.conditioning import class_prompts
 
     g = torch.Generator().manual_seed(seed)
-    x = data.x.double()
-    tt = torch.full((len(data),), float(t), dtype=torch.float64)
-    xt = sched.q_sample(x, tt, torch.randn(x.shape, generator=g, dtype=torch.float64)).float()
-    sims = clip.image_features(xt, tt.float()) @ clip.text_features(class_prompts(data.num_classes)).T
-    return float((sims.argmax(1) == data.y).float().mean())
+    text = clip.text_features(class_prompts(data.num_classes)).T
+    correct, start = 0, 0
+    for x in data.batches(batch_size=1000):
+        x = x.double()
+        tt = torch.full((len(x),), float(t), dtype=torch.float64)
+        xt = sched.q_sample(x, tt, torch.randn(x.shape, generator=g, dtype=torch.float64)).float()
+        sims = clip.image_features(xt, tt.float()) @ text
+        correct += int((sims.argmax(1) == data.y[start:start + len(x)]).sum())
+        start += len(x)
+    return correct / len(data)
 
 
 __all__ = ["ClipTrainConfig", "ClipFamily", "clip_loss", "train_clip", "load_clip", "zero_shot_accuracy", "CLIP_FORMAT"]
