@@ -118,3 +118,21 @@ def test_evaluate_cli_dinov2_one_line_error_then_scores_with_cached_reference(tm
     a, b = (json.loads((tmp_path / f"{n}.json").read_text())["metrics"] for n in "ab")
     assert a["num_samples"] == 12 and a["num_reference"] == 10 and a["fd"] > 0 and a == b
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+
+
+def test_report_scores_runs_in_dinov2_features(tmp_path, monkeypatch):
+    from conftest import TINY_UNET
+
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setenv("DIFFLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cfg.json").write_text(json.dumps({"network": TINY_UNET, "batch_size": 8, "sample_steps": 2,
+                                                   "schedule": {"kind": "linear", "T": 50}}))
+    assert main(["train", "--data", "digits", "--out", str(tmp_path / "run"), "--steps", "2", "--config",
+                 str(tmp_path / "cfg.json"), "--quiet"]) == 0
+    save_file({k: v.contiguous() for k, v in _hf().state_dict().items()}, str(tmp_path / "w.safetensors"))
+    assert main(["report", "--runs", str(tmp_path / "run"), "--methods", "ddim:2", "--num", "12", "--ref-num", "20",
+                 "--features", "dinov2", "--dinov2-weights", str(tmp_path / "w.safetensors"), "--out",
+                 str(tmp_path / "rep")]) == 0
+    (row,) = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    assert row["num_reference"] == 20 and row["fd"] > 0
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
