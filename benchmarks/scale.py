@@ -3,10 +3,14 @@
 For synthetic folders of N 64x64 colour PNGs (default 100k and 1M): the time and peak memory of ``prepare-data``;
 time to the first training step and peak resident memory per process, in-memory folder against packed memory
 map, with 1 and 2 processes; the packed loader's images/s against the training step rate; generation of 50,000
-samples with 1 and 2 processes.  Every measurement runs the ``difflab`` command in a fresh subprocess.
+samples with 1 and 2 processes (seconds, samples/s, whether the merged shards are bitwise equal), from the packed
+run or (``--gen-run digits``, generation only) from a small 8x8 digits U-Net the script trains first.  Every measurement runs the ``difflab`` command in a fresh subprocess.
 
     python benchmarks/scale.py                   (hours and ~13 GB of disk for 1M images: run on an idle machine)
     python benchmarks/scale.py --quick           (a smoke test: 2,000 16x16 images, 200 samples; about a minute)
+    python benchmarks/scale.py --gen-run digits --gen-num 50000     (only generation: a small 8x8 digits U-Net
+                                                  trained here, 50,000 samples with 1 and 2 processes)
+    python benchmarks/scale.py --gen-run digits --gen-num 2000 --gen-train-steps 50   (its smoke test, < 1 min)
 
 Writes the raw numbers to --json (default: a temporary folder) and prints Markdown tables.
 """
@@ -109,17 +113,40 @@ def bench_size(n: int, size: int, work: Path, args: argparse.Namespace) -> dict[
     return out
 
 
+def digits_run(work: Path, args: argparse.Namespace) -> Path:
+    """A small 8x8 digits U-Net trained for --gen-train-steps steps (the run that --gen-run digits samples)."""
+    run, cfg = work / f"run_digits_{args.gen_train_steps}", work / "cfg_digits.json"
+    if not (run / "config.json").is_file():
+        cfg.write_text(json.dumps({**TINY, "batch_size": 64}))
+        r = difflab("train", "--data", "digits", "--steps", args.gen_train_steps, "--config", cfg, "--out", run,
+                    "--quiet", "--device", "cpu")
+        print(f"trained the digits run ({args.gen_train_steps} steps) in {r['seconds']:.1f} s", flush=True)
+    return run
+
+
 def bench_generate(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    run = work / f"run_packed_1_{args.sizes[-1]}"
-    out = {}
+    """--gen-num samples with 1 and 2 processes (``sample --nproc 2``): seconds, samples/s, bitwise equal shards."""
+    run = digits_run(work, args) if args.gen_run == "digits" else work / f"run_packed_1_{args.sizes[-1]}"
+    out: dict[str, Any] = {"run": args.gen_run, "num": args.gen_num, "steps": args.gen_steps, "batch_size": 500}
     for nproc in (1, 2):
+        folder = work / f"gen_{args.gen_run}_{args.gen_num}_{nproc}"
+        if folder.exists():  # an earlier run's shards would be kept and not drawn again: start empty
+            import shutil
+
+            shutil.rmtree(folder)
         r = difflab("sample", "--run", run, "--num", args.gen_num, "--steps", args.gen_steps, "--batch-size", 500,
-                    "--out", work / f"gen_{nproc}", "--device", "cpu", nproc=nproc)
+                    "--out", folder, "--device", "cpu", nproc=nproc)
+        r["samples_per_s"] = args.gen_num / r["seconds"]
         out[f"x{nproc}"] = r
-        print(f"generate {args.gen_num}: {nproc} process(es) {r['seconds']:.1f} s", flush=True)
+        print(f"generate {args.gen_num} ({args.gen_run}): {nproc} process(es) {r['seconds']:.1f} s, "
+              f"{r['samples_per_s']:.0f} samples/s", flush=True)
     from difflab.evaluation.generate import merge
 
-    out["equal"] = bool(np.array_equal(merge(work / "gen_1"), merge(work / "gen_2")))
+    a, b = (merge(work / f"gen_{args.gen_run}_{args.gen_num}_{k}") for k in (1, 2))
+    out["equal"] = bool(a.shape == b.shape and len(a) == args.gen_num and np.array_equal(a, b))
+    out["speedup"] = out["x1"]["seconds"] / out["x2"]["seconds"]
+    print(f"generate {args.gen_num}: 2 processes {out['speedup']:.2f}x, merged shards "
+          f"{'equal bit for bit' if out['equal'] else 'DIFFERENT'}", flush=True)
     return out
 
 
@@ -132,6 +159,10 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--gen-num", type=int, default=50_000)
     p.add_argument("--gen-steps", type=int, default=10)
+    p.add_argument("--gen-run", choices=["packed", "digits"], default="packed",
+                   help="what generation samples: the packed-set run of the last size, or (digits) a small 8x8 "
+                        "digits U-Net trained here for --gen-train-steps steps; digits runs only the generation part")
+    p.add_argument("--gen-train-steps", type=int, default=300, help="--gen-run digits: training steps (default 300)")
     p.add_argument("--work", type=Path, help="folder for the synthetic data (kept between runs)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -139,12 +170,19 @@ def main() -> None:
         args.sizes, args.image, args.batch, args.train_steps, args.gen_num, args.gen_steps = [2000], 16, 32, 3, 200, 2
     work = args.work or Path(tempfile.mkdtemp(prefix="difflab-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    res = {"sizes": [bench_size(n, args.image, work, args) for n in args.sizes], "generate": bench_generate(work, args)}
+    sizes = [] if args.gen_run == "digits" else [bench_size(n, args.image, work, args) for n in args.sizes]
+    res = {"sizes": sizes, "generate": bench_generate(work, args)}
     path = args.json or work / "scale.json"
     path.write_text(json.dumps(res, indent=1))
-    print("| N | loader images/s | training images/s |\n|---|---|---|")
+    if sizes:
+        print("| N | loader images/s | training images/s |\n|---|---|---|")
     for r in res["sizes"]:
         print(f"| {r['n']} | {r['loader_images_per_s']:.0f} | {r['train_images_per_s']:.0f} |")
+    g = res["generate"]
+    print(f"\n| samples | run | steps | processes | seconds | samples/s | equal |\n|---|---|---|---|---|---|---|")
+    for k in (1, 2):
+        print(f"| {g['num']:,} | {g['run']} | {g['steps']} | {k} | {g[f'x{k}']['seconds']:.1f} | "
+              f"{g[f'x{k}']['samples_per_s']:.0f} | {'yes' if g['equal'] else 'NO'} |")
     print(f"wrote {path}")
 
 

@@ -86,3 +86,13 @@ def test_batch_must_split_evenly():
 
     with pytest.raises(ConfigError, match="divisible by accumulate"):
         TrainConfig(batch_size=10, accumulate=3)
+
+
+def test_nproc_launches_in_process_and_returns_the_workers_exit_status(tmp_path):
+    """--nproc runs the workers through torch's elastic launcher: a worker's user error (exit 2, one line) is the
+    command's exit status, with no launcher traceback after it."""
+    r = subprocess.run([sys.executable, "-m", "difflab", "train", "--data", str(tmp_path / "missing"), "--out",
+                        str(tmp_path / "r"), "--steps", "1", "--nproc", "2"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "no such file or directory" in r.stderr and "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr

@@ -154,3 +154,49 @@ def test_latents_stored_once_and_mapped_by_latent_runs(tmp_path):
     (tmp_path / "ldm.json").write_text(json.dumps({"network": TINY_UNET, "batch_size": 8, "sample_steps": 2}))
     assert main(["train", "--data", f"packed:{tmp_path / 'd'}", "--autoencoder", str(tmp_path / "ae"), "--out",
                  str(tmp_path / "ldm"), "--steps", "2", "--config", str(tmp_path / "ldm.json"), "--quiet"]) == 0
+
+
+_PEAK_CHILD = """
+import sys, torch
+from difflab.data import load
+from difflab.evaluation.shards import evaluate_samples
+from difflab.training import TrainConfig, train
+def status(key):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)) * 1024
+torch.set_num_threads(1)
+data = load('packed:' + sys.argv[1])
+net = {"channels": 8, "channel_mult": [1], "num_res_blocks": 1, "attention_levels": [], "groups": 4}
+cfg = TrainConfig.from_dict({"network": net, "batch_size": 8, "log_every": 10, "checkpoint_every": 10, "steps": 1,
+                             "sample_steps": 1, "schedule": {"kind": "linear", "T": 50}})
+samples = torch.rand(64, 1, 8, 8) * 2 - 1
+evaluate_samples(samples, load('digits'), 'train', 'digits')  # warm up the code paths on a small in-memory set
+train(cfg, load('digits'), sys.argv[2] + '-warm', progress=False)
+before, file_before = status('VmHWM'), status('RssFile')
+train(cfg, data, sys.argv[2], progress=False)  # training start (and one step, checkpoint, preview)
+after_train = status('VmHWM')
+m = evaluate_samples(samples, data, 'train', 'digits', ref_num=1000)  # reference statistics of the packed set
+# pages of the memory map that reads fault in are file-backed RSS (the page cache), not a copy: not counted
+print(after_train - before, status('VmHWM') - before - (status('RssFile') - file_before), data.stored.numel(),
+      int(m['num_reference']))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_training_start_and_reference_statistics_never_load_a_packed_set_whole(tmp_path):
+    """A 128 MB packed set (sparse; 512 MB as float32): training one step on it and computing evaluation reference
+    statistics (a 1000-image subset) raise the peak RSS, less the mapped file pages, by far less than the set; one
+    float copy of it (``Dataset.x``) would add 512 MB."""
+    n, shape = 2_000_000, (1, 8, 8)
+    root = tmp_path / "big"
+    root.mkdir()
+    np.lib.format.open_memmap(root / "images-train.npy", mode="w+", dtype=np.uint8, shape=(n, *shape)).flush()
+    np.save(root / "labels-train.npy", np.zeros(n, np.int64))
+    (root / META).write_text(json.dumps({"format": 1, "source": "synthetic", "shape": list(shape),
+                                         "class_names": None, "splits": {"train": {"shape": [n, *shape]}}}))
+    r = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(root), str(tmp_path / "run")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    train_growth, growth, size, num_reference = map(int, r.stdout.split()[-4:])
+    assert size == n * 64 and num_reference == 1000
+    assert growth < size / 2, (f"peak RSS grew by {growth / 2**20:.0f} MB (training: {train_growth / 2**20:.0f} MB) "
+                               f"for a {size / 2**20:.0f} MB packed set")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 
@@ -90,3 +91,17 @@ def refuse_existing(path: Path, overwrite: bool, option: str = "--out") -> None:
 
 
 __all__ = ["MAX_SEED", "seed", "finite_float", "positive_float", "device", "add_overwrite", "refuse_existing"]
+
+
+def add_weights_options(p: argparse.ArgumentParser) -> None:
+    """--inception-weights and --dinov2-weights: local files of the pretrained feature networks (never downloaded)."""
+    p.add_argument("--inception-weights", type=Path, metavar="PATH",
+                   help="local file of the 2015-12-05 Inception weights (default $DIFFLAB_INCEPTION_WEIGHTS)")
+    p.add_argument("--dinov2-weights", type=Path, metavar="PATH",
+                   help="local file of DINOv2 ViT weights, official .pth or Dinov2Model .safetensors "
+                        "(default $DIFFLAB_DINOV2_WEIGHTS)")
+
+
+def weights_for(features: str | None, args: Any) -> Path | None:
+    """The weights option that belongs to --features (None: the network's environment variable decides)."""
+    return getattr(args, f"{features}_weights", None) if features in ("inception", "dinov2") else None

@@ -33,5 +33,6 @@ def family_row(path: Path, run: Any, num: int, seed: int, score: Callable[[torch
            "sec_per_1000": secs * 1000 / num, "params": run.num_params, "marker": run.marker, "own_sampler": True,
            **score(x)}
     if "elbo" in run.likelihood:  # the bound is cheap; an ODE likelihood belongs to `difflab evaluate --nll`
-        row["nll"] = run.nll(load(run.config["data"], "test").x[:REPORT_NLL_NUM], seed, "elbo")["nll"]
+        test = load(run.config["data"], "test")
+        row["nll"] = run.nll(test.batch(torch.arange(min(REPORT_NLL_NUM, len(test)))), seed, "elbo")["nll"]
     return row

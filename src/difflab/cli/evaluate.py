@@ -34,12 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=sampler_names(), help="a sampler the run's family accepts (default: the run's)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's; 50 for diffusion runs)")
     p.add_argument("--seed", type=_args.seed, default=0)
-    p.add_argument("--features", choices=["digits", "mnist", "inception"],
-                   help="feature network (default: by image size); inception: FID's Inception-v3 (docs/evaluation.md)")
-    p.add_argument("--inception-weights", type=Path, metavar="PATH",
-                   help="local file of the 2015-12-05 Inception weights (default $DIFFLAB_INCEPTION_WEIGHTS)")
+    p.add_argument("--features", choices=["digits", "mnist", "inception", "dinov2"],
+                   help="feature network (default: by image size); inception: FID's Inception-v3; dinov2: FD-DINOv2's "
+                        "ViT (docs/evaluation.md)")
+    _args.add_weights_options(p)
     p.add_argument("--ref-num", type=int, default=50_000,
-                   help="--features inception: reference images, a seeded subset if the split is larger (default 50000)")
+                   help="reference images, a seeded subset if the split is larger (default 50000), read batch by batch")
     p.add_argument("--nll", action="store_true", help="also report the negative log-likelihood on the test split")
     p.add_argument("--nll-method", choices=["elbo", "ode"],
                    help="bound or probability-flow ODE (default: the run's first; refused where its family has none)")
@@ -92,16 +92,21 @@ def metrics_for(x: torch.Tensor | Path, ref: Dataset, features: str | None, args
     name = features or FEATURE_NETS.get(ref.shape)
     if name is None and ref.kind == "image":
         raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features "
-                        "digits|mnist|inception or use difflab.evaluation.evaluate_images with your own extractor")
-    if name == "inception" or isinstance(x, Path):  # FID's Inception, or shards read one at a time
+                        "digits|mnist|inception|dinov2 or use difflab.evaluation.evaluate_images with your own extractor")
+    if name in ("inception", "dinov2") or isinstance(x, Path):  # local pretrained weights, or shards one at a time
         from ..evaluation.shards import evaluate_samples
 
-        opt = {k: getattr(args, k, None) for k in ("inception_weights", "ref_num", "device")}
-        return evaluate_samples(x, ref, getattr(args, "split", "train"), name, weights=opt["inception_weights"],
+        opt = {k: getattr(args, k, None) for k in ("ref_num", "device")}
+        return evaluate_samples(x, ref, getattr(args, "split", "train"), name, weights=_args.weights_for(name, args),
                                 ref_num=opt["ref_num"] or 50_000, device=opt["device"])
     if ref.kind == "points":
         return evaluate_points(x, ref.x)
-    return evaluate_images(x, ref.x, features=name)
+    from ..evaluation import get_extractor
+    from ..evaluation.shards import data_features
+
+    extractor = get_extractor(name)
+    reference = data_features(ref, extractor, getattr(args, "ref_num", None) or 50_000)  # read batch by batch
+    return evaluate_images(x, reference, features=extractor)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from ..data import load
 from ..errors import UserError
 from ._families import family_row, points_extras
@@ -25,7 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"sampler:steps list (default {DEFAULT_METHODS})")
     p.add_argument("--num", type=int, default=1000, help="samples per method (default 1000)")
     p.add_argument("--data", metavar="SPEC", help="reference data (default: the first run's data)")
-    p.add_argument("--features", choices=["digits", "mnist"], help="feature network (default: by image size)")
+    p.add_argument("--features", choices=["digits", "mnist", "inception", "dinov2"],
+                   help="feature network (default: by image size); inception / dinov2 read local weights and cache "
+                        "the reference features (docs/evaluation.md)")
+    _args.add_weights_options(p)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.md and trilemma.png")
     p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--ref-num", type=int, default=10000, metavar="N",
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluation import evaluate_features, evaluate_points, get_extractor
     from ..evaluation.report import parse_methods, write_report
+    from ..evaluation.shards import PRETRAINED, data_features, pretrained_extractor, reference_features_cached
     from ..samplers import names
     from .evaluate import FEATURE_NETS
 
@@ -68,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     ref = load(args.data or runs[0].config["data"], image_size=first[-1] if len(first) == 3 else None)  # folders: the run's size
     if args.ref_num < 10:
         raise UserError(f"--ref-num must be at least 10, got {args.ref_num}")
-    if len(ref) > args.ref_num:
+    if len(ref) > args.ref_num:  # only the first N rows are read (a packed set stays on disk)
         from ..data import Dataset
 
-        ref = Dataset(ref.x[:args.ref_num], None, ref.spec)
+        ref = Dataset(ref.batch(torch.arange(args.ref_num)), None, ref.spec)
     for r, path in zip(runs, args.run):
         r.check_can_sample()
         if r.data_shape != ref.shape:  # a latent run: the decoded images
@@ -86,8 +92,12 @@ def run(args: argparse.Namespace) -> int:
             name, prepare, title_note = FEATURE_NETS[(1, *ref.shape[1:])], ink, ", features of the brightest channel"
         if name is None:
             raise UserError(f"no built-in feature network for images of shape {ref.shape}; pass --features")
-        extractor = get_extractor(name)
-        ref_features = extractor(prepare(ref.x))
+        if name in PRETRAINED:  # FID's Inception or FD-DINOv2's ViT from a local file; reference features cached
+            extractor, net = pretrained_extractor(name, _args.weights_for(name, args), args.device)
+            ref_features = reference_features_cached(ref, "train", extractor, net, len(ref))
+        else:
+            extractor = get_extractor(name)
+            ref_features = data_features(ref, extractor) if title_note == "" else extractor(prepare(ref.x))
     rows = []
     score = lambda x: (evaluate_features(extractor(prepare(x)), ref_features) if ref.kind == "image"  # noqa: E731
                        else {**evaluate_points(x, ref.x), **points_extras(x, ref.spec)})

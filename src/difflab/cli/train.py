@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -240,7 +239,8 @@ def _fit(args: argparse.Namespace, fit: Callable[[Any, Any], Any]) -> tuple[Any,
 
 
 def launch(nproc: int) -> int:
-    """Re-run this command under torchrun with nproc processes on this machine (the arguments without --nproc)."""
+    """Re-run this command with nproc processes on this machine (the arguments without --nproc), through torch's
+    elastic launcher (:func:`difflab.training.distributed.relaunch`)."""
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
     if distributed.launched():
@@ -253,6 +253,4 @@ def launch(nproc: int) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "difflab",
-           *argv]
-    return subprocess.call(cmd)
+    return distributed.relaunch(nproc, argv)

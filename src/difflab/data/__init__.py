@@ -11,7 +11,7 @@ quarter of the memory of float storage; 2-D toy data is float32 [N, 2].
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -60,10 +60,30 @@ class Dataset:
         part = self.stored[idx]
         return torch.take(_UNIT_TABLE, part.long()) if part.dtype == torch.uint8 else part
 
+    def batches(self, idx: Tensor | None = None, batch_size: int = 4096) -> Iterator[Tensor]:
+        """float32 examples ``idx`` (default all, in order), ``batch_size`` at a time: a packed set is read from its
+        memory map a batch at a time and never held whole."""
+        n = len(self) if idx is None else len(idx)
+        for s in range(0, n, batch_size):
+            yield self.batch(torch.arange(s, min(n, s + batch_size)) if idx is None else idx[s:s + batch_size])
+
+    def std(self) -> float:
+        """Standard deviation of every value of the set (unbiased, as ``x.std()``), accumulated batch by batch in
+        float64 so a packed set is never materialised."""
+        n, total, squares = 0, 0.0, 0.0
+        for b in self.batches():
+            b = b.double()
+            n, total, squares = n + b.numel(), total + float(b.sum()), squares + float((b * b).sum())
+        if n < 2:
+            return float("nan")
+        mean = total / n
+        return max(squares - n * mean * mean, 0.0) ** 0.5 / (n - 1) ** 0.5
+
     @property
     def x(self) -> Tensor:
-        """The whole set as float32: a full conversion of uint8 images (for small sets and evaluation; per-step
-        code should call ``batch``).  Float storage is returned as is, without a copy."""
+        """The whole set as float32: a full conversion of uint8 images (for small in-memory sets and tests; training
+        and evaluation code reads ``batch`` or ``batches`` so a packed set is never loaded whole).  Float storage is
+        returned as is, without a copy."""
         if self.stored.dtype != torch.uint8:
             return self.stored
         out = torch.empty(self.stored.shape, dtype=torch.float32)

@@ -57,20 +57,26 @@ def reference_images(spec: str, split: str = "train", max_n: int | None = None, 
     split is larger (the same subset for the same seed)."""
     from .. import data
 
-    x = data.load(spec, split).x  # type: ignore[arg-type]
-    if x.ndim != 4:
+    ds = data.load(spec, split)  # type: ignore[arg-type]
+    if ds.kind != "image":
         raise EvaluationError(f"data {spec!r} is not an image dataset; use evaluate_points")
-    if max_n is not None and len(x) > max_n:
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_n]]
-    return x
+    if max_n is not None and len(ds) > max_n:  # only the subset's rows are read (a packed set stays on disk)
+        return ds.batch(torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:max_n])
+    return ds.x
 
 
 def reference_features(
     spec: str, split: str = "train", features: FeatureSpec | None = None, max_n: int | None = None, seed: int = 0
 ) -> Features:
-    """Features of a dataset split (seeded random subset of max_n images if given), for use as ``reference``."""
-    x = reference_images(spec, split, max_n, seed)
-    return extract(x, features if features is not None else features_for(spec))
+    """Features of a dataset split (seeded random subset of max_n images if given, sorted), for use as ``reference``;
+    read batch by batch, so a packed set is never loaded whole."""
+    from .. import data
+    from .shards import data_features
+
+    ds = data.load(spec, split)  # type: ignore[arg-type]
+    if ds.kind != "image":
+        raise EvaluationError(f"data {spec!r} is not an image dataset; use evaluate_points")
+    return data_features(ds, get_extractor(features if features is not None else features_for(spec)), max_n, seed)
 
 
 def evaluate_features(

@@ -184,7 +184,7 @@ def weights_path(path: str | Path | None = None) -> Path:
     return p
 
 
-def read_state_dict(path: Path) -> dict[str, Tensor]:
+def read_state_dict(path: Path, what: str = "Inception weights") -> dict[str, Tensor]:
     """A state dict from .safetensors, or from a .pth/.pt file of plain tensors (torch.load weights_only: no code)."""
     try:
         if path.suffix == ".safetensors":
@@ -193,9 +193,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable or unsafe file: one line naming it
-        raise EvaluationError(f"Inception weights {path} are not readable ({str(e).splitlines()[0][:200]})") from None
+        raise EvaluationError(f"{what} {path} are not readable ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(state, dict):
-        raise EvaluationError(f"Inception weights {path} hold a {type(state).__name__}, not a state dict")
+        raise EvaluationError(f"{what} {path} hold a {type(state).__name__}, not a state dict")
     return state
 
 

@@ -82,6 +82,21 @@ def shard_features(shards: Iterable[Any], extractor: Extractor, batch_size: int 
     return sums, Features(np.concatenate(parts).astype(np.float64), np.concatenate(logits) if logits else None)
 
 
+def subset_indices(n: int, max_n: int | None, seed: int = 0) -> torch.Tensor:
+    """All of 0..n-1, or a seeded random subset of max_n of them (sorted, so a memory map is read forwards)."""
+    if max_n is None or n <= max_n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_n].sort().values
+
+
+def data_features(data: Any, extractor: Extractor, max_n: int | None = None, seed: int = 0,
+                  batch_size: int = 250) -> Features:
+    """Features (and logits) of a ``difflab.data.Dataset`` (a seeded subset of max_n if larger), computed batch by
+    batch through ``Dataset.batch``: only the rows needed are read, and a packed set is never loaded whole."""
+    idx = subset_indices(len(data), max_n, seed)
+    return shard_features(data.batches(idx, batch_size), extractor, batch_size)[1]
+
+
 def reference_features_cached(data: Any, split: str, extractor: Extractor, net: torch.nn.Module,
                               max_n: int = 50_000, seed: int = 0, batch_size: int = 250) -> Features:
     """Features of a ``difflab.data.Dataset`` split (a seeded subset of max_n if larger), computed batch by batch
@@ -90,16 +105,29 @@ def reference_features_cached(data: Any, split: str, extractor: Extractor, net: 
     path = cache_dir().parent / "reference_features" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
     if path.is_file():
         return Features(np.load(path).astype(np.float64))
-    n = len(data)
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_n].sort().values if n > max_n \
-        else torch.arange(n)
-    _, feats = shard_features((data.batch(idx[s:s + batch_size]) for s in range(0, len(idx), batch_size)), extractor,
-                              batch_size)
+    feats = data_features(data, extractor, max_n, seed, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.npy")
     np.save(tmp, feats.features.astype(np.float32))
     os.replace(tmp, path)
     return feats
+
+
+PRETRAINED = ("inception", "dinov2")  # feature networks read from a local weights file
+
+
+def pretrained_extractor(name: str, weights: str | Path | None = None, device: str | None = None
+                         ) -> tuple[Extractor, torch.nn.Module]:
+    """(extractor, network) of FID's Inception-v3 or FD-DINOv2's ViT with weights from a local file (``weights``,
+    else $DIFFLAB_INCEPTION_WEIGHTS or $DIFFLAB_DINOV2_WEIGHTS)."""
+    if name == "inception":
+        from .inception import load_inception as load
+    elif name == "dinov2":
+        from .dinov2 import load_dinov2 as load
+    else:
+        raise EvaluationError(f"unknown pretrained feature network {name!r}; choose {' or '.join(PRETRAINED)}")
+    net = load(weights, device)
+    return Extractor(lambda x: net(x).cpu(), None, name), net
 
 
 def _check_shape(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -112,22 +140,20 @@ def evaluate_samples(samples: torch.Tensor | Path, data: Any, split: str = "trai
                      weights: str | Path | None = None, ref_num: int = 50_000, device: str | None = None,
                      seed: int = 0) -> dict[str, float]:
     """Metrics of samples (images [N, C, H, W] in [-1, 1], points [N, D], or a shard folder written by ``difflab
-    sample --out DIR``) against a ``difflab.data.Dataset`` split; ``features="inception"`` uses FID's Inception-v3
-    with weights from a local file and cached reference features.  FD comes from the summed moments."""
+    sample --out DIR``) against a ``difflab.data.Dataset`` split; ``features="inception"`` (FID's Inception-v3) or
+    ``"dinov2"`` (FD-DINOv2's ViT) reads ``weights`` from a local file and caches the reference features.  FD comes from the summed moments."""
     from . import evaluate_features, evaluate_points, get_extractor
     from .generate import merge, read_shards
-    from .inception import load_inception
 
     if data.kind == "points":
         x = torch.from_numpy(merge(samples)) if isinstance(samples, Path) else samples
         return evaluate_points(_check_shape(x, data.shape), data.x)
-    if features == "inception":
-        net = load_inception(weights, device)
-        extractor = Extractor(lambda x: net(x).cpu(), None, "inception")
+    if features in PRETRAINED:
+        extractor, net = pretrained_extractor(features, weights, device)
         ref = reference_features_cached(data, split, extractor, net, ref_num, seed)
     else:
         extractor = get_extractor(features)
-        ref = extractor(data.x)
+        ref = data_features(data, extractor, ref_num, seed)
     shards = read_shards(samples) if isinstance(samples, Path) else [samples]
     sums, feats = shard_features((_check_shape(_as_images(x), data.shape) for x in shards), extractor)
     out = evaluate_features(feats, ref, seed=seed)
@@ -135,4 +161,5 @@ def evaluate_samples(samples: torch.Tensor | Path, data: Any, split: str = "trai
     return out
 
 
-__all__ = ["evaluate_samples", "MomentSums", "frechet_from_sums", "shard_features", "reference_features_cached"]
+__all__ = ["evaluate_samples", "MomentSums", "frechet_from_sums", "shard_features", "data_features",
+           "reference_features_cached", "subset_indices", "pretrained_extractor", "PRETRAINED"]

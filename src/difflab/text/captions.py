@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -49,9 +50,9 @@ class CaptionThresholds:
     size: tuple[float, float]
 
     @classmethod
-    def fit(cls, x: Tensor) -> "CaptionThresholds":
-        """Terciles of the attributes of images x [N, 1, H, W]."""
-        a = attributes(x)
+    def fit(cls, x: Tensor | dict[str, Tensor]) -> "CaptionThresholds":
+        """Terciles of the attributes of images x [N, 1, H, W] (or of attributes already measured)."""
+        a = x if isinstance(x, dict) else attributes(x)
         q = lambda v: tuple(float(u) for u in np.quantile(v.numpy(), [1 / 3, 2 / 3]))  # noqa: E731
         return cls(q(a["ink"]), q(a["slant"]), q(a["size"]))
 
@@ -75,12 +76,21 @@ def caption_words(label: int, ink: float, slant: float, size: float, th: Caption
     return " ".join(words)
 
 
-def captions(x: Tensor, y: Tensor, thresholds: CaptionThresholds | None = None) -> list[str]:
-    """Deterministic captions of digit images x [N, 1, H, W] with labels y [N] (thresholds fitted on x if not given)."""
-    th = thresholds if thresholds is not None else CaptionThresholds.fit(x)
-    a = attributes(x)
+def streamed_attributes(batches: Iterable[Tensor]) -> dict[str, Tensor]:
+    """:func:`attributes` of images given batch by batch (three floats per image are kept, never the images)."""
+    parts = [attributes(b) for b in batches]
+    if not parts:
+        return {k: torch.empty(0) for k in ("ink", "slant", "size")}
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def captions(x: Tensor | dict[str, Tensor], y: Tensor, thresholds: CaptionThresholds | None = None) -> list[str]:
+    """Deterministic captions of digit images x [N, 1, H, W] (or their :func:`attributes`) with labels y [N]
+    (thresholds fitted on x if not given)."""
+    a = x if isinstance(x, dict) else attributes(x)
+    th = thresholds if thresholds is not None else CaptionThresholds.fit(a)
     return [caption_words(int(l), float(i), float(s), float(z), th)
             for l, i, s, z in zip(y.tolist(), a["ink"], a["slant"], a["size"])]
 
 
-__all__ = ["DIGIT_NAMES", "attributes", "CaptionThresholds", "caption_words", "captions"]
+__all__ = ["DIGIT_NAMES", "attributes", "streamed_attributes", "CaptionThresholds", "caption_words", "captions"]

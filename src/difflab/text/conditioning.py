@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .captions import DIGIT_NAMES, captions
+from .captions import DIGIT_NAMES, captions, streamed_attributes
 from .encoders import get_encoder
 
 
@@ -48,8 +48,8 @@ def dataset_captions(data) -> tuple[list[tuple[str, ...]], bool]:
     pixels = getattr(data, "images", None)  # a LatentDataset: the captions of the images it encodes
     if pixels is not None:
         return dataset_captions(pixels)
-    if data.kind == "image" and data.y is not None and data.x.shape[1] == 1 and 2 <= data.num_classes <= len(DIGIT_NAMES):
-        return [(c,) for c in captions(data.x, data.y)], True
+    if data.kind == "image" and data.y is not None and data.shape[0] == 1 and 2 <= data.num_classes <= len(DIGIT_NAMES):
+        return [(c,) for c in captions(streamed_attributes(data.batches()), data.y)], True
     raise UserError(f"text conditioning needs captions: an image folder with metadata.jsonl, metadata.csv or a .txt "
                     f"beside each image (docs/data.md), or grey labelled digits (digits, mnist:DIR); {data.spec} has none")
 

@@ -86,12 +86,16 @@ def train_classifier(cfg: ClassifierTrainConfig, data: Dataset, out: str | Path 
 
 @torch.no_grad()
 def noisy_accuracy(net: NoisyClassifier, sched: Schedule, data: Dataset, t: float, seed: int = 0) -> float:
-    """Top-1 accuracy of the classifier on ``data`` noised to time t (a fixed seed)."""
+    """Top-1 accuracy of the classifier on ``data`` noised to time t (a fixed seed), 1000 examples at a time."""
     g = torch.Generator().manual_seed(seed)
-    x0 = data.x.double()
-    tt = torch.full((len(x0),), float(t), dtype=torch.float64)
-    xt = sched.q_sample(x0, tt, torch.randn(x0.shape, generator=g, dtype=torch.float64)).float()
-    return float((net(xt, tt.float()).argmax(1) == data.y).float().mean())
+    correct, start = 0, 0
+    for x0 in data.batches(batch_size=1000):
+        x0 = x0.double()
+        tt = torch.full((len(x0),), float(t), dtype=torch.float64)
+        xt = sched.q_sample(x0, tt, torch.randn(x0.shape, generator=g, dtype=torch.float64)).float()
+        correct += int((net(xt, tt.float()).argmax(1) == data.y[start:start + len(x0)]).sum())
+        start += len(x0)
+    return correct / len(data)
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[NoisyClassifier, Schedule]:

@@ -108,11 +108,16 @@ def zero_shot_accuracy(clip: NoisyClip, sched: Schedule, data: Dataset, t: float
     from ..text.conditioning import class_prompts
 
     g = torch.Generator().manual_seed(seed)
-    x = data.x.double()
-    tt = torch.full((len(data),), float(t), dtype=torch.float64)
-    xt = sched.q_sample(x, tt, torch.randn(x.shape, generator=g, dtype=torch.float64)).float()
-    sims = clip.image_features(xt, tt.float()) @ clip.text_features(class_prompts(data.num_classes)).T
-    return float((sims.argmax(1) == data.y).float().mean())
+    text = clip.text_features(class_prompts(data.num_classes)).T
+    correct, start = 0, 0
+    for x in data.batches(batch_size=1000):
+        x = x.double()
+        tt = torch.full((len(x),), float(t), dtype=torch.float64)
+        xt = sched.q_sample(x, tt, torch.randn(x.shape, generator=g, dtype=torch.float64)).float()
+        sims = clip.image_features(xt, tt.float()) @ text
+        correct += int((sims.argmax(1) == data.y[start:start + len(x)]).sum())
+        start += len(x)
+    return correct / len(data)
 
 
 __all__ = ["ClipTrainConfig", "ClipFamily", "clip_loss", "train_clip", "load_clip", "zero_shot_accuracy", "CLIP_FORMAT"]

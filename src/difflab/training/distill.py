@@ -283,7 +283,7 @@ def distill_consistency_run(teacher: Denoiser, data: Dataset, out: Path, run_con
     from .checkpoint import CONFIG, write_json
 
     pred = prediction or teacher.prediction
-    sigma_data = float(data.x.float().std())
+    sigma_data = data.std()  # streamed: a packed set is not loaded whole
     base = as_student(teacher, pred)
     student = ConsistencyDenoiser(base.net, base.schedule, pred, sigma_data=sigma_data)
     out.mkdir(parents=True, exist_ok=True)

@@ -101,14 +101,32 @@ def shutdown(clean: bool = True) -> None:
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
-    """Run ``difflab ARGV`` under torchrun with nproc processes on this machine; returns its exit status.  The
-    arguments follow a ``--``, so torchrun never reads an argument of difflab's as an abbreviation of its own
-    (``--num`` of ``--numa-binding``, ``--run`` of ``--run-path``)."""
-    import subprocess
-    import sys
+    """Run ``difflab ARGV`` in nproc worker processes on this machine with torch's elastic launcher, in this process
+    (``torch.distributed.launcher.api.elastic_launch``, configured by torchrun's own parser and ``config_from_args``
+    exactly as ``torchrun --standalone --nproc_per_node N -m difflab -- ARGV``); returns 0, or the exit status of the
+    first worker that failed (128 + N for a signal N).  The arguments follow a ``--``, so the launcher never reads
+    an argument of difflab's as an abbreviation of its own (``--num`` of ``--numa-binding``)."""
+    import uuid
 
-    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            f"--nproc_per_node={nproc}", "-m", "difflab", "--", *argv])
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    args = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "difflab", "--", *argv])
+    # what torchrun's run() does for --standalone: a c10d rendezvous on a free local port, a fresh run id
+    args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
+    if args.master_port is None:
+        args.master_port = 29500
+    config, cmd, cmd_args = config_from_args(args)  # also OMP_NUM_THREADS=1 for the workers unless set, as torchrun
+    try:
+        elastic_launch(config, cmd)(*cmd_args)
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        return 128 - code if code < 0 else code or 1
+    except SignalException as e:  # this process was told to stop: the launcher has stopped the workers
+        return 128 + int(e.sigval)
+    return 0
 
 
 def default_device() -> torch.device:
