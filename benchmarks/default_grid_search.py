@@ -3,7 +3,7 @@ as the geometric mean (and worst case) over mixtures of the error / diffusers' b
 
 Run: python benchmarks/default_grid_search.py --seeds 1000,1001,1002,1003,1004,1005 --schedules vp,flow,ve
 (the tuning seeds; the confirmation on fresh seeds is `python benchmarks/samplers.py --defaults K`).
-Candidates: the sampler's default grid; Karras rho-grids from 80 to s_lo in {0.06, 0.1}; levels uniform in model
+Candidates: the sampler's default grid and its default before the trailing rule; Karras rho-grids from 80 to s_lo in {0.06, 0.1}; levels uniform in model
 time t_max ((n - i) / n)^p (p = 1, 1.5), then 0; levels uniform in u = s / (sd + s) with power p and sd, then 0,
 with and without the jump to 80.  Writes nothing; prints one line per (schedule, sampler, NFE).
 """
@@ -51,6 +51,7 @@ def noise_fraction(sched, n: int, p: float, sd: float, top: float) -> torch.Tens
 
 CANDIDATES = {
     "default": None,
+    "old default": "old",
     "karras to 0.06": lambda sc, n: karras_lo(sc, n, 0.06),
     "karras to 0.1": lambda sc, n: karras_lo(sc, n, 0.1),
     "model time p=1": lambda sc, n: model_time(sc, n, 1.0),
@@ -86,7 +87,11 @@ def main() -> None:
             for name in names:
                 for j, k in enumerate(nfes):
                     for cand, fn in CANDIDATES.items():
-                        g = None if fn is None else fn(sched, n_levels(name, k))
+                        n = n_levels(name, k)
+                        if fn == "old":  # the default grid before the trailing rule
+                            g = grids.get(B.OLD_DEFAULT.get(name, difflab.samplers.get(name).grid), sched, n)
+                        else:
+                            g = None if fn is None else fn(sched, n)
                         e = B.rmse(difflab.sample(model, xT, name, steps=k, grid=g), ref)
                         res.setdefault((kind, name, k, cand), []).append(e / best[j])
         print(f"# {desc}", flush=True)
