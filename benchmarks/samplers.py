@@ -72,16 +72,20 @@ def eps_net(gm: GaussianMixture, sched: Any) -> Callable[[torch.Tensor, torch.Te
 def difflab_configs() -> dict[str, dict[str, Any]]:
     return {
         "ddim": dict(sampler="ddim"),
-        "euler (karras)": dict(sampler="euler"),
-        "heun (karras)": dict(sampler="heun"),
-        "dpm_solver_2 (logsnr)": dict(sampler="dpm_solver_2"),
-        "dpm_solver_3 (logsnr)": dict(sampler="dpm_solver_3"),
-        "dpmpp_2m (karras)": dict(sampler="dpmpp_2m"),
-        "dpmpp_3m (logsnr)": dict(sampler="dpmpp_3m"),
-        "unipc (logsnr)": dict(sampler="unipc"),
+        "euler (karras)": dict(sampler="euler", grid="karras"),
+        "heun (karras)": dict(sampler="heun", grid="karras"),
+        "dpm_solver_2 (logsnr)": dict(sampler="dpm_solver_2", grid="log_snr"),
+        "dpm_solver_3 (logsnr)": dict(sampler="dpm_solver_3", grid="log_snr"),
+        "dpmpp_2m (karras)": dict(sampler="dpmpp_2m", grid="karras"),
+        "dpmpp_3m (logsnr)": dict(sampler="dpmpp_3m", grid="log_snr"),
+        "unipc (logsnr)": dict(sampler="unipc", grid="log_snr"),
         "unipc (karras)": dict(sampler="unipc", grid="karras"),
         "ipndm (karras)": dict(sampler="ipndm", grid="karras"),
-        "ipndm (few_step)": dict(sampler="ipndm"),
+        "ipndm (few_step)": dict(sampler="ipndm", grid="few_step"),
+        # the default grid since 2026-12-07 (grids.trailing)
+        "dpmpp_2m (trailing)": dict(sampler="dpmpp_2m"),
+        "unipc (trailing)": dict(sampler="unipc"),
+        "ipndm (trailing)": dict(sampler="ipndm"),
     }
 
 
