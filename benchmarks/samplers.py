@@ -72,16 +72,20 @@ def eps_net(gm: GaussianMixture, sched: Any) -> Callable[[torch.Tensor, torch.Te
 def difflab_configs() -> dict[str, dict[str, Any]]:
     return {
         "ddim": dict(sampler="ddim"),
-        "euler (karras)": dict(sampler="euler"),
-        "heun (karras)": dict(sampler="heun"),
-        "dpm_solver_2 (logsnr)": dict(sampler="dpm_solver_2"),
-        "dpm_solver_3 (logsnr)": dict(sampler="dpm_solver_3"),
-        "dpmpp_2m (karras)": dict(sampler="dpmpp_2m"),
-        "dpmpp_3m (logsnr)": dict(sampler="dpmpp_3m"),
-        "unipc (logsnr)": dict(sampler="unipc"),
+        "euler (karras)": dict(sampler="euler", grid="karras"),
+        "heun (karras)": dict(sampler="heun", grid="karras"),
+        "dpm_solver_2 (logsnr)": dict(sampler="dpm_solver_2", grid="log_snr"),
+        "dpm_solver_3 (logsnr)": dict(sampler="dpm_solver_3", grid="log_snr"),
+        "dpmpp_2m (karras)": dict(sampler="dpmpp_2m", grid="karras"),
+        "dpmpp_3m (logsnr)": dict(sampler="dpmpp_3m", grid="log_snr"),
+        "unipc (logsnr)": dict(sampler="unipc", grid="log_snr"),
         "unipc (karras)": dict(sampler="unipc", grid="karras"),
         "ipndm (karras)": dict(sampler="ipndm", grid="karras"),
-        "ipndm (few_step)": dict(sampler="ipndm"),
+        "ipndm (few_step)": dict(sampler="ipndm", grid="few_step"),
+        # the default grid since 2026-12-07 (grids.trailing)
+        "dpmpp_2m (trailing)": dict(sampler="dpmpp_2m"),
+        "unipc (trailing)": dict(sampler="unipc"),
+        "ipndm (trailing)": dict(sampler="ipndm"),
     }
 
 
@@ -367,6 +371,159 @@ def fresh(count: int, batch: int, calibration: int, command: str, seed: int | No
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- default grids per schedule (VP, VE, flow)
+SCHEDULE_KINDS = ("vp", "ve", "flow")
+DEFAULT_SAMPLERS = ("ddim", "euler", "heun", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")
+EDM_SIGMA_DATA = 0.5
+#: default grid names before the trailing rule (samplers not listed kept theirs)
+OLD_DEFAULT = {"euler": "karras", "dpmpp_2m": "karras", "dpm_solver_2": "log_snr", "dpm_solver_3": "log_snr",
+               "dpmpp_3m": "log_snr", "unipc": "log_snr", "ipndm": "few_step"}
+
+
+def schedule_of(kind: str) -> Any:
+    """The benchmark's schedule of each kind, the one diffusers' schedulers of that kind use: the DDPM linear table
+    (T = 1000), VE in EDM's range [0.002, 80], the flow path."""
+    if kind == "vp":
+        return difflab.schedules.get("linear", T=1000)
+    if kind == "ve":
+        return difflab.schedules.VE(sigma_min=0.002, sigma_max=80.0)
+    return difflab.schedules.get("flow")
+
+
+def diffusers_for(kind: str, gm: GaussianMixture, sched: Any) -> tuple[dict[str, Callable[[], Any]], Callable]:
+    """diffusers' scheduler configs of a schedule kind and the network they call, the mixture's exact model in the
+    parametrisation those schedulers read: eps of the DDPM table, EDM's F of c_in x at 0.25 log sigma, or the flow
+    velocity noise - x_0 at timestep 1000 sigma."""
+    import diffusers as df
+
+    if kind == "vp":
+        return diffusers_configs(), eps_net(gm, sched)
+    if kind == "ve":
+        sd = EDM_SIGMA_DATA
+        edm = dict(sigma_min=0.002, sigma_max=80.0, sigma_data=sd, prediction_type="epsilon")
+
+        def net_ve(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            sigma = torch.exp(4.0 * torch.as_tensor(t, dtype=torch.float64))
+            x = x_in * torch.sqrt(sigma**2 + sd**2)
+            d = gm.posterior_mean(x, torch.ones_like(sigma), sigma)
+            skip, out = sd**2 / (sigma**2 + sd**2), sigma * sd / torch.sqrt(sigma**2 + sd**2)
+            return (d - skip * x) / out
+
+        return {"EDM Euler": lambda: df.EDMEulerScheduler(**edm),
+                "EDM DPM++ 2M": lambda: df.EDMDPMSolverMultistepScheduler(**edm, solver_order=2),
+                "EDM DPM++ 3M": lambda: df.EDMDPMSolverMultistepScheduler(**edm, solver_order=3),
+                "EDM Euler (exponential)": lambda: df.EDMEulerScheduler(**edm, sigma_schedule="exponential"),
+                "EDM DPM++ 2M (exponential)": lambda: df.EDMDPMSolverMultistepScheduler(
+                    **edm, solver_order=2, sigma_schedule="exponential")}, net_ve
+
+    def net_flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = (torch.as_tensor(t, dtype=torch.float64) / 1000.0).clamp(1e-9, 1.0)
+        d = gm.posterior_mean(x, 1.0 - s, s)
+        return (x - d) / s
+
+    flow = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
+    return {"FlowMatch Euler": lambda: df.FlowMatchEulerDiscreteScheduler(shift=1.0),
+            "FlowMatch Heun": lambda: df.FlowMatchHeunDiscreteScheduler(shift=1.0),
+            "DPM++ 2M (flow)": lambda: df.DPMSolverMultistepScheduler(**flow, solver_order=2),
+            "DPM++ 3M (flow)": lambda: df.DPMSolverMultistepScheduler(**flow, solver_order=3),
+            "UniPC (flow)": lambda: df.UniPCMultistepScheduler(**flow),
+            "DEIS (flow)": lambda: df.DEISMultistepScheduler(**flow)}, net_flow
+
+
+def run_diffusers_any(net: Callable, make: Callable[[], Any], xT: torch.Tensor, nfe: int) -> torch.Tensor:
+    """diffusers' loop from x_T (already at the scheduler's prior scale) with at most ``nfe`` calls."""
+    sch = make()
+    heun = "Heun" in type(sch).__name__
+    sch.set_timesteps((nfe + 1) // 2 if heun else nfe)
+    x = xT.clone()
+    for t in sch.timesteps:
+        inp = sch.scale_model_input(x, t) if hasattr(sch, "scale_model_input") else x  # flow-match: none
+        x = sch.step(net(inp, t), t, x).prev_sample
+    return x
+
+
+def default_errors(gm: GaussianMixture, kind: str, xT: torch.Tensor, nfes: tuple[int, ...],
+                   grid_fn: Callable[[str, Any, int], Any] | None = None) -> dict[str, Any]:
+    """RMSE to the exact ODE endpoint of every difflab sampler on its default grid (or ``grid_fn(sampler, schedule,
+    nfe)``) and of every diffusers config of the schedule kind, per NFE."""
+    sched = schedule_of(kind)
+    model = gm.denoiser(sched, "eps")
+    ref = difflab.sample(model, xT, "dopri5", grid=grids.log_snr(sched, 2), rtol=1e-10, atol=1e-10)
+    ours = {}
+    for name in DEFAULT_SAMPLERS:
+        ours[name] = [rmse(difflab.sample(model, xT, name, steps=k, grid=None if grid_fn is None else
+                                          grid_fn(name, sched, k)), ref) for k in nfes]
+    cfgs, net = diffusers_for(kind, gm, sched)
+    theirs = {}
+    for name, make in cfgs.items():
+        try:
+            theirs[name] = [rmse(run_diffusers_any(net, make, xT, k), ref) for k in nfes]
+        except Exception as e:  # a diffusers config that does not run at this budget counts as missing
+            print(f"diffusers {name}: {type(e).__name__}: {e}", file=sys.stderr)
+    old = {}
+    for name in DEFAULT_SAMPLERS:  # the default grids before the trailing rule, for comparison
+        g = OLD_DEFAULT.get(name)
+        old[name] = [rmse(difflab.sample(model, xT, name, steps=k, grid=g), ref) for k in nfes]
+    return dict(ours=ours, old=old, theirs=theirs, scale=float(ref.std()))
+
+
+def defaults(count: int, batch: int, command: str, seed: int | None = None, kinds: tuple[str, ...] = SCHEDULE_KINDS,
+             nfes: tuple[int, ...] = (5, 10, 20)) -> str:
+    """Best difflab sampler on its default grid over best diffusers config, per schedule kind and NFE, on fresh mixtures."""
+    seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    la = os.getloadavg()
+    lines = ["# Default grids on fresh Gaussian mixtures: difflab vs diffusers, per schedule", "",
+             f"Command: `{command}`  ", f"Date: {now}  ", f"Load (`uptime`) at the start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}  ",
+             f"Seeds: drawn at run time from os.urandom; base seed {seed}, mixture i uses seed + i (the same mixtures "
+             "for every schedule).", "",
+             "Model: the exact denoiser of each mixture (`fresh_mixture`), float64, under the DDPM linear table (VP, "
+             "T = 1000), VE on EDM's [0.002, 80] and the flow path; diffusers' schedulers get it in their own "
+             "parametrisation (eps; EDM's F; the velocity). Error: RMSE of "
+             f"{batch} endpoints from the schedule's prior against dopri5 at rtol = 1e-10. difflab rows: each sampler "
+             "on its default grid (`difflab.sample(..., steps=NFE)`); diffusers rows: each config at its defaults.", "",
+             "| schedule | mixture | NFE | best difflab (default grid) | best diffusers | ratio | ratio, old default grids |",
+             "|---|---|---|---|---|---|---|"]
+    ratios: dict[tuple[str, int], list[float]] = {}
+    ratios_old: dict[tuple[str, int], list[float]] = {}
+    per_sampler: dict[tuple[str, str, int], list[float]] = {}
+    for i in range(count):
+        gm, desc = fresh_mixture(seed + i)
+        for kind in kinds:
+            sched = schedule_of(kind)
+            xT = sched.sample_prior((batch, gm.dim), generator=torch.Generator().manual_seed(seed + i + 10**6),
+                                    dtype=torch.float64)
+            res = default_errors(gm, kind, xT, nfes)
+            for j, k in enumerate(nfes):
+                ob = min((v[j], n) for n, v in res["theirs"].items())
+                db = min((v[j], n) for n, v in res["ours"].items())
+                do = min((v[j], n) for n, v in res["old"].items())
+                ratios.setdefault((kind, k), []).append(db[0] / ob[0])
+                ratios_old.setdefault((kind, k), []).append(do[0] / ob[0])
+                for n, v in res["ours"].items():
+                    per_sampler.setdefault((kind, n, k), []).append(v[j] / ob[0])
+                lines.append(f"| {kind} | {desc} | {k} | {db[1]}: {db[0]:.2e} | {ob[1]}: {ob[0]:.2e} | {db[0] / ob[0]:.2f} | "
+                             f"{do[0] / ob[0]:.2f} ({do[1]}) |")
+                print(lines[-1], flush=True)
+    lines += ["", "| schedule | NFE | geometric mean ratio | worst ratio | target (worst <= 1) | old default grids: "
+              "geometric mean / worst |", "|---|---|---|---|---|---|"]
+    for (kind, k), v in sorted(ratios.items()):
+        gmean = math.exp(sum(map(math.log, v)) / len(v))
+        vo = ratios_old[(kind, k)]
+        lines.append(f"| {kind} | {k} | {gmean:.2f} | {max(v):.2f} | {'met' if max(v) <= 1 else '**missed**'} | "
+                     f"{math.exp(sum(map(math.log, vo)) / len(vo)):.2f} / {max(vo):.2f} |")
+    lines += ["", "Per sampler: geometric mean over the mixtures of its error / best diffusers error.", "",
+              "| schedule | sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |", "|---|---|" + "---|" * len(nfes)]
+    for kind in kinds:
+        for n in DEFAULT_SAMPLERS:
+            cells = []
+            for k in nfes:
+                v = per_sampler.get((kind, n, k), [])
+                cells.append(f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}" if v else "")
+            lines.append(f"| {kind} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 DIGITS_METHODS = ("ddpm:100,ddim:10,ddim:20,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:20,heun:10,heun:20,unipc:10,dpmpp_3m:10,"
                   "ipndm:5,ipndm:10,ipndm:20,euler:10")
 
@@ -428,7 +585,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=1000, help="number of x_T per mixture for the error table")
     ap.add_argument("--tune-grid", action="store_true", help="only rerun the few_step grid selection")
     ap.add_argument("--fresh", type=int, metavar="K", help="only the fresh-mixture comparison on K mixtures")
-    ap.add_argument("--seed", type=int, help="base seed of --fresh (default: drawn from os.urandom)")
+    ap.add_argument("--seed", type=int, help="base seed of --fresh / --defaults (default: drawn from os.urandom)")
+    ap.add_argument("--defaults", type=int, metavar="K",
+                    help="only the default-grid comparison per schedule (VP, VE, flow) on K fresh mixtures")
+    ap.add_argument("--schedules", default=",".join(SCHEDULE_KINDS), help="schedule kinds of --defaults")
     ap.add_argument("--threads", type=int, help="torch threads")
     ap.add_argument("--digits", "--images", dest="images", metavar="RUN_DIR",
                     help="only the FD table of this digits or MNIST run (with its grids.json), written to "
@@ -449,6 +609,13 @@ def main(argv: list[str] | None = None) -> None:
         text, name = images(args.images, args.methods, args.num, command)
         print(text)
         (OUT / f"samplers_{name}.md").write_text(text)
+        return
+    if args.defaults:
+        text = defaults(args.defaults, 64 if args.quick else min(args.batch, 500), command, args.seed,
+                        tuple(args.schedules.split(",")))
+        print(text)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "samplers_defaults.md").write_text(text)
         return
     if args.fresh:
         text = fresh(args.fresh, 64 if args.quick else min(args.batch, 500), 32 if args.quick else 256, command, args.seed)

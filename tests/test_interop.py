@@ -219,3 +219,89 @@ def test_every_sampler_guidance_and_task_run_on_an_imported_run(tmp_path):
     mask[2:5] = 0
     filled = tasks.inpaint(loaded.model, image, mask, steps=4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(filled[..., mask.bool()], image[..., mask.bool()])
+
+
+# ---- flow matching: FlowMatchEulerDiscreteScheduler ------------------------------------------------------------
+def _flow_run(path, prediction="flow", time_scale=1000.0, seed=3):
+    from difflab.models.networks import time_scale_for
+
+    flow = schedules.get("flow")
+    assert time_scale_for(flow) == 1000.0  # flow networks see 1000 t = diffusers' timestep 1000 sigma
+    torch.manual_seed(seed)
+    net = UNet(UNetConfig(in_channels=1, out_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_levels=(1,), num_heads=1, groups=4, time_scale=time_scale))
+    _randomise(net, seed)
+    return write_run(path, net, flow, prediction)
+
+
+def test_flow_run_exports_to_flow_match_euler_and_samples_the_same(tmp_path):
+    """diffusers' flow models get timestep = 1000 sigma and predict noise - x_0, which is difflab's flow velocity
+    eps - x_0: its Euler loop on the exported UNet2DModel equals difflab's euler on the same grid and noise."""
+    run = _flow_run(tmp_path / "run")
+    out = export_run(run, tmp_path / "pipe")
+    sched_cfg = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert sched_cfg["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+    assert sched_cfg["shift"] == 1.0 and sched_cfg["num_train_timesteps"] == 1000
+    pipe = diffusers.DDPMPipeline.from_pretrained(str(out))
+    assert isinstance(pipe.scheduler, diffusers.FlowMatchEulerDiscreteScheduler)
+    model = load_run(run, device="cpu").model.eval()
+
+    # the sign: the exported network's output is the velocity noise - x_0 of difflab's flow prediction
+    x0 = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    sig = torch.tensor([0.3, 0.8])
+    xt = (1 - sig)[:, None, None, None] * x0 + sig[:, None, None, None] * noise
+    with torch.no_grad():
+        ours = model.raw(xt, sig)
+        theirs = pipe.unet(xt, sig * 1000).sample
+    assert torch.allclose(theirs, ours, rtol=1e-4, atol=1e-5)
+
+    # diffusers' Euler loop on the grid of difflab's euler (6 levels, sigma = t = s / (1 + s)) from the same x_T
+    sigmas = grids.karras(model.schedule, 6)
+    t_grid = (sigmas / (1 + sigmas))[:-1]
+    xT = model.schedule.sample_prior((4, 1, 8, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = sample(model, xT, "euler", grid=sigmas)
+        sch = pipe.scheduler
+        sch.set_timesteps(sigmas=t_grid.float().tolist())
+        assert torch.allclose(sch.sigmas[:-1].double(), t_grid, rtol=1e-6) and float(sch.sigmas[-1]) == 0.0
+        x = xT.clone()
+        for t in sch.timesteps:
+            x = sch.step(pipe.unet(x, t).sample, t, x).prev_sample
+    assert torch.allclose(x, ref, rtol=1e-4, atol=1e-4), float((x - ref).abs().max())
+    pipe(batch_size=1, num_inference_steps=2, output_type="np")  # the pipeline itself runs
+
+    # import back: the same network, schedule and prediction, so bitwise the same samples
+    import_pipeline(out, tmp_path / "back")
+    back = load_run(tmp_path / "back", device="cpu").model.eval()
+    assert back.prediction == "flow" and back.schedule.config() == model.schedule.config()
+    assert back.net.config.time_scale == 1000.0
+    sd0, sd1 = model.net.state_dict(), back.net.state_dict()
+    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    with torch.no_grad():
+        for name in ("euler", "heun", "dpmpp_2m"):
+            a = sample(model, xT, name, steps=6, generator=torch.Generator().manual_seed(9))
+            b = sample(back, xT, name, steps=6, generator=torch.Generator().manual_seed(9))
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("prediction,time_scale,words", [
+    ("edm", 1000.0, "EDM preconditioning scales the network's input"),
+    ("eps", 1000.0, "on the flow schedule"),
+    ("flow", 1000.0 / (1 - 1e-3), "timestep = 1000 sigma"),
+])
+def test_flow_exports_that_cannot_map_are_refused_in_one_line(tmp_path, prediction, time_scale, words):
+    run = _flow_run(tmp_path / "run", prediction=prediction, time_scale=time_scale)
+    with pytest.raises(UserError, match=words) as e:
+        export_run(run, tmp_path / "pipe")
+    assert "\n" not in str(e.value) and not (tmp_path / "pipe").exists()
+
+
+def test_flow_scheduler_with_a_shift_is_refused(tmp_path):
+    run = _flow_run(tmp_path / "run")
+    out = export_run(run, tmp_path / "pipe")
+    p = out / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(p.read_text())
+    p.write_text(json.dumps({**cfg, "shift": 3.0}))
+    with pytest.raises(UserError, match="shift=3.0"):
+        import_pipeline(out, tmp_path / "back")

@@ -8,8 +8,9 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-diffusers", help="write a run as a diffusers DDPMPipeline folder", description=(
         "Write RUN as a folder that DDPMPipeline.from_pretrained(DIR) loads: difflab's U-Net as a UNet2DModel and "
-        "the run's DDPM table and prediction as a DDPMScheduler. Runs whose network does not map (an MLP, "
-        "conditioning images or text, a continuous-time schedule, ...) are refused with the reason "
+        "the run's DDPM table and prediction as a DDPMScheduler (a flow-matching run, --schedule flow --prediction "
+        "flow, as a FlowMatchEulerDiscreteScheduler). Runs whose network does not map (an MLP, conditioning images "
+        "or text, EDM preconditioning, another continuous-time schedule, ...) are refused with the reason "
         "(docs/interop.md)."))
     p.add_argument("--run", required=True, type=Path, metavar="RUN_DIR")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="pipeline folder to create")

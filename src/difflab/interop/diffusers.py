@@ -101,14 +101,15 @@ def _time_features(cfg: Mapping[str, Any], width: int, learned: bool) -> TimeFea
     return TimeFeatures("fourier", swap=flip, freqs=(w * (TIME_RANGE / (2.0 * math.pi))).to(torch.float32))
 
 
-def unet_config_from_diffusers(cfg: Mapping[str, Any], sd: Mapping[str, Tensor] | None = None
-                               ) -> tuple[UNetConfig, TimeFeatures]:
+def unet_config_from_diffusers(cfg: Mapping[str, Any], sd: Mapping[str, Tensor] | None = None,
+                               time_unit: float = 1.0) -> tuple[UNetConfig, TimeFeatures]:
     """difflab UNetConfig equal to a UNet2DModel config (``sd``: its weights, to recognise a learned time table
-    that difflab wrote); UserError naming every setting that does not map."""
+    that difflab wrote); ``time_unit``: diffusers' timestep per unit of difflab's time (1 for DDPM tables, whose
+    time is the step index; T for the flow path, timestep = sigma T); UserError naming every setting that does not map."""
     bad: list[str] = []
     found = (table_time_scale(sd["time_proj.weight"]) if cfg.get("time_embedding_type") == "learned" and sd is not None
-             and "time_proj.weight" in sd else None)
-    learned, time_scale = found is not None, found if found is not None else 1.0
+             and "time_proj.weight" in sd and time_unit == 1.0 else None)
+    learned, time_scale = found is not None, found if found is not None else float(time_unit)
 
     def want(key: str, ok: bool, note: str = "") -> None:
         if not ok:
@@ -126,7 +127,8 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any], sd: Mapping[str, Tensor] 
     want("add_attention", bool(cfg.get("add_attention", True)), "difflab's middle block always has attention")
     want("center_input_sample", not cfg.get("center_input_sample", False))
     want("time_embedding_type", cfg.get("time_embedding_type", "positional") == "positional" or learned,
-         "only the sinusoidal 'positional' embedding maps, or a learned table of difflab's own sinusoidal features")
+         "only the sinusoidal 'positional' embedding maps, or a learned table of difflab's own sinusoidal features"
+         + ("" if time_unit == 1.0 else " (a table cannot be looked up at a flow scheduler's fractional timesteps)"))
     want("time_embedding_dim", cfg.get("time_embedding_dim") in (None, 4 * widths[0] if widths else None),
          "difflab's embedding width is 4 x block_out_channels[0]")
     want("act_fn", cfg.get("act_fn", "silu") == "silu")
@@ -242,9 +244,12 @@ def state_dict_from_diffusers(sd: Mapping[str, Tensor], cfg: UNetConfig, time: T
 
 
 # ---- schedules -----------------------------------------------------------------------------------------
-def schedule_from_scheduler(cfg: Mapping[str, Any]) -> DiscreteSchedule:
-    """The difflab DDPM table of a diffusers scheduler config (beta_schedule, num_train_timesteps, or trained_betas)."""
+def schedule_from_scheduler(cfg: Mapping[str, Any]) -> schedules.Schedule:
+    """The difflab schedule of a diffusers scheduler config: a DDPM table (beta_schedule, num_train_timesteps, or
+    trained_betas), or the flow path for FlowMatchEulerDiscreteScheduler (its ``_class_name``)."""
     check_scheduler_config(cfg)
+    if cfg.get("_class_name") == FLOW_SCHEDULER:
+        return schedules.get("flow")
     T = int(cfg.get("num_train_timesteps", 1000))
     if cfg.get("rescale_betas_zero_snr"):
         raise UserError("scheduler rescale_betas_zero_snr=True: a zero terminal SNR (beta_T = 1) has no difflab schedule")
@@ -268,14 +273,22 @@ def schedule_from_scheduler(cfg: Mapping[str, Any]) -> DiscreteSchedule:
 
 
 #: diffusers scheduler classes whose saved config difflab reads (as JSON; the class itself is never instantiated):
-#: each holds a DDPM beta table and a prediction type; the value is how its constructor clips the x0 estimate.
+#: each holds a DDPM beta table and a prediction type, or the flow path (FLOW_SCHEDULER); the value is how its
+#: constructor clips the x0 estimate.
 SCHEDULERS: dict[str, dict[str, Any]] = {"DDPMScheduler": {"clip_sample": True}, "DDIMScheduler": {"clip_sample": True},
                                          "PNDMScheduler": {}, "DPMSolverMultistepScheduler": {},
-                                         "EulerDiscreteScheduler": {}}
+                                         "EulerDiscreteScheduler": {}, "FlowMatchEulerDiscreteScheduler": {}}
+#: diffusers' flow-matching scheduler: x_t = (1 - sigma) x_0 + sigma noise, the network sees timestep = sigma T and
+#: predicts the velocity noise - x_0, which is difflab's ``flow`` schedule with the ``flow`` prediction.
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
+#: FlowMatchEulerDiscreteScheduler options that change the path or the meaning of its timesteps (refused unless default)
+FLOW_FIXED = {"shift": 1.0, "use_dynamic_shifting": False, "invert_sigmas": False, "shift_terminal": None,
+              "stochastic_sampling": False}
 #: diffusers' defaults for the x0 clipping options (DDPMScheduler.__init__).
 CLIPPING = {"clip_sample": False, "clip_sample_range": 1.0, "thresholding": False, "dynamic_thresholding_ratio": 0.995,
             "sample_max_value": 1.0}
 MAX_T = 100_000  # as training/checkpoint.py bounds a run's table
+FLOW_TIMESTEPS = 1000  # num_train_timesteps of an exported flow run: diffusers' timestep = 1000 sigma
 
 
 def _number(v: Any) -> bool:
@@ -288,6 +301,8 @@ def check_scheduler_config(cfg: Mapping[str, Any]) -> None:
     def no(key: str, why: str) -> UserError:
         return UserError(f"scheduler {key}={json.dumps(cfg.get(key))[:60]}: {why}")
 
+    if cfg.get("_class_name") == FLOW_SCHEDULER:
+        return check_flow_scheduler_config(cfg)
     if cfg.get("beta_schedule") is None and cfg.get("trained_betas") is None:
         raise UserError("scheduler config has neither beta_schedule nor trained_betas; difflab does not guess the "
                         "noise schedule")
@@ -312,6 +327,18 @@ def check_scheduler_config(cfg: Mapping[str, Any]) -> None:
     if "dynamic_thresholding_ratio" in cfg and not (_number(cfg["dynamic_thresholding_ratio"])
                                                     and 0 < cfg["dynamic_thresholding_ratio"] <= 1):
         raise no("dynamic_thresholding_ratio", "expected a number in (0, 1]")
+
+
+def check_flow_scheduler_config(cfg: Mapping[str, Any]) -> None:
+    """UserError unless a FlowMatchEulerDiscreteScheduler config is the plain linear path difflab's ``flow`` schedule is:
+    shift 1, no dynamic shifting, no inverted sigmas, no terminal shift, deterministic steps; T in [2, MAX_T]."""
+    T = cfg.get("num_train_timesteps", 1000)
+    if not (isinstance(T, int) and not isinstance(T, bool) and 2 <= T <= MAX_T):
+        raise UserError(f"scheduler num_train_timesteps={json.dumps(T)[:40]}: expected an integer in [2, {MAX_T}]")
+    off = [f"{k}={json.dumps(cfg.get(k))[:40]}" for k, v in FLOW_FIXED.items() if cfg.get(k, v) != v]
+    if off:
+        raise UserError(f"{FLOW_SCHEDULER} with {', '.join(off)}: only the unshifted path x_t = (1 - sigma) x_0 + "
+                        "sigma noise (shift 1) is difflab's flow schedule")
 
 
 def clipping_record(cfg: Mapping[str, Any], cls_name: str) -> dict[str, Any]:
@@ -380,6 +407,7 @@ def _read_scheduler(src: Path, cls_name: str) -> dict[str, Any]:
 
     path = src / "scheduler" / "scheduler_config.json"
     cfg = read_json_object(path, UserError, "scheduler config")
+    cfg.setdefault("_class_name", cls_name)
     if cfg.get("_class_name", cls_name) != cls_name:
         raise UserError(f"{path}: _class_name {str(cfg.get('_class_name'))[:40]!r} is not the {cls_name} that "
                         "model_index.json names")
@@ -440,11 +468,14 @@ def import_pipeline(src: str | Path, out: str | Path, data: str | None = None) -
     ucfg = dict(unet.config)
     if sched_cfg.get("variance_type") in ("learned", "learned_range"):
         raise UserError(f"scheduler variance_type={sched_cfg['variance_type']!r}: learned variances are not imported")
-    pred = sched_cfg.get("prediction_type", "epsilon")  # diffusers' default, which configs before 0.8 relied on
-    dl_cfg, time = unet_config_from_diffusers(ucfg, unet.state_dict())
+    flow = sched_name == FLOW_SCHEDULER  # velocity noise - x_0 at timestep sigma T: difflab's flow prediction, time T t
+    pred = "flow" if flow else PREDICTION_FROM_DIFFUSERS[sched_cfg.get("prediction_type", "epsilon")]  # diffusers'
+    # default epsilon, on which configs before 0.8 relied
+    time_unit = float(sched_cfg.get("num_train_timesteps", 1000)) if flow else 1.0
+    dl_cfg, time = unet_config_from_diffusers(ucfg, unet.state_dict(), time_unit)
     net = UNet(dl_cfg)
     net.load_state_dict(state_dict_from_diffusers(unet.state_dict(), dl_cfg, time))
-    model = Denoiser(net, schedule_from_scheduler(sched_cfg), PREDICTION_FROM_DIFFUSERS[pred]).eval()
+    model = Denoiser(net, schedule_from_scheduler(sched_cfg), pred).eval()
     size = ucfg.get("sample_size") or 32
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     rc = {"format": RUN_FORMAT, "family": "diffusion", "data": data, "data_kind": "image",
@@ -491,26 +522,56 @@ def export_problems(config: Mapping[str, Any], net: Any, model: Any) -> list[str
                         "difflab the head count: the widths must agree)")
     if config.get("denoiser", "plain") != "plain":
         problems.append(f"denoiser {config.get('denoiser')!r} (learned variances are not exported)")
-    if model.prediction not in PREDICTION_TO_DIFFUSERS:
-        problems.append(f"prediction {model.prediction!r} (diffusers predicts epsilon, sample or v_prediction)")
-    if not isinstance(model.schedule, DiscreteSchedule):
-        problems.append(f"schedule {model.schedule.config().get('kind')!r} is continuous-time "
-                        "(diffusers' schedulers are DDPM tables; train with --T)")
+    problems += _schedule_problems(model, c)
     shape = config.get("shape", [])
     if len(shape) != 3 or any(s % c.multiple for s in shape[1:]):
         problems.append(f"image size {shape[1:]} is not a multiple of {c.multiple} (difflab pads it, UNet2DModel does not)")
     return problems
 
 
-def diffusers_unet_kwargs(c: UNetConfig, shape: list[int], T: int) -> tuple[dict[str, Any], bool]:
+def is_flow_export(model: Any) -> bool:
+    """True when a run maps onto FlowMatchEulerDiscreteScheduler: the flow path with the velocity (flow) prediction."""
+    return isinstance(model.schedule, schedules.Flow) and model.prediction == "flow"
+
+
+def _schedule_problems(model: Any, c: UNetConfig) -> list[str]:
+    """What in the (schedule, prediction) pair has no diffusers scheduler: DDPM tables with eps / x0 / v, or the flow
+    path with the velocity eps - x_0 (diffusers' flow models predict noise - x_0: the same sign, nothing to convert)."""
+    pred, kind = model.prediction, model.schedule.config().get("kind")
+    if pred == "edm":
+        return ["prediction 'edm' (EDM preconditioning scales the network's input by c_in(sigma) and mixes its output "
+                "with x_t by c_skip(sigma); a UNet2DModel takes x_t as it is and diffusers' schedulers read its output "
+                "as eps, x0, v or a velocity)"]
+    if isinstance(model.schedule, schedules.Flow):
+        if pred != "flow":
+            return [f"prediction {pred!r} on the flow schedule (FlowMatchEulerDiscreteScheduler reads the output as the "
+                    "velocity noise - x_0: train with --prediction flow)"]
+        if c.time_embedding != "sinusoidal" or c.time_scale != FLOW_TIMESTEPS:
+            return [f"time embedding {c.time_embedding!r} of {c.time_scale:g} t (diffusers' flow models see the "
+                    f"positional features of timestep = {FLOW_TIMESTEPS:g} sigma; flow runs trained before difflab fed "
+                    f"the network 1000 t use 1000 / t_max, which no UNet2DModel reproduces)"]
+        return []
+    problems = []
+    if pred not in PREDICTION_TO_DIFFUSERS:
+        problems.append(f"prediction {pred!r} (diffusers' DDPM schedulers predict epsilon, sample or v_prediction"
+                        + ("; a flow velocity exports only with the flow schedule)" if pred == "flow" else ")"))
+    if not isinstance(model.schedule, DiscreteSchedule):
+        problems.append(f"schedule {kind!r} is continuous-time (diffusers' schedulers are DDPM tables, train with "
+                        "--T, or the flow path with the flow prediction)")
+    return problems
+
+
+def diffusers_unet_kwargs(c: UNetConfig, shape: list[int], T: int, positional_scale: float = 1.0
+                          ) -> tuple[dict[str, Any], bool]:
     """UNet2DModel arguments equal to difflab's UNetConfig; the flag says whether the time embedding is a learned table.
 
-    difflab's sinusoidal features of t (time_scale 1) are diffusers' "positional" ones with flip_sin_to_cos and
-    freq_shift 0; any other time embedding is tabulated at the T integer timesteps diffusers' schedulers use.
+    difflab's sinusoidal features of s t are diffusers' "positional" ones of timestep = s t (flip_sin_to_cos, freq_shift
+    0) when s is ``positional_scale``, diffusers' timestep per unit of difflab time (1 on DDPM tables, T on the flow
+    path); any other time embedding is tabulated at the T integer timesteps diffusers' DDPM schedulers use.
     """
     widths = tuple(c.channels * m for m in c.channel_mult)
     levels = range(len(widths))
-    table = not (c.time_embedding == "sinusoidal" and c.time_scale == 1.0)
+    table = not (c.time_embedding == "sinusoidal" and c.time_scale == positional_scale)
     kw = dict(sample_size=(shape[1], shape[2]) if shape[1] != shape[2] else shape[1], in_channels=c.in_channels,
               out_channels=c.out_channels, block_out_channels=widths, layers_per_block=c.num_res_blocks,
               down_block_types=tuple("AttnDownBlock2D" if i in c.attention_levels else "DownBlock2D" for i in levels),
@@ -543,7 +604,8 @@ def state_dict_to_diffusers(net: UNet, T: int, table: bool) -> dict[str, Tensor]
 
 
 def export_run(run: str | Path, out: str | Path, ema: bool = True) -> Path:
-    """Write a DDPMPipeline folder ``out`` (model_index.json, unet/, scheduler/) from a difflab run whose network maps onto UNet2DModel."""
+    """Write a DDPMPipeline folder ``out`` (model_index.json, unet/, scheduler/) from a difflab run whose network maps
+    onto UNet2DModel: a DDPMScheduler for a DDPM table, a FlowMatchEulerDiscreteScheduler (shift 1) for the flow path."""
     from ..training.families import is_family_run
     from ..training.run import load_run
 
@@ -561,26 +623,32 @@ def export_run(run: str | Path, out: str | Path, ema: bool = True) -> Path:
     if problems:
         raise UserError(f"{run} does not map onto diffusers' UNet2DModel: " + "; ".join(problems))
     diffusers = require_diffusers()
-    kw, table = diffusers_unet_kwargs(net.config, list(loaded.shape), model.schedule.T)
+    flow = is_flow_export(model)
+    T = FLOW_TIMESTEPS if flow else model.schedule.T
+    kw, table = diffusers_unet_kwargs(net.config, list(loaded.shape), T, positional_scale=float(T) if flow else 1.0)
     unet = diffusers.UNet2DModel(**kw)
     try:
-        unet.load_state_dict(state_dict_to_diffusers(net, model.schedule.T, table))
+        unet.load_state_dict(state_dict_to_diffusers(net, T, table))
     except RuntimeError as e:
         raise UserError(f"{run}: the weights did not map onto UNet2DModel ({str(e).splitlines()[0]})") from None
-    scheduler = diffusers.DDPMScheduler(**scheduler_config(model.schedule, model.prediction))
+    if flow:  # x_t = (1 - sigma) x_0 + sigma noise, timestep = sigma T, output = noise - x_0 (difflab's flow prediction)
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=1.0)
+    else:
+        scheduler = diffusers.DDPMScheduler(**scheduler_config(model.schedule, model.prediction))
     pipe = diffusers.DDPMPipeline(unet=unet.eval(), scheduler=scheduler)
     from ..training.checkpoint import atomic_folder
 
     def write(folder: Path) -> None:
         pipe.save_pretrained(str(folder), safe_serialization=True)
         (folder / "difflab_source.json").write_text(json.dumps({"run": str(run.resolve()), "step": loaded.step,
-                                                                "ema": ema, "time_embedding_table": table}, indent=2))
+                                                                "ema": ema, "time_embedding_table": table,
+                                                                "schedule": model.schedule.config()}, indent=2))
 
     atomic_folder(out, write)  # a failed write (a full disk) leaves no half-written pipeline
     return out
 
 
-__all__ = ["SCHEDULERS", "check_scheduler_config", "clipping_record", "clipped_as_imported", "require_diffusers", "import_pipeline", "export_run", "export_problems", "unet_config_from_diffusers",
+__all__ = ["FLOW_SCHEDULER", "FLOW_TIMESTEPS", "is_flow_export", "check_flow_scheduler_config", "SCHEDULERS", "check_scheduler_config", "clipping_record", "clipped_as_imported", "require_diffusers", "import_pipeline", "export_run", "export_problems", "unet_config_from_diffusers",
            "state_dict_from_diffusers", "state_dict_to_diffusers", "diffusers_unet_kwargs", "schedule_from_scheduler",
            "scheduler_config", "diffusers_frequencies", "table_time_scale", "TimeFeatures", "PREDICTION_FROM_DIFFUSERS",
            "PREDICTION_TO_DIFFUSERS", "EXTRA_HINT"]

@@ -11,13 +11,13 @@ import math
 from typing import Any, Literal, get_args
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..models.denoiser import SIGMA_DATA, Denoiser, Prediction, x0_error_factor
 from ..schedules import Schedule
 from ..utils.random import BatchRandom, batch_random
 
-Weighting = Literal["uniform", "min_snr", "edm", "soft_min_snr"]
+Weighting = Literal["uniform", "min_snr", "edm", "soft_min_snr", "uncertainty"]
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 NoiseDistribution = Literal["uniform", "lognormal", "logit_normal"]
 NOISE_DISTRIBUTIONS: tuple[str, ...] = get_args(NoiseDistribution)
@@ -60,9 +60,12 @@ def x0_weight(weighting: Weighting, log_snr: Tensor, sigma_data: float = SIGMA_D
     """Weight on ||D - x_0||^2 at noise level sigma = exp(-log_snr / 2).
 
     ``min_snr``: min(SNR, gamma) (Hang et al. 2023); ``edm``: (sigma^2 + sd^2) / (sigma sd)^2 (Karras et al. 2022,
-    eq. 8); ``soft_min_snr``: 1 / (sigma^2 + sd^2), k-diffusion's soft minimum of SNR and 1/sd^2 (Crowson et al. 2024).
+    eq. 8); ``soft_min_snr``: 1 / (sigma^2 + sd^2), k-diffusion's soft minimum of SNR and 1/sd^2 (Crowson et al. 2024);
+    ``uncertainty``: the ``edm`` weight, which :func:`denoising_loss` divides by the learned exp(u(sigma)).
     """
     snr = torch.exp(log_snr)
+    if weighting == "uncertainty":  # EDM2: EDM's lambda(sigma), divided by exp(u(sigma)) in denoising_loss
+        weighting = "edm"
     if weighting == "min_snr":
         return snr.clamp(max=min_snr_gamma)
     s2 = torch.exp(-log_snr)
@@ -87,15 +90,41 @@ def loss_weight(prediction: Prediction, weighting: Weighting, log_snr: Tensor, s
     return x0_weight(weighting, log_snr, sigma_data, min_snr_gamma) / x0_error_factor(prediction, alpha, sigma, sigma_data)
 
 
+class UncertaintyWeight(nn.Module):
+    """EDM2's learned uncertainty u(sigma) (Karras et al. 2024, sec. 5 and app. B.2): a small MLP of Fourier features
+    cos(2 pi (f c + phi)) sqrt(2) of c_noise = log(sigma) / 4 (f ~ N(0, 1), phi ~ U(0, 1), fixed buffers), its output
+    layer zero so u = 0 at the start.  The loss w / exp(u) ||D - x_0||^2 + u is minimised at u(sigma) = log of the
+    expected weighted loss at sigma, so every noise level contributes about equally."""
+
+    def __init__(self, features: int = 64, hidden: int = 32, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(features, generator=g))
+        self.register_buffer("phases", torch.rand(features, generator=g))
+        self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, log_snr: Tensor) -> Tensor:
+        """u at log-SNR lambda [B] (sigma = exp(-lambda / 2)) -> [B]."""
+        c = (-0.125 * log_snr).to(self.freqs.dtype)  # log(sigma) / 4
+        feats = math.sqrt(2.0) * torch.cos(2.0 * math.pi * (c[:, None] * self.freqs + self.phases))
+        return self.mlp(feats).squeeze(-1)
+
+
 def denoising_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, t: Tensor | None = None,
                    eps: Tensor | None = None, generator: torch.Generator | BatchRandom | None = None,
                    weighting: Weighting = "uniform", min_snr_gamma: float = 5.0, noise: NoiseDistribution = "uniform",
                    noise_mean: float | None = None, noise_std: float | None = None,
-                   sigma_data: float | None = None) -> Tensor:
+                   sigma_data: float | None = None, uncertainty: UncertaintyWeight | None = None) -> Tensor:
     """Per-example loss [B]: w(t) * mean ||net(x_t, t) - target||^2 with x_t = alpha x0 + sigma eps, t ~ ``noise``.
 
     ``sigma_data`` of the ``edm`` / ``soft_min_snr`` weightings defaults to the model's (an ``edm`` denoiser) or 0.5.
+    ``weighting="uncertainty"`` needs ``uncertainty`` (an :class:`UncertaintyWeight` trained with the network):
+    w / exp(u) * mean error + u (Karras et al. 2024, eq. 21), w the ``edm`` weight.
     """
+    if weighting == "uncertainty" and uncertainty is None:
+        raise ValueError("weighting 'uncertainty' needs the learned u(sigma) module (uncertainty=UncertaintyWeight())")
     sched = model.schedule
     if t is None:
         t = sample_t(sched, x0.shape[0], generator, x0.device, noise=noise, mean=noise_mean, std=noise_std)
@@ -105,9 +134,13 @@ def denoising_loss(model: Denoiser, x0: Tensor, cond: Any = None, *, t: Tensor |
     xt = a * x0 + s * eps
     err = (model.raw(xt, t, cond) - model.target(x0, eps, a, s)) ** 2
     sd = sigma_data if sigma_data is not None else float(getattr(model, "sigma_data", SIGMA_DATA))
-    w = loss_weight(model.prediction, weighting, sched.log_snr(t).to(x0.dtype), s.flatten(), min_snr_gamma, sd)
-    return w * err.flatten(1).mean(1)
+    lam = sched.log_snr(t).to(x0.dtype)
+    w = loss_weight(model.prediction, weighting, lam, s.flatten(), min_snr_gamma, sd)
+    if weighting != "uncertainty":
+        return w * err.flatten(1).mean(1)
+    u = uncertainty(lam).to(x0.dtype)
+    return w * torch.exp(-u) * err.flatten(1).mean(1) + u
 
 
-__all__ = ["sample_t", "x0_weight", "loss_weight", "denoising_loss", "Weighting", "WEIGHTINGS", "NoiseDistribution",
+__all__ = ["UncertaintyWeight", "sample_t", "x0_weight", "loss_weight", "denoising_loss", "Weighting", "WEIGHTINGS", "NoiseDistribution",
            "NOISE_DISTRIBUTIONS", "NOISE_DEFAULTS"]

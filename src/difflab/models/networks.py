@@ -36,8 +36,11 @@ def network_spec(module: nn.Module) -> dict[str, Any]:
 
 
 def time_scale_for(schedule: Any) -> float:
-    """time_scale mapping a schedule's time range [0, t_max] onto [0, 1000], so every schedule feeds the embedding alike."""
-    return 1000.0 / float(schedule.t_max)
+    """time_scale mapping a schedule's time range [0, t_max] onto [0, 1000], so every schedule feeds the embedding alike.
+
+    A schedule with a ``time_span`` (the flow path, defined on [0, 1] and cut at t_max < 1 for a finite log-SNR) maps
+    [0, time_span] instead: a flow network sees 1000 t = 1000 sigma, the timestep of diffusers' flow models."""
+    return 1000.0 / float(getattr(schedule, "time_span", None) or schedule.t_max)
 
 
 __all__ = ["NetworkKind", "NETWORK_KINDS", "build_network", "network_kind", "network_spec", "time_scale_for"]

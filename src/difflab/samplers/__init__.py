@@ -50,15 +50,15 @@ class SamplerInfo:
 SAMPLERS: dict[str, SamplerInfo] = {
     "ddpm": SamplerInfo(sample_ddpm, "sde", "uniform_t"),
     "ddim": SamplerInfo(sample_ddim, "ode", "uniform_t"),
-    "euler": SamplerInfo(sample_euler, "ode", "karras"),
+    "euler": SamplerInfo(sample_euler, "ode", "trailing"),
     "heun": SamplerInfo(sample_heun, "ode", "karras", per_step=2, last=0, first_saving=1),  # Euler first step
     "dopri5": SamplerInfo(sample_dopri5, "ode", "log_snr", adaptive=True),
-    "dpm_solver_2": SamplerInfo(sample_dpm_solver_2, "ode", "log_snr", per_step=2),
-    "dpm_solver_3": SamplerInfo(sample_dpm_solver_3, "ode", "log_snr", per_step=3),
-    "dpmpp_2m": SamplerInfo(sample_dpmpp_2m, "ode", "karras"),
-    "dpmpp_3m": SamplerInfo(sample_dpmpp_3m, "ode", "log_snr"),
-    "unipc": SamplerInfo(sample_unipc, "ode", "log_snr", stop_extra=1),
-    "ipndm": SamplerInfo(sample_ipndm, "ode", "few_step"),
+    "dpm_solver_2": SamplerInfo(sample_dpm_solver_2, "ode", "trailing", per_step=2),
+    "dpm_solver_3": SamplerInfo(sample_dpm_solver_3, "ode", "trailing", per_step=3),
+    "dpmpp_2m": SamplerInfo(sample_dpmpp_2m, "ode", "trailing"),
+    "dpmpp_3m": SamplerInfo(sample_dpmpp_3m, "ode", "trailing"),
+    "unipc": SamplerInfo(sample_unipc, "ode", "trailing", stop_extra=1),
+    "ipndm": SamplerInfo(sample_ipndm, "ode", "trailing"),
     "euler_maruyama": SamplerInfo(sample_euler_maruyama, "sde", "uniform_t"),
     "pc": SamplerInfo(sample_pc, "sde", "uniform_t", per_step=2, last=2),
     "consistency": SamplerInfo(sample_consistency, "sde", "consistency"),  # for ConsistencyDenoiser students

@@ -108,6 +108,28 @@ def few_step(schedule: Schedule, n: int, rho: float = 5.0, knee: float = 1.2, si
     return _close(torch.cat([torch.tensor([smax], dtype=torch.float64), inner[:-1]]))
 
 
+def trailing(schedule: Schedule, n: int, sigma_data: float = 1.0, sigma_top: float = 80.0) -> Tensor:
+    """n levels uniform in the noise fraction u = s / (sigma_data + s) from s_max: u_i = u_max (n - i) / n, the last
+    at u_max / n, then 0 (no call at s_min).  For sigma_data = 1, u is the flow path's time t (x_t = (1 - t) x_0 +
+    t eps in y = x / alpha): diffusers' flow spacing (FlowMatchEuler, DPM-Solver ``use_flow_sigmas``), for every
+    schedule.  With s_max > ``sigma_top`` the first level stays at s_max and the other n - 1 form the grid from
+    sigma_top (as in :func:`karras`): an eps-network's error of D at s_max (divided by alpha(t_max)) then reaches x_0
+    shrunk by about sigma_data / 80 (without the jump the second level is s_1 ~ (n - 1) sigma_data).
+    The default grid of the ODE samplers, chosen by measurement (docs/samplers.md)."""
+    _check_n(n)
+    _, smax = _ends(schedule)
+
+    def inner(hi: float, m: int) -> Tensor:
+        u = hi / (sigma_data + hi) * torch.arange(m, 0, -1, dtype=torch.float64) / m
+        s = sigma_data * u / (1.0 - u)
+        s[0] = hi  # exactly the top level (u / (1 - u) rounds)
+        return s
+
+    if n == 1 or smax <= sigma_top:
+        return _close(inner(smax, n))
+    return _close(torch.cat([torch.tensor([smax], dtype=torch.float64), inner(sigma_top, n - 1)]))
+
+
 def consistency(schedule: Schedule, n: int, rho: float = 7.0, sigma_top: float = 80.0) -> Tensor:
     """n levels for multistep consistency sampling: s_max, then the n - 1 interior points of a Karras rho-ramp of
     n + 1 points from min(sigma_top, s_max) to s_min (the ends dropped: f at s_min is the identity; Song et al. 2023, Alg. 1)."""
@@ -121,7 +143,7 @@ def consistency(schedule: Schedule, n: int, rho: float = 7.0, sigma_top: float =
 
 GRIDS: dict[str, Callable[..., Tensor]] = {
     "uniform_t": uniform_t, "log_snr": log_snr, "karras": karras, "few_step": few_step,
-    "consistency": consistency,
+    "consistency": consistency, "trailing": trailing,
 }
 
 
@@ -132,4 +154,4 @@ def get(name: str, schedule: Schedule, n: int, **kwargs: float) -> Tensor:
     return GRIDS[name](schedule, n, **kwargs)
 
 
-__all__ = ["timesteps", "uniform_t", "log_snr", "karras", "few_step", "consistency", "get", "GRIDS"]
+__all__ = ["timesteps", "uniform_t", "log_snr", "karras", "few_step", "consistency", "trailing", "get", "GRIDS"]

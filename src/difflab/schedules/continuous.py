@@ -206,6 +206,8 @@ class Flow(_Continuous):
     """
 
     variance_preserving = False
+    #: the path's own time range is [0, 1] (t = sigma); networks see 1000 t (models.networks.time_scale_for)
+    time_span = 1.0
 
     def __init__(self, t_min: float = 1e-3, t_max: float = 1.0 - 1e-3):
         if not 0 < t_min < t_max < 1:

@@ -239,6 +239,8 @@ class TrainConfig(FitConfig):
             v = getattr(self, k)
             require(v is None or (isinstance(v, (int, float)) and math.isfinite(v)), f"{n}.{k} must be a number or null, got {v!r}")
         require(self.noise_std is None or self.noise_std > 0, f"{n}.noise_std must be > 0, got {self.noise_std!r}")
+        require(self.weighting != "uncertainty" or self.objective == "simple",
+                f"{n}.weighting='uncertainty' needs objective='simple' (u(sigma) weights the denoising loss)")
         require(self.noise == "uniform" or self.objective == "simple",
                 f"{n}.noise={self.noise!r} needs objective='simple' (the {self.objective!r} objective draws its own t)")
         require(self.prediction != "edm" or self.objective in ("simple", "vdm", "vdm_T"),

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..data import Dataset
 from ..errors import UserError
+from ..losses import UncertaintyWeight
 from ..models.denoiser import Clamped, Denoiser
 from ..utils.images import save_image_grid, save_scatter
 from .checkpoint import CHECKPOINT, CONFIG, read_json, stage_config
@@ -42,15 +43,18 @@ class DiffusionFamily(Family):
         self.model: Denoiser = build_denoiser(cfg, data, self.conditioning)
         if self.model.prediction == "edm":  # EDM's preconditioning for data of std sigma_data (saved as a buffer)
             self.model.sigma_data.fill_(cfg.sigma_data)
-        self.modules = {"model": self.model}
-        self.optimizers = {"model": OptimizerSpec(("model",))}
+        self.modules: dict[str, nn.Module] = {"model": self.model}
+        if cfg.weighting == "uncertainty":  # EDM2's u(sigma): trained with the network, saved in the checkpoint
+            self.modules["uncertainty"] = UncertaintyWeight()
+        self.optimizers = {"model": OptimizerSpec(tuple(self.modules))}
         self.ema = ("model",)
         self.phases = [Phase("model", self.loss)]
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         x0 = self.data.batch(batch.idx).to(batch.device)
         cond = self.conditioning.draw(batch.idx, batch.rng, batch.device)
-        return {"loss": OBJECTIVES[self.cfg.objective](self.model, x0, cond, batch.rng, self.cfg)}
+        extra = {"uncertainty": self.modules["uncertainty"]} if "uncertainty" in self.modules else {}
+        return {"loss": OBJECTIVES[self.cfg.objective](self.model, x0, cond, batch.rng, self.cfg, **extra)}
 
     def compile(self) -> None:
         net = self.model.net

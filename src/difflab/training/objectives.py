@@ -23,12 +23,14 @@ def _bins(x0: Tensor) -> int | None:
     return 256 if x0.ndim == 4 else None
 
 
-def simple(model: Denoiser, x0: Tensor, cond: Any, rng: Any, cfg: Any) -> Tensor:
+def simple(model: Denoiser, x0: Tensor, cond: Any, rng: Any, cfg: Any, uncertainty: Any = None) -> Tensor:
     """L_simple (Ho et al. 2020, Alg. 1) / denoising score matching (Song et al. 2021, eq. 7) with the configured
-    training-noise distribution and weighting (EDM: lognormal + edm, Karras et al. 2022, sec. 5)."""
+    training-noise distribution and weighting (EDM: lognormal + edm, Karras et al. 2022, sec. 5; ``uncertainty``:
+    EDM2's learned u(sigma), Karras et al. 2024)."""
     return denoising_loss(model, x0, cond, generator=rng, weighting=cfg.weighting, min_snr_gamma=cfg.min_snr_gamma,
                           noise=getattr(cfg, "noise", "uniform"), noise_mean=getattr(cfg, "noise_mean", None),
-                          noise_std=getattr(cfg, "noise_std", None), sigma_data=getattr(cfg, "sigma_data", None)).mean()
+                          noise_std=getattr(cfg, "noise_std", None), sigma_data=getattr(cfg, "sigma_data", None),
+                          uncertainty=uncertainty).mean()
 
 
 def hybrid(model: Denoiser, x0: Tensor, cond: Any, rng: Any, cfg: Any) -> Tensor:
