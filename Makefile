@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:
-#   make demo   set up a virtual environment, train a DDPM on the bundled 8x8 digits, sample a grid
+#   make demo   set up a virtual environment, train the default recipe (flow matching) on the bundled 8x8 digits, sample a grid
 #   make test   set up the same environment and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python

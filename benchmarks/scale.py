@@ -101,13 +101,13 @@ def bench_size(n: int, size: int, work: Path, args: argparse.Namespace) -> dict[
         for nproc in (1, 2):
             run = work / f"run_{kind}_{nproc}_{n}"
             r = difflab("train", "--data", spec, "--image-size", size, "--steps", 1, "--config", cfg, "--out", run,
-                        "--quiet", "--device", "cpu", nproc=nproc)
+                        "--quiet", "--device", "cpu", "--recipe", "ddpm", nproc=nproc)
             out[f"first_step {kind} x{nproc}"] = r
             print(f"N={n}: {kind}, {nproc} process(es): first step after {r['seconds']:.1f} s, "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     out["loader_images_per_s"] = loader_rate(f"packed:{packed}", args.batch)
     r = difflab("train", "--data", f"packed:{packed}", "--steps", args.train_steps, "--config", cfg, "--out",
-                work / f"run_rate_{n}", "--quiet", "--device", "cpu")
+                work / f"run_rate_{n}", "--quiet", "--device", "cpu", "--recipe", "ddpm")
     start = out["first_step packed x1"]["seconds"]  # the same command's cost up to its first step
     out["train_images_per_s"] = args.batch * (args.train_steps - 1) / max(r["seconds"] - start, 1e-9)
     return out
@@ -119,7 +119,7 @@ def digits_run(work: Path, args: argparse.Namespace) -> Path:
     if not (run / "config.json").is_file():
         cfg.write_text(json.dumps({**TINY, "batch_size": 64}))
         r = difflab("train", "--data", "digits", "--steps", args.gen_train_steps, "--config", cfg, "--out", run,
-                    "--quiet", "--device", "cpu")
+                    "--quiet", "--device", "cpu", "--recipe", "ddpm")
         print(f"trained the digits run ({args.gen_train_steps} steps) in {r['seconds']:.1f} s", flush=True)
     return run
 

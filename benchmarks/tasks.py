@@ -466,7 +466,8 @@ def inpaint_sdedit(args: argparse.Namespace, results: dict, spec: str = "digits"
     suffix = "" if name == "digits" else "_mnist"
     if not (args.run / "config.json").is_file():
         subprocess.run([sys.executable, "-m", "difflab", "train", "--data", spec, "--out", str(args.run),
-                        "--minutes", str(args.train_minutes), "--threads", str(args.threads), "--quiet"], check=True)
+                        "--minutes", str(args.train_minutes), "--threads", str(args.threads), "--quiet",
+                        "--recipe", "ddpm"], check=True)
     loaded = load_run(args.run, device="cpu")
     model = Clamped(loaded.model)
     if name == "digits":

@@ -82,14 +82,15 @@ def train_runs(folder: Path, work: Path, size: int, minutes: float, threads: int
                        "num_heads": 4, "dropout": 0.0}, "p_uncond": 0.15, "batch_size": 64, "sample_steps": 20}
     (work / "net.json").write_text(json.dumps(net))
     common = ["--data", folder, "--image-size", size, "--channels", 3, "--threads", threads, "--quiet"]
+    recipe = ["--recipe", "ddpm"]  # the recipe this page was measured with (docs/training.md, "Default recipes")
     runs = {"pixel": work / "pixel", "latent": work / "latent"}
     if not (runs["pixel"] / "checkpoint.safetensors").is_file():
         cli("train", *common, "--text-encoder", "small", "--config", work / "net.json", "--minutes", minutes,
-            "--out", runs["pixel"])
+            *recipe, "--out", runs["pixel"])
     if not (runs["latent"] / "checkpoint.safetensors").is_file():
         cli("train-autoencoder", *common, "--minutes", minutes / 5, "--out", work / "ae")
         cli("train", *common, "--text-encoder", "small", "--config", work / "net.json", "--minutes", minutes * 4 / 5,
-            "--autoencoder", work / "ae", "--out", runs["latent"])
+            *recipe, "--autoencoder", work / "ae", "--out", runs["latent"])
     return runs
 
 

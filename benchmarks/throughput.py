@@ -292,7 +292,7 @@ def cli_run(spec: str, batch: int, seconds: float, nproc: int, work: Path) -> di
     cfg.write_text(json.dumps({"schedule": SCHEDULE, "log_every": 5, "checkpoint_every": 10**6, "sample_steps": 1}))
     out = Path(tempfile.mkdtemp(dir=work)) / "run"
     cmd = [sys.executable, "-m", "difflab", "train", "--data", spec, "--out", str(out), "--minutes", str(seconds / 60),
-           "--batch-size", str(batch), "--config", str(cfg), "--quiet", "--threads", str(2 // nproc)]
+           "--batch-size", str(batch), "--config", str(cfg), "--quiet", "--threads", str(2 // nproc), "--recipe", "ddpm"]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     t0 = time.perf_counter()
@@ -331,7 +331,8 @@ def loss_curves(spec: str, batch: int, steps: int, work: Path) -> dict[str, Any]
         run = work / f"curve-{precision}"
         shutil.rmtree(run, ignore_errors=True)
         cmd = [sys.executable, "-m", "difflab", "train", "--data", spec, "--out", str(run), "--steps", str(steps),
-               "--batch-size", str(batch), "--config", str(cfg), "--precision", precision, "--threads", "1", "--quiet"]
+               "--batch-size", str(batch), "--config", str(cfg), "--precision", precision, "--threads", "1", "--quiet",
+               "--recipe", "ddpm"]
         procs[precision] = (run, cmd, subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                        text=True))
     out: dict[str, Any] = {}

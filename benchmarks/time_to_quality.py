@@ -6,7 +6,7 @@ Both trainings run at the same time, one thread each, so they see the same machi
   diffusers the loop a competent diffusers user writes: UNet2DModel of the size of difflab's former default
             network (the same architecture), DDPMScheduler (linear betas, 1000 steps), AdamW at a learning rate
             suited to a ~1M-parameter network (1e-3 after 200 warm-up steps, as difflab uses; --diffusers-lr),
-            EMAModel (decay 0.999 with warm-up), the same batch size.
+            EMAModel (decay 0.999 with warm-up), the same batch size (that of difflab's recipe unless --batch).
 Weights are snapshotted when each budget is reached (the clock pauses while saving). Afterwards every snapshot
 draws --num samples with DDIM, 50 steps (difflab: ``difflab.load(run).sample``, the run's default sampler, which
 is DDIM-50 for every recipe; diffusers: DDIMScheduler with its x0 clipping), scored by FD, precision and recall
@@ -163,7 +163,7 @@ def main() -> None:
     p.add_argument("--data", default="digits", help="digits or mnist:DIR")
     p.add_argument("--budgets", help="training minutes, comma-separated, increasing (default 1,3,10 on digits, "
                                      "2,5,10,20 on MNIST)")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, help="both trainings' batch (default: that of difflab's default recipe)")
     p.add_argument("--diffusers-lr", type=float, default=1e-3)
     p.add_argument("--num", type=int, default=1000, help="samples per snapshot")
     p.add_argument("--seed", type=int, help="seed of the samples (default: drawn at run time)")
@@ -183,6 +183,11 @@ def main() -> None:
         return
     if args.seed is None:
         args.seed = secrets.randbelow(2**31)
+    if args.batch is None:
+        from difflab.data import load
+        from difflab.training.recipes import default_recipe
+
+        args.batch = default_recipe(load(args.data).shape).get("batch_size", 128)
     args.out = args.out or ROOT / "docs" / "benchmarks" / ("time_to_quality.md" if kind(args.data) == "digits"
                                                            else f"time_to_quality_{kind(args.data)}.md")
     command = "python benchmarks/time_to_quality.py " + " ".join(sys.argv[1:])

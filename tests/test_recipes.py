@@ -63,7 +63,8 @@ def test_default_recipe_by_data_size():
     small = default_recipe((1, 8, 8))
     assert small["prediction"] == "flow" and small["schedule"] == {"kind": "flow"} and "network" not in small
     big = default_recipe((3, 32, 32))
-    assert big["prediction"] == "flow" and big["network"]["patch"] == 2
+    assert big["prediction"] == "flow" and big["network"]["patch"] == 2 and big["batch_size"] == 32
+    assert "batch_size" not in small
 
 
 def test_recipe_rules():

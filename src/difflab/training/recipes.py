@@ -28,21 +28,26 @@ RECIPE_NAMES: tuple[str, ...] = ("auto", *RECIPES)
 
 #: Images of at least this side get the pixel-unshuffle network (MNIST: 28 -> 14 -> 7).
 PATCH_FROM = 16
-#: The U-Net of images of side >= PATCH_FROM in the default recipe (overrides of the size preset).
+#: The U-Net of images of side >= PATCH_FROM in the default recipe (overrides of the size preset): the best FD
+#: after 5 equal minutes among four networks on MNIST (docs/benchmarks/networks.md).
 PATCH_NETWORK: dict[str, Any] = {"patch": 2, "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2,
                                  "attention_levels": [1]}
+#: Its batch size: 32 trained better samples than 128 in the same minutes on a CPU (docs/benchmarks/networks.md);
+#: on a GPU give a larger --batch-size.
+PATCH_BATCH = 32
 
 
 def default_recipe(shape: Sequence[int]) -> dict[str, Any]:
     """The TrainConfig fields of ``difflab train`` without --recipe, for data of this shape ([C, H, W] or [D]).
 
     Images: flow matching (best FD per minute on digits and MNIST, docs/benchmarks/edm_flow.md), and from
-    side 16 up the pixel-unshuffle U-Net (docs/benchmarks/networks.md). Points keep the DDPM recipe."""
+    side 16 up the pixel-unshuffle U-Net at batch 32 (docs/benchmarks/networks.md). Points keep the DDPM recipe."""
     if len(shape) != 3:
         return dict(RECIPES["ddpm"])
     out = dict(RECIPES["flow"])
     if max(int(shape[1]), int(shape[2])) >= PATCH_FROM:
         out["network"] = {"kind": "unet", **PATCH_NETWORK}
+        out["batch_size"] = PATCH_BATCH
     return out
 
 
@@ -70,4 +75,4 @@ def recipe(name: str, shape: Sequence[int], task: str = "generate", latent: bool
     return out
 
 
-__all__ = ["RECIPES", "RECIPE_NAMES", "PARAMETERISATION", "PATCH_NETWORK", "default_recipe", "recipe"]
+__all__ = ["RECIPES", "RECIPE_NAMES", "PARAMETERISATION", "PATCH_BATCH", "PATCH_NETWORK", "default_recipe", "recipe"]
