@@ -72,7 +72,7 @@ def test_recipe_rules():
     assert recipe("auto", (1, 8, 8), task="superres") == {}  # image-to-image tasks keep the DDPM defaults
     assert recipe("auto", (4, 7, 7), latent=True) == {}
     given = recipe("auto", (1, 28, 28), given=["prediction"])  # part of a parameterisation given: no flow fields
-    assert set(given) == {"network"}
+    assert set(given) == {"network", "batch_size"}
     with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
         recipe("nope", (1, 8, 8))
 
@@ -105,3 +105,23 @@ def test_folder_images_from_side_16_get_the_patch_network(tmp_path):
     cfg = config_of(tmp_path / "run")
     unet = cfg["network"]["config"] if "config" in cfg.get("network", {}) else cfg["network"]
     assert unet["patch"] == 2 and unet["channels"] == 8 and unet["num_res_blocks"] == 2
+
+
+def test_the_default_recipe_trains_and_samples_a_class_conditional_patch_run(tmp_path):
+    """The recipe's batch 32 unless --batch-size is given; labels, CFG and sampling work through the patch stem."""
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    (tmp_path / "net.json").write_text(json.dumps({"network": {"channels": 8, "groups": 4, "num_heads": 2}}))
+    run = tmp_path / "run"
+    assert cli("train", "--data", tmp_path / "imgs", "--image-size", "16", "--channels", "1", "--conditional",
+               "--out", run, "--steps", "1", "--quiet", "--config", tmp_path / "net.json") == 0
+    cfg = config_of(run)
+    assert cfg["train"]["batch_size"] == 32 and cfg["train"]["prediction"] == "flow"
+    assert cli("sample", "--run", run, "--num", "3", "--steps", "2", "--label", "1", "--guidance-scale", "2",
+               "--out", tmp_path / "s.npz") == 0
+    x = np.load(tmp_path / "s.npz")
+    arr = x[x.files[0]]
+    assert arr.shape[0] == 3 and np.isfinite(arr).all()
