@@ -68,28 +68,33 @@ def prompts() -> list[tuple[str, int, int]]:
     return [(f"a {c} {DIGIT_NAMES[d]}", d, k) for k, c in enumerate(PALETTE) for d in range(10)]
 
 
-@torch.no_grad()
-def draw(kind: str, path: Path, prompt: str, n: int, w: float, steps: int, g: torch.Generator) -> torch.Tensor:
-    from difflab.samplers import sample
+def open_model(kind: str, path: Path):
+    """The cascade, or the single-stage run (loaded once; sampling time excludes loading)."""
     from difflab.training import load_run
     from difflab.training.cascade import load_cascade
 
+    return load_cascade(path) if kind == "cascade" else load_run(path)
+
+
+@torch.no_grad()
+def draw(kind: str, model, prompt: str, n: int, w: float, steps: int, g: torch.Generator) -> torch.Tensor:
+    from difflab.samplers import sample
+
     if kind == "cascade":
-        return load_cascade(path).sample(n, sampler="ddim", steps=steps, generator=g, prompt=prompt, guidance_scale=w)
-    run = load_run(path)
-    model = Clamped(ClassifierFreeGuidance(run.model, w))
-    cond = run.conditioning.prompts([prompt] * n, "cpu")
-    return sample(model, model.schedule.sample_prior((n, *run.shape), generator=g), sampler="ddim", steps=steps,
+        return model.sample(n, sampler="ddim", steps=steps, generator=g, prompt=prompt, guidance_scale=w)
+    guided = Clamped(ClassifierFreeGuidance(model.model, w))
+    cond = model.conditioning.prompts([prompt] * n, "cpu")
+    return sample(guided, guided.schedule.sample_prior((n, *model.shape), generator=g), sampler="ddim", steps=steps,
                   cond=cond, generator=g)
 
 
 def measure(kind: str, path: Path, args: argparse.Namespace, reference) -> list[dict]:
-    rows = []
+    rows, model = [], open_model(kind, path)
     for w in SCALES:
         g = torch.Generator().manual_seed(args.seed)
         xs, digit, colour, t0 = [], [], [], time.perf_counter()
         for text, d, k in prompts():
-            xs.append(draw(kind, path, text, args.per_prompt, w, args.steps, g))
+            xs.append(draw(kind, model, text, args.per_prompt, w, args.steps, g))
             digit += [d] * args.per_prompt
             colour += [k] * args.per_prompt
         sec = (time.perf_counter() - t0) / (len(prompts()) * args.per_prompt)
@@ -131,12 +136,6 @@ def report(res: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def steps_of(run: Path) -> int:
-    """The last logged step of a run folder (log.csv: step first)."""
-    rows = (run / "log.csv").read_text().strip().splitlines() if (run / "log.csv").is_file() else []
-    return int(rows[-1].split(",")[0]) if len(rows) > 1 else -1
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="grey labelled 28x28 digits: mnist:DIR")
@@ -158,7 +157,9 @@ def main() -> None:
            "load_before": [round(x, 2) for x in os.getloadavg()]}
     runs = train(folder, args.out, args.minutes)
     res["load_trained"] = [round(x, 2) for x in os.getloadavg()]
-    res["steps"] = {k: steps_of(args.out / k) for k in ("single", "base", "sr")}
+    import difflab
+
+    res["steps"] = {k: difflab.load(args.out / k).step for k in ("single", "base", "sr")}
     ref = datasets.load(str(folder), "train", image_size=28, channels=3).x[:2000]
     reference = extract(grey(ref), features_name(args.data))
     for kind in ("single", "cascade"):

@@ -98,8 +98,8 @@ def test_folder_images_from_side_16_get_the_patch_network(tmp_path):
     (tmp_path / "imgs").mkdir()
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
-    net = json.dumps({"channels": 8, "groups": 4, "num_heads": 2})  # the recipe's plan, narrower
-    (tmp_path / "net.json").write_text(json.dumps({"network": json.loads(net)}))
+    net = {"channels": 8, "groups": 4, "num_heads": 2}  # the recipe's plan, narrower
+    (tmp_path / "net.json").write_text(json.dumps({"network": net}))
     assert cli("train", "--data", tmp_path / "imgs", "--image-size", "16", "--out", tmp_path / "run", "--steps", "1",
                "--batch-size", "4", "--quiet", "--config", tmp_path / "net.json") == 0
     cfg = config_of(tmp_path / "run")
