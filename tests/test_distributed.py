@@ -1,5 +1,6 @@
 """Several processes (torch.distributed, gloo on the CPU) train like one process with the whole batch."""
 import json
+import os
 import subprocess
 import sys
 
@@ -96,3 +97,23 @@ def test_nproc_launches_in_process_and_returns_the_workers_exit_status(tmp_path)
                        timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "no such file or directory" in r.stderr and "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr
+
+
+def test_workers_share_the_cores_out_unless_the_thread_count_is_set(monkeypatch):
+    """--nproc gives each worker cores // N torch threads (torchrun's default is one), leaves a user's
+    OMP_NUM_THREADS alone and restores the launcher's environment afterwards."""
+    import torch.distributed.launcher.api as api
+
+    from difflab.training import distributed
+
+    assert [distributed.worker_threads(n, cores=16) for n in (1, 2, 3, 32)] == [16, 8, 5, 1]
+    seen = []
+    monkeypatch.setattr(api, "elastic_launch", lambda config, cmd: lambda *a: seen.append(
+        os.environ.get("OMP_NUM_THREADS")))
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert distributed.relaunch(2, ["--version"]) == 0
+    assert seen == ["8"] and "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert distributed.relaunch(2, ["--version"]) == 0
+    assert seen == ["8", "3"] and os.environ["OMP_NUM_THREADS"] == "3"

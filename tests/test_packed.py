@@ -200,3 +200,23 @@ def test_training_start_and_reference_statistics_never_load_a_packed_set_whole(t
     assert size == n * 64 and num_reference == 1000
     assert growth < size / 2, (f"peak RSS grew by {growth / 2**20:.0f} MB (training: {train_growth / 2**20:.0f} MB) "
                                f"for a {size / 2**20:.0f} MB packed set")
+
+
+def test_size_and_color_over_a_packed_set_map_per_batch_and_equal_the_eager_wrappers(tmp_path):
+    from difflab.data import MappedDataset
+
+    pack("digits", tmp_path / "d", ["train", "test"])
+    root = f"packed:{tmp_path / 'd'}"
+    idx = torch.tensor([5, 0, 17, 3, 299, 17])  # the test split holds 300
+    for wrap in ("size:4:", "size:5:", "color:", "color:size:4:", "size:5:color:"):
+        for split in ("train", "test"):
+            lazy, eager = load(wrap + root, split), load(wrap + "digits", split)
+            assert isinstance(lazy, MappedDataset) and not isinstance(eager, MappedDataset)
+            assert lazy.shape == eager.shape and len(lazy) == len(eager) and torch.equal(lazy.y, eager.y)
+            assert torch.equal(lazy.batch(idx), eager.batch(idx))  # the same colours per row as the whole set's
+            assert torch.equal(lazy.x, eager.x) and torch.equal(lazy.stored, eager.stored)
+    with pytest.raises(DataError, match="size 9 is larger than the images"):
+        load("size:9:" + root)
+    pack("color:digits", tmp_path / "c", ["train"])
+    with pytest.raises(DataError, match="color: needs grayscale images, got 3 channels"):
+        load(f"color:packed:{tmp_path / 'c'}")

@@ -112,6 +112,55 @@ class Dataset:
         return f"Dataset({self.spec!r}, {len(self)} x {self.shape}, {self.stored.dtype})"
 
 
+class MappedDataset(Dataset):
+    """Images computed a batch at a time from another image set: ``size:`` and ``color:`` over a memory-mapped
+    (packed) set, so the wrapper never holds a copy of the set.  ``fn(uint8 rows, their indices)`` gives the
+    wrapped rows as uint8; the results equal the eager wrappers' bit for bit."""
+
+    def __init__(self, inner: Dataset, fn, spec: str):
+        self.inner, self.fn = inner, fn
+        self.y, self.captions, self.spec, self.class_names = inner.y, inner.captions, spec, inner.class_names
+        self._shape = tuple(self.rows(torch.zeros(1, dtype=torch.long)).shape[1:])
+
+    def rows(self, idx: Tensor) -> Tensor:
+        """uint8 rows ``idx`` of the wrapped set."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        inner = self.inner.rows(idx) if isinstance(self.inner, MappedDataset) else self.inner.stored[idx]
+        return self.fn(inner, idx)
+
+    def batch(self, idx: Tensor) -> Tensor:
+        return torch.take(_UNIT_TABLE, self.rows(idx).long())
+
+    @property
+    def stored(self) -> Tensor:  # type: ignore[override]
+        """The whole wrapped set as uint8 (a copy: for packing a wrapped set; training reads ``batch``)."""
+        return torch.cat([self.rows(torch.arange(s, min(len(self), s + 4096))) for s in range(0, len(self), 4096)])
+
+    @property
+    def x(self) -> Tensor:
+        return torch.cat(list(self.batches()))
+
+    @property
+    def kind(self) -> Literal["image", "points"]:
+        return "image"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __repr__(self) -> str:
+        return f"MappedDataset({self.spec!r}, {len(self)} x {self.shape}, uint8 per batch)"
+
+
+def _lazy(inner: Dataset) -> bool:
+    """Whether a wrapper over ``inner`` maps it per batch (a memory-mapped or already mapped set) instead of
+    building its result in memory."""
+    return getattr(inner, "packed", None) is not None or isinstance(inner, MappedDataset)
+
+
 def to_unit(x_uint8: np.ndarray) -> Tensor:
     """uint8 [N, H, W, C] -> float32 [N, C, H, W] in [-1, 1]."""
     return torch.from_numpy(x_uint8.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
@@ -135,14 +184,23 @@ def _split(n: int, split: Split, test_fraction: float, seed: int = 0) -> np.ndar
     return np.sort(perm[n_test:] if split == "train" else perm[:n_test])
 
 
-def colored(x: Tensor, seed: int = 0) -> Tensor:
+def _colors(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The seeded foreground and background colours [n, 3, 1, 1] of ``colored``'s n images."""
+    rng = np.random.default_rng(10_007 + seed)
+    fg = torch.from_numpy(rng.integers(96, 256, (n, 3, 1, 1))).float()
+    bg = torch.from_numpy(rng.integers(0, 64, (n, 3, 1, 1))).float()
+    return fg, bg
+
+
+def colored(x: Tensor, seed: int = 0, idx: Tensor | None = None, n: int | None = None) -> Tensor:
     """uint8 [N, 1, H, W] -> [N, 3, H, W]: v -> bg + (fg - bg) v / 255 with a seeded random bright foreground
-    (each channel 96..255) and dark background (0..63) colour per image, the same for a given N and seed."""
+    (each channel 96..255) and dark background (0..63) colour per image, the same for a given N and seed.
+    ``idx`` / ``n``: x holds rows ``idx`` of a set of n images, coloured as those rows of the whole set."""
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 1:
         raise DataError(f"color: needs grayscale uint8 images [N, 1, H, W], got {tuple(x.shape)} {x.dtype}")
-    rng = np.random.default_rng(10_007 + seed)
-    fg = torch.from_numpy(rng.integers(96, 256, (len(x), 3, 1, 1))).float()
-    bg = torch.from_numpy(rng.integers(0, 64, (len(x), 3, 1, 1))).float()
+    fg, bg = _colors(len(x) if n is None else n, seed)
+    if idx is not None:
+        fg, bg = fg[idx], bg[idx]
     return (bg + (fg - bg) * x.float() / 255).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -174,9 +232,20 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
         inner = load(rest, split, image_size, channels, seed)
         if inner.kind != "image":
             raise DataError(f"--data {spec}: size: applies to images, and {rest!r} holds points")
-        return Dataset(shrink(inner.stored, int(n_text), spec), inner.y, spec, inner.class_names, inner.captions)
+        n = int(n_text)
+        if _lazy(inner):
+            if n > min(inner.shape[-2:]):
+                raise DataError(f"--data {spec}: size {n} is larger than the images "
+                                f"({inner.shape[-2]}x{inner.shape[-1]}); size: only shrinks")
+            return MappedDataset(inner, lambda x, idx: shrink(x, n, spec), spec)
+        return Dataset(shrink(inner.stored, n, spec), inner.y, spec, inner.class_names, inner.captions)
     if spec.startswith("color:"):  # a grayscale set coloured deterministically (colorization)
         inner = load(spec[6:], split, image_size, 1, seed)
+        if _lazy(inner):
+            if inner.shape[0] != 1:
+                raise DataError(f"--data {spec}: color: needs grayscale images, got {inner.shape[0]} channels")
+            n = len(inner)
+            return MappedDataset(inner, lambda x, idx: colored(x, seed, idx, n), spec)
         return Dataset(colored(inner.stored, seed), inner.y, spec, inner.class_names, inner.captions)
     if spec == "digits":
         x, y = _images.digits()
@@ -216,4 +285,4 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
     return Dataset(torch.from_numpy(x), torch.from_numpy(y), spec, classes, caps)
 
 
-__all__ = ["Dataset", "load", "shrink", "toy", "TOYS", "to_unit", "to_uint8"]
+__all__ = ["Dataset", "MappedDataset", "load", "shrink", "toy", "TOYS", "to_unit", "to_uint8"]

@@ -100,6 +100,20 @@ def shutdown(clean: bool = True) -> None:
             dist.destroy_process_group()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_threads(nproc: int, cores: int | None = None) -> int:
+    """Torch threads per worker of ``--nproc`` on this machine: the usable cores shared out, at least one, so the
+    workers never put two busy threads on one core (docs/training.md, "Threads")."""
+    return max(1, (usable_cores() if cores is None else cores) // max(1, nproc))
+
+
 def relaunch(nproc: int, argv: list[str]) -> int:
     """Run ``difflab ARGV`` in nproc worker processes on this machine with torch's elastic launcher, in this process
     (``torch.distributed.launcher.api.elastic_launch``, configured by torchrun's own parser and ``config_from_args``
@@ -118,14 +132,20 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
     if args.master_port is None:
         args.master_port = 29500
-    config, cmd, cmd_args = config_from_args(args)  # also OMP_NUM_THREADS=1 for the workers unless set, as torchrun
+    ours = "OMP_NUM_THREADS" not in os.environ  # torchrun would give each worker one thread
+    if ours:
+        os.environ["OMP_NUM_THREADS"] = str(worker_threads(nproc))
     try:
+        config, cmd, cmd_args = config_from_args(args)
         elastic_launch(config, cmd)(*cmd_args)
     except ChildFailedError as e:
         code = e.get_first_failure()[1].exitcode
         return 128 - code if code < 0 else code or 1
     except SignalException as e:  # this process was told to stop: the launcher has stopped the workers
         return 128 + int(e.sigval)
+    finally:
+        if ours:
+            os.environ.pop("OMP_NUM_THREADS", None)
     return 0
 
 
@@ -134,4 +154,4 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-__all__ = ["World", "init", "shutdown", "launched", "relaunch", "default_device"]
+__all__ = ["World", "init", "shutdown", "launched", "relaunch", "default_device", "usable_cores", "worker_threads"]
