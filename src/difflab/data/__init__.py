@@ -192,16 +192,17 @@ def _colors(n: int, seed: int) -> tuple[Tensor, Tensor]:
     return fg, bg
 
 
-def colored(x: Tensor, seed: int = 0, idx: Tensor | None = None, n: int | None = None) -> Tensor:
+def _paint(x: Tensor, fg: Tensor, bg: Tensor) -> Tensor:
+    """uint8 [N, 1, H, W] -> [N, 3, H, W]: v -> bg + (fg - bg) v / 255 per image, rounded to uint8."""
+    return (bg.float() + (fg.float() - bg.float()) * x.float() / 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def colored(x: Tensor, seed: int = 0) -> Tensor:
     """uint8 [N, 1, H, W] -> [N, 3, H, W]: v -> bg + (fg - bg) v / 255 with a seeded random bright foreground
-    (each channel 96..255) and dark background (0..63) colour per image, the same for a given N and seed.
-    ``idx`` / ``n``: x holds rows ``idx`` of a set of n images, coloured as those rows of the whole set."""
+    (each channel 96..255) and dark background (0..63) colour per image, the same for a given N and seed."""
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 1:
         raise DataError(f"color: needs grayscale uint8 images [N, 1, H, W], got {tuple(x.shape)} {x.dtype}")
-    fg, bg = _colors(len(x) if n is None else n, seed)
-    if idx is not None:
-        fg, bg = fg[idx], bg[idx]
-    return (bg + (fg - bg) * x.float() / 255).round().clamp(0, 255).to(torch.uint8)
+    return _paint(x, *_colors(len(x), seed))
 
 
 def shrink(x: Tensor, n: int, spec: str = "") -> Tensor:
@@ -244,8 +245,8 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
         if _lazy(inner):
             if inner.shape[0] != 1:
                 raise DataError(f"--data {spec}: color: needs grayscale images, got {inner.shape[0]} channels")
-            n = len(inner)
-            return MappedDataset(inner, lambda x, idx: colored(x, seed, idx, n), spec)
+            fg, bg = (c.to(torch.uint8) for c in _colors(len(inner), seed))  # 6 bytes per image, drawn once
+            return MappedDataset(inner, lambda x, idx: _paint(x, fg[idx], bg[idx]), spec)
         return Dataset(colored(inner.stored, seed), inner.y, spec, inner.class_names, inner.captions)
     if spec == "digits":
         x, y = _images.digits()
