@@ -247,7 +247,8 @@ def write_page(rows, dirs, args, seed, floor, t_train, t_all, load_before, load_
         f"{args.ref_num} training images; {args.num} test images score FD {floor:.3g} against the same reference "
         "(the floor). Recipes: `RECIPES` in benchmarks/families.py (the diffusion row is the CLI's default recipe; "
         "`diffusion_vp` the same network and batch on `--recipe ddpm`; the latent row spends a third of its minutes "
-        "on the autoencoder). `train steps`: the run's last logged step (the student: its optimisation steps).", "",
+        "on the autoencoder). `train steps`: the run's last logged step (the student: its optimisation steps). The two "
+        "reports ran at the same time with one thread each, so `sec_per_1000` compares within this table only.", "",
         *lines, "", "Targets of the issue:", "", *[f"- {t}" for t in targets(rows)], "",
         "![denoisers](families/denoisers/trilemma.png) ![others](families/others/trilemma.png)", "",
         " ".join(f"![{n}](families/samples_{n}.png)" for n in dirs if (ROOT / "docs/benchmarks/families" /

@@ -234,10 +234,7 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
         if inner.kind != "image":
             raise DataError(f"--data {spec}: size: applies to images, and {rest!r} holds points")
         n = int(n_text)
-        if _lazy(inner):
-            if n > min(inner.shape[-2:]):
-                raise DataError(f"--data {spec}: size {n} is larger than the images "
-                                f"({inner.shape[-2]}x{inner.shape[-1]}); size: only shrinks")
+        if _lazy(inner):  # shrink's own check runs on the first row when the wrapper takes its shape
             return MappedDataset(inner, lambda x, idx: shrink(x, n, spec), spec)
         return Dataset(shrink(inner.stored, n, spec), inner.y, spec, inner.class_names, inner.captions)
     if spec.startswith("color:"):  # a grayscale set coloured deterministically (colorization)
