@@ -75,6 +75,17 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 sys.exit(rc)"""
 
 
+def available_bytes() -> float:
+    """Memory the kernel could give a new process now (MemAvailable; Linux), else the physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def loader_rate(spec: str, batch: int, seconds: float = 5.0) -> float:
     """Images/s of Dataset.batch on the engine's random batches (the data path of one training step)."""
     from difflab.data import load
@@ -100,6 +111,13 @@ def bench_size(n: int, size: int, work: Path, args: argparse.Namespace) -> dict[
     for kind, spec in (("in-memory", folder), ("packed", f"packed:{packed}")):
         for nproc in (1, 2):
             run = work / f"run_{kind}_{nproc}_{n}"
+            need = nproc * (n * 3 * size * size + 2.5e9)  # decoded copy per process + torch, network, activations
+            if kind == "in-memory" and need > available_bytes():
+                out[f"first_step {kind} x{nproc}"] = {"skipped": f"needs about {need / 1e9:.1f} GB, "
+                                                                 f"{available_bytes() / 1e9:.1f} GB available"}
+                print(f"N={n}: {kind}, {nproc} process(es): not run, it would need about {need / 1e9:.1f} GB of "
+                      f"memory ({available_bytes() / 1e9:.1f} GB available)", flush=True)
+                continue
             r = difflab("train", "--data", spec, "--image-size", size, "--steps", 1, "--config", cfg, "--out", run,
                         "--quiet", "--device", "cpu", "--recipe", "ddpm", nproc=nproc)
             out[f"first_step {kind} x{nproc}"] = r
@@ -157,7 +175,7 @@ def main() -> None:
     p.add_argument("--image", type=int, default=64, help="image side")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--train-steps", type=int, default=20)
-    p.add_argument("--gen-num", type=int, default=50_000)
+    p.add_argument("--gen-num", type=int, default=50_000, help="samples to generate (0: skip generation)")
     p.add_argument("--gen-steps", type=int, default=10)
     p.add_argument("--gen-run", choices=["packed", "digits"], default="packed",
                    help="what generation samples: the packed-set run of the last size, or (digits) a small 8x8 "
@@ -171,7 +189,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="difflab-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     sizes = [] if args.gen_run == "digits" else [bench_size(n, args.image, work, args) for n in args.sizes]
-    res = {"sizes": sizes, "generate": bench_generate(work, args)}
+    res = {"sizes": sizes, "generate": bench_generate(work, args) if args.gen_num > 0 else None}
     path = args.json or work / "scale.json"
     path.write_text(json.dumps(res, indent=1))
     if sizes:
@@ -179,6 +197,9 @@ def main() -> None:
     for r in res["sizes"]:
         print(f"| {r['n']} | {r['loader_images_per_s']:.0f} | {r['train_images_per_s']:.0f} |")
     g = res["generate"]
+    if g is None:
+        print(f"wrote {path}")
+        return
     print(f"\n| samples | run | steps | processes | seconds | samples/s | equal |\n|---|---|---|---|---|---|---|")
     for k in (1, 2):
         print(f"| {g['num']:,} | {g['run']} | {g['steps']} | {k} | {g[f'x{k}']['seconds']:.1f} | "

@@ -186,6 +186,18 @@ def test_folder_split_is_a_seeded_partition_even_when_tiny(tmp_path, n):
     assert values("test") == test  # the same every time
 
 
+@pytest.mark.parametrize("n, block", [(1000, 7), (1000, 4096), (37, 1)])
+def test_split_rows_are_kept_in_place_without_a_second_copy(n, block):
+    from difflab.data import _keep_rows, _split
+
+    x = np.random.default_rng(n).integers(0, 256, (n, 1, 2, 2), dtype=np.uint8)
+    for split in ("train", "test"):
+        idx = _split(n, split, test_fraction=0.1)
+        want, buf = x[idx], x.copy()
+        got = _keep_rows(buf, idx, block=block)
+        assert np.array_equal(got, want) and np.shares_memory(got, buf)  # the rows of x[idx], in buf's own memory
+
+
 def test_single_image_folder_trains_but_has_no_test_split(tmp_path):
     _flat(tmp_path / "only.png", 7)
     assert len(load(str(tmp_path), "train")) == 1 and len(load(str(tmp_path), "all")) == 1

@@ -184,6 +184,18 @@ def _split(n: int, split: Split, test_fraction: float, seed: int = 0) -> np.ndar
     return np.sort(perm[n_test:] if split == "train" else perm[:n_test])
 
 
+def _keep_rows(x: np.ndarray, idx: np.ndarray, block: int = 4096) -> np.ndarray:
+    """x[idx] for sorted, distinct idx, moved to the front of x in place (a view of x's memory, not a copy).
+
+    ``x[idx]`` would hold the decoded folder twice at its peak (1.9x for a 90% train split); since idx[k] >= k,
+    each block of rows reads only rows at or after the ones it overwrites.
+    """
+    for s in range(0, len(idx), block):
+        rows = idx[s:s + block]
+        x[s:s + len(rows)] = x[rows]
+    return x[:len(idx)]
+
+
 def _colors(n: int, seed: int) -> tuple[Tensor, Tensor]:
     """The seeded foreground and background colours [n, 3, 1, 1] of ``colored``'s n images."""
     rng = np.random.default_rng(10_007 + seed)
@@ -278,7 +290,7 @@ def load(spec: str, split: Split = "train", image_size: int | None = None, chann
         raise DataError(f"image folder {spec} has 1 image: no held-out test split (add images, or use split all)")
     if len(x) > 1 and split != "all":
         idx = _split(len(x), split, test_fraction=0.1)
-        x, y = x[idx], y[idx]
+        x, y = _keep_rows(x, idx), y[idx]
         caps = None if caps is None else [caps[i] for i in idx]
     return Dataset(torch.from_numpy(x), torch.from_numpy(y), spec, classes, caps)
 
