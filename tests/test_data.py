@@ -85,6 +85,28 @@ def test_image_folder_resizes_crops_labels_and_skips_corrupt(tmp_path):
     assert u[0].min() == u[0].max() == 200  # a flat image stays flat after resize + crop
 
 
+def test_image_folder_decodes_in_threads_into_one_array_skipping_unreadable_rows(tmp_path):
+    from difflab.data.images import image_folder
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "000_broken.png").write_bytes(b"\x89PNG not really")  # sorts first: its header does not open
+    for i in range(1, 40):
+        _flat(tmp_path / "ab"[i % 2] / f"{i:03d}.png", 5 * i)
+    (tmp_path / "b" / "020_broken.png").write_bytes(b"garbage")
+    runs = []
+    for workers in (1, 4):
+        kept: list = []
+        with pytest.warns(UserWarning, match="broken"):
+            x, y, classes = image_folder(tmp_path, 4, kept=kept, workers=workers)
+        runs.append((x, y, kept))
+        assert x.shape == (39, 1, 4, 4) and classes == ["a", "b"]  # grey: one channel, the broken rows dropped
+        want = sorted(range(1, 40), key=lambda i: (i % 2, i))  # class folder a (even) first, then b, by name
+        assert x[:, 0, 0, 0].tolist() == [5 * i for i in want] and y.tolist() == [i % 2 for i in want]
+        assert [p.name for p in kept] == [f"{i:03d}.png" for i in want]
+    assert np.array_equal(runs[0][0], runs[1][0])  # the threads change nothing
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(DataError, match="missing: no such file or directory"):
         load(str(tmp_path / "missing"))

@@ -68,7 +68,7 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
 def image_folder(root: str | Path, size: int, channels: int | None = None,
-                 kept: list[Path] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                 kept: list[Path] | None = None, workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All images under root, resized (shorter side) and centre-cropped to size x size.
 
     Labels come from the first-level sub-folder (one class per sub-folder, with no images directly in root;
@@ -76,30 +76,72 @@ def image_folder(root: str | Path, size: int, channels: int | None = None,
     images load as RGB when any readable file is in colour, else as grayscale, with a warning when they mix.
     16-bit images are scaled by their bit depth.  Unreadable files are skipped with a warning naming them.
     Returns uint8 [N, C, size, size], labels [N], class names; ``kept`` (if given) receives the N files read.
+    The files are decoded by ``workers`` threads straight into the returned array (its size is the only copy);
+    a folder whose first image is grey but holds colour ones is decoded a second time, as RGB.
     """
     files, labels_all, classes = list_images(root, channels)
-    imgs, labels = [], []
-    for p, label in zip(files, labels_all):
-        try:
-            imgs.append(read_image(p, size, channels))
-        except UnreadableImage as e:
-            warnings.warn(str(e), stacklevel=2)
-            continue
-        labels.append(label)
-        if kept is not None:
-            kept.append(p)
-    if not imgs:
+    c0 = channels or _first_channels(files)
+    x = np.empty((len(files), c0, size, size), np.uint8)
+    kinds = decode_into(x, files, size, channels, workers)
+    ok = np.flatnonzero(kinds >= 0)
+    if len(ok) == 0:
         raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
-    n_gray = sum(a.ndim == 2 for a in imgs)
-    c = channels or (1 if n_gray == len(imgs) else 3)
-    if channels is None and 0 < n_gray < len(imgs):
-        warnings.warn(f"image folder {root} mixes {n_gray} grayscale and {len(imgs) - n_gray} colour images: "
+    n_gray = int((kinds[ok] == 1).sum())
+    c = channels or (1 if n_gray == len(ok) else 3)
+    if channels is None and 0 < n_gray < len(ok):
+        warnings.warn(f"image folder {root} mixes {n_gray} grayscale and {len(ok) - n_gray} colour images: "
                       f"loading all with 3 channels (RGB)", stacklevel=2)
-    x = np.empty((len(imgs), c, size, size), np.uint8)
-    for i in range(len(imgs)):
-        a, imgs[i] = imgs[i], None  # release each decoded image once copied
-        x[i] = chw(a)
-    return x, np.asarray(labels, dtype=np.int64), classes
+    if c != c0:
+        x = np.empty((len(files), c, size, size), np.uint8)
+        decode_into(x, files, size, channels, workers, warn=False)
+    if kept is not None:
+        kept.extend(files[i] for i in ok)
+    from . import _keep_rows
+
+    return _keep_rows(x, ok), np.asarray(labels_all, dtype=np.int64)[ok], classes
+
+
+def _first_channels(files: list[Path]) -> int:
+    """1 if the first file whose header opens is grey, else 3 (the header only: nothing is decoded)."""
+    from PIL import Image
+
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                return 1 if im.mode in GRAY_MODES else 3
+        except Exception:  # noqa: BLE001 - an unreadable file: decode_into warns about it
+            continue
+    return 3
+
+
+def decode_into(x: np.ndarray, files: list[Path], size: int, channels: int | None, workers: int | None = None,
+                progress: bool = False, warn: bool = True) -> np.ndarray:
+    """Decode files into the rows of x [N, C, H, W] (grey broadcast to R = G = B when C = 3), ``workers`` threads at
+    a time (Pillow releases the GIL while decoding; default min(8, CPUs)).  Returns per file 1 (grey), 0 (colour)
+    or -1 (unreadable: skipped with a warning naming it); a colour image is not written into a 1-channel x (its
+    kind, 0, tells the caller)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    def one(i: int) -> int | str:
+        try:
+            a = read_image(files[i], size, channels)
+        except UnreadableImage as e:
+            return str(e)
+        if a.ndim == 2 or x.shape[1] == 3:
+            x[i] = chw(a)
+        return int(a.ndim == 2)
+
+    kinds = np.empty(len(files), np.int64)
+    with ThreadPoolExecutor(max(1, workers or min(8, os.cpu_count() or 1))) as pool:
+        for i, r in enumerate(tqdm(pool.map(one, range(len(files)), chunksize=64), total=len(files),
+                                   disable=not progress, desc="decode", unit="img")):
+            if isinstance(r, str) and warn:
+                warnings.warn(r, stacklevel=3)
+            kinds[i] = -1 if isinstance(r, str) else r
+    return kinds
 
 
 class UnreadableImage(DataError):

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -214,12 +213,12 @@ def _pack_folder(root: Path, splits: list[str], out: Path, size: int, channels: 
     """Decode a folder once into a temporary 3-channel memory map, then write each split's rows: the examples,
     order, labels, channel count, warnings and held-out split of ``image_folder`` + ``load``."""
     from . import _split
-    from .images import list_images
+    from .images import decode_into, list_images
 
     files, labels, classes = list_images(root, channels)
     decoded = np.lib.format.open_memmap(out / ".decoded.npy", mode="w+", dtype=np.uint8,
                                         shape=(len(files), 3, size, size))
-    gray = _decode_into(decoded, files, size, channels, workers, progress)
+    gray = decode_into(decoded, files, size, channels, workers, progress)
     ok = np.flatnonzero(gray >= 0)
     if len(ok) == 0:
         raise DataError(f"image folder {root}: none of its {len(files)} image files could be read")
@@ -238,33 +237,6 @@ def _pack_folder(root: Path, splits: list[str], out: Path, size: int, channels: 
     del decoded
     (out / ".decoded.npy").unlink()
     return shapes, classes
-
-
-def _decode_into(x: np.ndarray, files: list[Path], size: int, channels: int | None, workers: int,
-                 progress: bool) -> np.ndarray:
-    """Decode files into the rows of x [N, 3, H, W] (grey broadcast to R = G = B), ``workers`` threads at a time
-    (Pillow releases the GIL while decoding).  Returns per file 1 (grey), 0 (colour) or -1 (unreadable: skipped
-    with a warning naming it, as ``image_folder`` skips it)."""
-    from tqdm.auto import tqdm
-
-    from .images import UnreadableImage, chw, read_image
-
-    def one(i: int) -> int | str:
-        try:
-            a = read_image(files[i], size, channels)
-        except UnreadableImage as e:
-            return str(e)
-        x[i] = chw(a)
-        return int(a.ndim == 2)
-
-    kinds = np.empty(len(files), np.int64)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, r in enumerate(tqdm(pool.map(one, range(len(files)), chunksize=64), total=len(files),
-                                   disable=not progress, desc="decode", unit="img")):
-            if isinstance(r, str):
-                warnings.warn(r, stacklevel=4)
-            kinds[i] = -1 if isinstance(r, str) else r
-    return kinds
 
 
 __all__ = ["pack", "pack_latents", "packed_latents", "open_packed", "is_packed", "read_meta", "META"]
