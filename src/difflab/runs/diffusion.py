@@ -37,7 +37,7 @@ class DiffusionRun(Run):
         net_config = getattr(getattr(loaded.model, "net", None), "config", None)
         self.num_classes = int(getattr(net_config, "num_classes", 0) or 0)
         self.samplers = tuple(self.cls.samplers(None))
-        self.default_sampler, self.default_steps = student_defaults(loaded.config.get("distillation"))
+        self.default_sampler, self.default_steps = student_defaults(loaded.config.get("distillation"), loaded.config)
         self.likelihood = ("elbo",) if loaded.latent else tuple(self.cls.likelihood)  # latent: through the encoder
         self.marker = self.cls.marker
 
@@ -150,11 +150,14 @@ class DiffusionRun(Run):
         return evaluate_nll(model, x.to(self.device), method=method, seed=seed, **options)
 
 
-def student_defaults(distillation: dict[str, Any] | None) -> tuple[str, int]:
+def student_defaults(distillation: dict[str, Any] | None, config: dict[str, Any] | None = None) -> tuple[str, int]:
     """The sampler and steps a run is drawn with by default: a distilled student's own (progressive: DDIM in its
-    step count, Salimans & Ho 2022; consistency: one call, Song et al. 2023), DDIM in 50 steps otherwise."""
+    step count, Salimans & Ho 2022; consistency: one call, Song et al. 2023), else the run's training config's
+    ``sampler`` / ``sample_steps`` (those of its previews: Heun in 25 calls for the default image recipe), DDIM in
+    50 steps for a config without them."""
     if not distillation:
-        return DEFAULT_SAMPLER, DEFAULT_STEPS
+        config = config or {}
+        return str(config.get("sampler", DEFAULT_SAMPLER)), int(config.get("sample_steps", DEFAULT_STEPS))
     if distillation.get("method") == "consistency":
         return "consistency", 1
     return DEFAULT_SAMPLER, int(distillation.get("steps", DEFAULT_STEPS))

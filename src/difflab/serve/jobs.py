@@ -231,7 +231,8 @@ class Service:
         scale = int(getattr(self.conditioning, "scale", 1))
         return {"run": str(self.run), "shape": [c, h, w], "conditioning": kind,
                 "num_classes": int(getattr(self.loaded.model.net.config, "num_classes", 0)),
-                "class_names": self.loaded.config.get("class_names"), "samplers": names(), "default_sampler": "ddim",
+                "class_names": self.loaded.config.get("class_names"), "samplers": names(), "default_sampler": self.opened.default_sampler or "ddim",
+                "default_steps": self.opened.default_steps,
                 "tasks": tasks, "generate": "generate" in self.opened.tasks,
                 "input_size": [h // scale, w // scale] if kind == "superres" else [h, w],
                 "limits": {"steps": MAX_STEPS, "num": MAX_NUM, "guidance_scale": MAX_GUIDANCE}}
@@ -240,10 +241,11 @@ class Service:
     def _common(self, req: Mapping[str, Any]) -> tuple[str, int, int]:
         from ..samplers import names
 
-        sampler = req.get("sampler", "ddim")
+        sampler = req.get("sampler", self.opened.default_sampler or "ddim")
         if sampler not in names():
             raise UserError(f"unknown sampler {_shown(sampler)}; choose one of {', '.join(names())}")
-        return sampler, _int(req, "steps", 50, 1, MAX_STEPS), _int(req, "seed", 0, 0, MAX_SEED)
+        steps = int(self.opened.default_steps or 50)
+        return sampler, _int(req, "steps", steps, 1, MAX_STEPS), _int(req, "seed", 0, 0, MAX_SEED)
 
     def _guided(self, req: Mapping[str, Any]) -> tuple[Any, Callable[[int, torch.device], Any]]:
         from ..guidance.spec import GuidanceSpec, wrap

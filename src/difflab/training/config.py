@@ -187,7 +187,7 @@ class TrainConfig(FitConfig):
     p_uncond: float = 0.1
     text_encoder: str = "none"  # small | minilm | clip:PATH; with conditional: caption cross-attention, not labels
     sample_every: int = 0  # preview grid every N steps (0 = only at the end)
-    sampler: str = "ddim"  # for previews and the final grid
+    sampler: str = "ddim"  # for previews, the final grid and the default of `difflab sample` (the default recipe: heun 25)
     sample_steps: int = 50
     autoencoder: str = ""  # a difflab train-autoencoder folder: latent diffusion on its scaled latents ("" = pixels)
     task: Literal["generate", "superres", "inpaint", "colorize"] = "generate"  # superres: SR3; inpaint/colorize: Palette
