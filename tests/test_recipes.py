@@ -65,6 +65,8 @@ def test_default_recipe_by_data_size():
     big = default_recipe((3, 32, 32))
     assert big["prediction"] == "flow" and big["network"]["patch"] == 2 and big["batch_size"] == 32
     assert "batch_size" not in small
+    assert small["sampler"] == big["sampler"] == "heun" and small["sample_steps"] == 25  # docs/benchmarks/default_sampler.md
+    assert "sampler" not in default_recipe((2,))
 
 
 def test_recipe_rules():
@@ -85,6 +87,16 @@ def test_difflab_train_applies_the_recipe_and_lets_options_override(tmp_path, ca
     assert cli("train", "--data", "digits", "--out", tmp_path / "cos", "--schedule", "cosine", *tiny) == 0
     cfg = config_of(tmp_path / "cos")["train"]
     assert cfg["prediction"] == "eps" and cfg["noise"] == "uniform"  # a given schedule: the DDPM defaults
+    assert cfg["sampler"] == "ddim" and cfg["sample_steps"] == 50  # ... and DDIM-50, not the recipe's Heun
+    import difflab
+
+    auto, cos = difflab.load(tmp_path / "auto", device="cpu"), difflab.load(tmp_path / "cos", device="cpu")
+    assert (auto.default_sampler, auto.default_steps) == ("heun", 25)  # what `difflab sample` draws with by default
+    assert (cos.default_sampler, cos.default_steps) == ("ddim", 50)
+    (tmp_path / "s.json").write_text(json.dumps({"sampler": "dpmpp_2m", "sample_steps": 10}))
+    assert cli("train", "--data", "digits", "--out", tmp_path / "mine", "--config", tmp_path / "s.json", *tiny) == 0
+    mine = difflab.load(tmp_path / "mine", device="cpu")  # a config's sampler overrides the recipe's
+    assert (mine.default_sampler, mine.default_steps) == ("dpmpp_2m", 10) and mine.config["train"]["prediction"] == "flow"
     assert cli("train", "--data", "digits", "--out", tmp_path / "edm", "--recipe", "edm", "--noise", "uniform", *tiny) == 0
     cfg = config_of(tmp_path / "edm")["train"]
     assert cfg["prediction"] == "edm" and cfg["noise"] == "uniform" and cfg["weighting"] == "edm"

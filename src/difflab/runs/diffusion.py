@@ -37,7 +37,7 @@ class DiffusionRun(Run):
         net_config = getattr(getattr(loaded.model, "net", None), "config", None)
         self.num_classes = int(getattr(net_config, "num_classes", 0) or 0)
         self.samplers = tuple(self.cls.samplers(None))
-        self.default_sampler, self.default_steps = student_defaults(loaded.config.get("distillation"), loaded.config)
+        self.default_sampler, self.default_steps = student_defaults(loaded.config.get("distillation"), loaded.config.get("train"))
         self.likelihood = ("elbo",) if loaded.latent else tuple(self.cls.likelihood)  # latent: through the encoder
         self.marker = self.cls.marker
 
