@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import CheckpointError, UserError
 from ..models.protocol import DenoiserLike
 from ..tasks.registry import tasks_for
 from ..training.families import DEFAULT_FAMILY, FAMILIES
@@ -37,7 +37,11 @@ class DiffusionRun(Run):
         net_config = getattr(getattr(loaded.model, "net", None), "config", None)
         self.num_classes = int(getattr(net_config, "num_classes", 0) or 0)
         self.samplers = tuple(self.cls.samplers(None))
-        self.default_sampler, self.default_steps = student_defaults(loaded.config.get("distillation"), loaded.config.get("train"))
+        self.default_sampler, self.default_steps = student_defaults(loaded.config.get("distillation"),
+                                                                    loaded.config.get("train"), path / "config.json")
+        if self.default_sampler not in self.samplers:
+            raise CheckpointError(f"{path / 'config.json'}: train.sampler {self.default_sampler!r} is not a sampler of "
+                                  f"this run; choose one of {', '.join(self.samplers)}")
         self.likelihood = ("elbo",) if loaded.latent else tuple(self.cls.likelihood)  # latent: through the encoder
         self.marker = self.cls.marker
 
@@ -150,14 +154,19 @@ class DiffusionRun(Run):
         return evaluate_nll(model, x.to(self.device), method=method, seed=seed, **options)
 
 
-def student_defaults(distillation: dict[str, Any] | None, config: dict[str, Any] | None = None) -> tuple[str, int]:
+def student_defaults(distillation: dict[str, Any] | None, config: dict[str, Any] | None = None,
+                     where: Path | str = "config.json") -> tuple[str, int]:
     """The sampler and steps a run is drawn with by default: a distilled student's own (progressive: DDIM in its
     step count, Salimans & Ho 2022; consistency: one call, Song et al. 2023), else the run's training config's
     ``sampler`` / ``sample_steps`` (those of its previews: Heun in 25 calls for the default image recipe), DDIM in
     50 steps for a config without them."""
     if not distillation:
-        config = config or {}
-        return str(config.get("sampler", DEFAULT_SAMPLER)), int(config.get("sample_steps", DEFAULT_STEPS))
+        config = config if isinstance(config, dict) else {}
+        sampler, steps = config.get("sampler", DEFAULT_SAMPLER), config.get("sample_steps", DEFAULT_STEPS)
+        if not isinstance(sampler, str) or isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise CheckpointError(f"{where}: train.sampler must be a sampler name and train.sample_steps a positive "
+                                  f"integer, got {sampler!r} and {steps!r}")
+        return sampler, steps
     if distillation.get("method") == "consistency":
         return "consistency", 1
     return DEFAULT_SAMPLER, int(distillation.get("steps", DEFAULT_STEPS))
