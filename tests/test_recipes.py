@@ -137,3 +137,17 @@ def test_the_default_recipe_trains_and_samples_a_class_conditional_patch_run(tmp
     x = np.load(tmp_path / "s.npz")
     arr = x[x.files[0]]
     assert arr.shape[0] == 3 and np.isfinite(arr).all()
+
+
+@pytest.mark.parametrize("field, value, message", [("sampler", "bogus", "train.sampler 'bogus' is not a sampler"),
+                                                   ("sample_steps", [1], "train.sample_steps a positive integer")])
+def test_a_broken_default_sampler_in_config_is_one_line(tmp_path, capsys, field, value, message):
+    run = tmp_path / "run"
+    assert cli("train", "--data", "digits", "--out", run, "--steps", "1", "--batch-size", "8", "--quiet") == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"][field] = value
+    (run / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert cli("sample", "--run", run, "--num", "2", "--out", tmp_path / "s.png") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "config.json" in err[0]
