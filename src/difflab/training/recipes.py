@@ -25,8 +25,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "flow": {"schedule": {"kind": "flow"}, "prediction": "flow", "noise": "logit_normal"},
 }
 #: The sampler of the default image recipe's previews and of ``difflab sample`` on its runs: Heun in 25 calls had the
-#: best FD among eight samplers of about 50 calls on two MNIST runs of that recipe, scored against the training
-#: split (docs/benchmarks/default_sampler.md); the other recipes keep TrainConfig's DDIM in 50 steps.
+#: best FD among eight sampler settings of about 50 calls on five runs of that recipe (MNIST, digits), scored
+#: against the training split (docs/benchmarks/default_sampler.md); the other recipes keep TrainConfig's DDIM in 50 steps.
 DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "heun", "sample_steps": 25}
 RECIPE_NAMES: tuple[str, ...] = ("auto", *RECIPES)
 
