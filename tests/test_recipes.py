@@ -8,7 +8,8 @@ from PIL import Image
 
 from difflab.cli.main import main
 from difflab.models.unet import UNet, UNetConfig, unet_mnist
-from difflab.training.recipes import PATCH_NETWORK, RECIPES, default_recipe, recipe
+from difflab.training import TrainConfig
+from difflab.training.recipes import PATCH_NETWORK, RECIPES, SMALL_NETWORK, WARMUP_STEPS, default_recipe, recipe
 from difflab.utils.config import ConfigError
 
 
@@ -61,10 +62,12 @@ def test_patch_must_be_a_positive_integer():
 def test_default_recipe_by_data_size():
     assert default_recipe((2,)) == RECIPES["ddpm"]  # points
     small = default_recipe((1, 8, 8))
-    assert small["prediction"] == "flow" and small["schedule"] == {"kind": "flow"} and "network" not in small
+    assert small["prediction"] == "flow" and small["schedule"] == {"kind": "flow"}
+    assert small["network"] == {"kind": "unet", **SMALL_NETWORK} and "patch" not in small["network"]
     big = default_recipe((3, 32, 32))
     assert big["prediction"] == "flow" and big["network"]["patch"] == 2 and big["batch_size"] == 32
     assert "batch_size" not in small
+    assert small["warmup_steps"] == big["warmup_steps"] == WARMUP_STEPS < TrainConfig().warmup_steps
     assert small["sampler"] == big["sampler"] == "heun" and small["sample_steps"] == 25  # docs/benchmarks/default_sampler.md
     assert "sampler" not in default_recipe((2,))
 
@@ -74,7 +77,7 @@ def test_recipe_rules():
     assert recipe("auto", (1, 8, 8), task="superres") == {}  # image-to-image tasks keep the DDPM defaults
     assert recipe("auto", (4, 7, 7), latent=True) == {}
     given = recipe("auto", (1, 28, 28), given=["prediction"])  # part of a parameterisation given: no flow fields
-    assert set(given) == {"network", "batch_size"}
+    assert set(given) == {"network", "batch_size", "warmup_steps"}  # the network and the run length's settings stay
     with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
         recipe("nope", (1, 8, 8))
 
@@ -84,6 +87,8 @@ def test_difflab_train_applies_the_recipe_and_lets_options_override(tmp_path, ca
     assert cli("train", "--data", "digits", "--out", tmp_path / "auto", *tiny) == 0
     cfg = config_of(tmp_path / "auto")
     assert cfg["train"]["prediction"] == "flow" and cfg["train"]["noise"] == "logit_normal"
+    unet = cfg["network"]["config"] if "config" in cfg.get("network", {}) else cfg["network"]
+    assert (unet["channels"], unet["num_res_blocks"], unet["dropout"]) == (16, 1, 0.0)  # the small-image network
     assert cli("train", "--data", "digits", "--out", tmp_path / "cos", "--schedule", "cosine", *tiny) == 0
     cfg = config_of(tmp_path / "cos")["train"]
     assert cfg["prediction"] == "eps" and cfg["noise"] == "uniform"  # a given schedule: the DDPM defaults

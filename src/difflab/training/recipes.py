@@ -34,25 +34,37 @@ RECIPE_NAMES: tuple[str, ...] = ("auto", *RECIPES)
 PATCH_FROM = 16
 #: The U-Net of images of side >= PATCH_FROM in the default recipe (overrides of the size preset): the best FD
 #: after 5 equal minutes among four networks on MNIST (docs/benchmarks/networks.md).
+#: Without dropout: 39 against 49 with the preset's 0.1 after 5 minutes (docs/benchmarks/recipe_screen_mnist.md).
 PATCH_NETWORK: dict[str, Any] = {"patch": 2, "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2,
-                                 "attention_levels": [1]}
+                                 "attention_levels": [1], "dropout": 0.0}
 #: Its batch size: 32 trained better samples than 128 in the same minutes on a CPU (docs/benchmarks/networks.md);
 #: on a GPU give a larger --batch-size.
 PATCH_BATCH = 32
+#: The U-Net of smaller images (8x8 digits) in the default recipe (overrides of the size preset): 16 channels, one
+#: ResNet block per level, no dropout trained 2.5-4x more steps per minute than the preset and the best FD after 1
+#: and 3 minutes among the candidates of docs/benchmarks/recipe_screen_digits*.md (tuned on the training split).
+SMALL_NETWORK: dict[str, Any] = {"channels": 16, "num_res_blocks": 1, "dropout": 0.0}
+#: Learning-rate warm-up of the default image recipe: TrainConfig's 200 steps spent most of a 1-minute digits run
+#: ramping up (docs/benchmarks/recipe_screen_digits.md); with dropout 0 it took MNIST's FD after 5 minutes from 49
+#: to 39 (docs/benchmarks/recipe_screen_mnist.md).
+WARMUP_STEPS = 50
 
 
 def default_recipe(shape: Sequence[int]) -> dict[str, Any]:
     """The TrainConfig fields of ``difflab train`` without --recipe, for data of this shape ([C, H, W] or [D]).
 
     Images: flow matching (best FD per minute on digits and MNIST, docs/benchmarks/edm_flow.md) sampled with Heun
-    in 25 calls (docs/benchmarks/default_sampler.md), and from side 16 up the pixel-unshuffle U-Net at batch 32
-    (docs/benchmarks/networks.md). Points keep the DDPM recipe."""
+    in 25 calls (docs/benchmarks/default_sampler.md) after a 50-step warm-up; from side 16 up the pixel-unshuffle
+    U-Net at batch 32 (docs/benchmarks/networks.md), below it a narrow one-block U-Net without dropout
+    (docs/benchmarks/recipe_screen_digits.md). Points keep the DDPM recipe."""
     if len(shape) != 3:
         return dict(RECIPES["ddpm"])
-    out = {**RECIPES["flow"], **DEFAULT_SAMPLING}
+    out = {**RECIPES["flow"], **DEFAULT_SAMPLING, "warmup_steps": WARMUP_STEPS}
     if max(int(shape[1]), int(shape[2])) >= PATCH_FROM:
         out["network"] = {"kind": "unet", **PATCH_NETWORK}
         out["batch_size"] = PATCH_BATCH
+    else:
+        out["network"] = {"kind": "unet", **SMALL_NETWORK}
     return out
 
 
