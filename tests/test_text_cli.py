@@ -207,3 +207,62 @@ def test_the_page_edits_a_text_run_with_its_prompt(text_run):
         assert edited().shape == left.shape  # no prompt: the empty caption
     finally:
         svc.close()
+
+
+def test_edit_superres_takes_the_prompt_of_a_text_sr_stage(text_run, tmp_path, capsys):
+    """edit superres on a text SR run and on a text cascade: --prompt (with CFG) is the stage's caption, seeded;
+    --threshold replaces the clamping; a prompt for a run without text, guidance without a prompt and a threshold
+    outside (0, 1] are one-line errors."""
+    from PIL import Image
+
+    bars = text_run / "bars"
+    common = ["--steps", 3, "--config", text_run / "cfg.json", "--quiet", "--image-size", 8]
+    assert run("train", "--data", bars, "--task", "superres", "--text-encoder", "small", "--out", tmp_path / "sr",
+               *common) == 0
+    assert run("train", "--data", f"size:4:{bars}", "--out", tmp_path / "base", *common) == 0
+    assert run("cascade", "--base", tmp_path / "base", "--stage", tmp_path / "sr", "--out", tmp_path / "c") == 0
+    small = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (4, 4), dtype=np.uint8)).save(small)
+
+    def edit(name, *extra, target="sr"):
+        out = tmp_path / f"{name}.png"
+        assert run("edit", "superres", "--run", tmp_path / target, "--input", small, "--out", out, "--steps", 3,
+                   "--seed", 1, *extra) == 0
+        return np.asarray(Image.open(out), dtype=np.int16)
+
+    # dynamic thresholding rescales x0 instead of clamping it: the barely trained stage's outputs stay unsaturated
+    left = edit("l", "--prompt", "a bar on the left", "--guidance-scale", 4, "--threshold", 0.9)
+    assert left.shape == (8, 8) and len(np.unique(left)) > 8
+    assert np.array_equal(left, edit("l2", "--prompt", "a bar on the left", "--guidance-scale", 4, "--threshold", 0.9))
+    import sys
+
+    import difflab.tasks
+
+    module, original, asked = sys.modules["difflab.tasks.superres"], difflab.tasks.superres, []
+
+    def recording(*a, **kw):  # what the edit hands the SR task: the caption of the images
+        asked.append(kw.get("prompts"))
+        return original(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "superres", recording)
+        mp.setattr(difflab.tasks, "superres", recording)
+        edit("p", "--prompt", "a bar on the left")
+        edit("p0")
+        edit("pc", "--prompt", "a bar on the left", target="c")
+    assert asked == [["a bar on the left"], None, ["a bar on the left"]]
+    assert not np.array_equal(left, edit("c", "--prompt", "a bar on the left", "--guidance-scale", 4))  # clamped
+    assert np.array_equal(left, edit("cl", "--prompt", "a bar on the left", "--guidance-scale", 4, "--threshold", 0.9,
+                                     target="c"))  # a cascade's text SR stage gets the same
+    for extra, msg in [(("--guidance-scale", 2), "--guidance-scale needs --prompt"),
+                       (("--threshold", 1.5), "--threshold must lie in (0, 1]"),
+                       (("--prompt", "x", "--threshold", 0), "--threshold must lie in (0, 1]")]:
+        capsys.readouterr()
+        assert run("edit", "superres", "--run", tmp_path / "sr", "--input", small, "--out", tmp_path / "x.png",
+                   *extra) == 2
+        assert msg in capsys.readouterr().err
+    assert run("train", "--data", bars, "--task", "superres", "--out", tmp_path / "plain", *common) == 0
+    capsys.readouterr()
+    assert run("edit", "superres", "--run", tmp_path / "plain", "--input", small, "--out", tmp_path / "x.png",
+               "--prompt", "a bar on the left") == 2
+    assert "is text-conditional" in capsys.readouterr().err

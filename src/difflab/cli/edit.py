@@ -54,6 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            + ("" if task.mask == "required" else " (optional)"))
         if task.prompt:
             _prompt_arguments(q)
+        if task.name == "superres":
+            _superres_arguments(q)
         q.set_defaults(handler=run)
 
 
@@ -63,6 +65,34 @@ def _prompt_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--guidance-scale", type=float, default=0.0, metavar="W",
                    help="with --prompt: classifier-free guidance weight (default 0 = off)")
     q.add_argument("--negative-prompt", metavar="TEXT", help="with --guidance-scale: guide away from this caption")
+
+
+def _superres_arguments(q: argparse.ArgumentParser) -> None:
+    """--prompt, --guidance-scale (text-conditional SR runs and cascades, Imagen) and --threshold of edit superres."""
+    q.add_argument("--prompt", help="a text-conditional SR run or cascade: the caption of the images "
+                   "(default: the empty caption)")
+    q.add_argument("--guidance-scale", type=float, default=0.0, metavar="W",
+                   help="with --prompt: classifier-free guidance weight of the text SR stages (default 0 = off)")
+    q.add_argument("--threshold", type=float, metavar="P",
+                   help="dynamic thresholding at percentile P of |x0| instead of clamping (Saharia et al. 2022; "
+                        "e.g. 0.995)")
+
+
+def _superres_text(args: argparse.Namespace, conditionings: list[Any]) -> tuple[float, list[str] | None]:
+    """(guidance weight, prompts of one image) of edit superres, checked against the run's (or cascade's) SR
+    stages: --prompt needs a text-conditional one, --guidance-scale needs --prompt."""
+    prompt, w = getattr(args, "prompt", None), float(getattr(args, "guidance_scale", 0.0))
+    if not w >= 0:
+        raise UserError(f"--guidance-scale must be >= 0, got {w}")
+    if (prompt is not None or w) and not any(hasattr(c, "text") for c in conditionings):
+        raise UserError(f"--prompt: no super-resolution stage of {args.run} is text-conditional "
+                        "(train it with --text-encoder)")
+    if w and prompt is None:
+        raise UserError("--guidance-scale needs --prompt: the caption to guide towards")
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise UserError(f"--threshold must lie in (0, 1], got {threshold}")
+    return w, None if prompt is None else [prompt]
 
 
 def _text_guided(args: argparse.Namespace, loaded) -> tuple[object, object]:
@@ -211,8 +241,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--run {args.run} ({kind} conditioning) does not support edit {task.name}; it supports "
                         + (", ".join(r.tasks) or "no editing task") + f" (edit {task.name} runs on "
                         + ", ".join(f"{k} runs" for k in task.runs_on) + ")")
-    guided, cond = _text_guided(args, r.loaded)
-    _edit_files(args, task, r, r.denoiser(guided), cond, values, files, outs)
+    if task.name == "superres":  # a text SR run takes its caption as prompts (Imagen), with CFG if asked
+        w, prompts = _superres_text(args, [r.conditioning])
+        from ..guidance import ClassifierFreeGuidance
+
+        guided, cond = ClassifierFreeGuidance(r.loaded.model, w) if w else r.loaded.model, None
+        values = {**values, "prompts": prompts}
+    else:
+        guided, cond = _text_guided(args, r.loaded)
+    _edit_files(args, task, r, r.denoiser(guided, threshold=getattr(args, "threshold", None)), cond, values, files,
+                outs)
     print(f"wrote {len(outs)} image{'s' if len(outs) != 1 else ''} to {args.out}")
     return 0
 
@@ -245,10 +283,14 @@ def _cascade_superres(args: argparse.Namespace, files: list[Path], outs: list[Pa
     """``edit superres`` on a cascade folder: inputs of the base's size through every SR stage in turn (each
     ``--noise-aug`` stage at --aug-level if given, else at the cascade's level; the others at 0)."""
     from .. import tasks
-    from ..models.denoiser import Clamped
+    from ..guidance import ClassifierFreeGuidance
+    from ..models.denoiser import Clamped, Thresholded
     from ..training.cascade import load_cascade
 
     c = load_cascade(args.run, ema=not args.no_ema, device=args.device)
+    gw, prompts = _superres_text(args, [st.conditioning for st in c.stages])
+    threshold = getattr(args, "threshold", None)
+    wrap = Clamped if threshold is None else (lambda m: Thresholded(m, float(threshold)))
     levels = [(aug_level if aug_level is not None else lv) if st.conditioning.augment else 0.0
               for st, lv in zip(c.stages, c.levels)]
     ch, h, w = c.base.shape
@@ -260,9 +302,12 @@ def _cascade_superres(args: argparse.Namespace, files: list[Path], outs: list[Pa
                             f"(its base size, height x width); resize it first")
         for stage, level in zip(c.stages, levels):
             x = x.to(next(stage.model.parameters()).device)
+            text = hasattr(stage.conditioning, "text")  # the caption (and CFG) reach the text SR stages only
+            sr = ClassifierFreeGuidance(stage.model, gw) if text and gw else stage.model
+            words = {"prompts": prompts} if text and prompts is not None else {}
             try:
-                x = tasks.superres(Clamped(stage.model), x, stage.conditioning, sampler=args.sampler,
-                                   steps=args.steps, generator=g, level=level)
+                x = tasks.superres(wrap(sr), x, stage.conditioning, sampler=args.sampler,
+                                   steps=args.steps, generator=g, level=level, **words)
             except ValueError as e:
                 raise UserError(f"edit superres: {e}") from None
         write_image(x.cpu(), out)

@@ -128,7 +128,8 @@ def _panorama(job: Job) -> Tensor:
 def _superres(job: Job) -> Tensor:
     from .superres import superres
 
-    return superres(job.model, job.image, job.conditioning, level=job.values["aug_level"], **job.common)
+    return superres(job.model, job.image, job.conditioning, level=job.values["aug_level"],
+                    prompts=job.values.get("prompts"), **job.common)
 
 
 def _colorize(job: Job) -> Tensor:
