@@ -34,14 +34,15 @@ RECIPE_NAMES: tuple[str, ...] = ("auto", *RECIPES)
 PATCH_FROM = 16
 #: The U-Net of images of side >= PATCH_FROM in the default recipe (overrides of the size preset): the best FD
 #: after 5 equal minutes among four networks on MNIST (docs/benchmarks/networks.md).
-#: Without dropout: 39 against 49 with the preset's 0.1 after 5 minutes (docs/benchmarks/recipe_screen_mnist.md).
+#: Without dropout (and with the 50-step warm-up below): FD 39 against 49 with the preset's 0.1 after 5 minutes
+#: (docs/benchmarks/recipe_screen_mnist.md).
 PATCH_NETWORK: dict[str, Any] = {"patch": 2, "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2,
                                  "attention_levels": [1], "dropout": 0.0}
 #: Its batch size: 32 trained better samples than 128 in the same minutes on a CPU (docs/benchmarks/networks.md);
 #: on a GPU give a larger --batch-size.
 PATCH_BATCH = 32
 #: The U-Net of smaller images (8x8 digits) in the default recipe (overrides of the size preset): 16 channels, one
-#: ResNet block per level, no dropout trained 2.5-4x more steps per minute than the preset and the best FD after 1
+#: ResNet block per level, no dropout trained 3-3.6x the steps of the preset in the same minutes and the best FD after 1
 #: and 3 minutes among the candidates of docs/benchmarks/recipe_screen_digits*.md (tuned on the training split).
 SMALL_NETWORK: dict[str, Any] = {"channels": 16, "num_res_blocks": 1, "dropout": 0.0}
 #: Learning-rate warm-up of the default image recipe: TrainConfig's 200 steps spent most of a 1-minute digits run
