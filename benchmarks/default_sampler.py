@@ -43,21 +43,29 @@ def main() -> None:
     p.add_argument("--ref-num", type=int, default=10000)
     p.add_argument("--work", type=Path, default=Path("/tmp/difflab_default_sampler"))
     p.add_argument("--out", type=Path)
+    p.add_argument("--candidates", help="sampler:steps pairs, comma-separated (default: eight settings of about "
+                   "50 calls, CANDIDATES)")
     args = p.parse_args()
+    cands = CANDIDATES
+    if args.candidates:
+        try:
+            cands = [(s, int(k)) for s, k in (c.split(":") for c in args.candidates.split(","))]
+        except ValueError:
+            p.error(f"--candidates: expected sampler:steps pairs such as heun:25,ddim:50, got {args.candidates!r}")
     args.work.mkdir(parents=True, exist_ok=True)
     t0, load = time.time(), subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    jobs = [(r, s, k) for r in args.runs for s, k in CANDIDATES]
+    jobs = [(r, s, k) for r in args.runs for s, k in cands]
     with ThreadPoolExecutor(2) as pool:
         res = list(pool.map(lambda j: evaluate(*j, args), jobs))
     rows = {(str(r), s, k): x for (r, s, k), x in zip(jobs, res)}
     head = "| sampler | steps | calls | " + " | ".join(f"{r.name} FD / recall" for r in args.runs) + " | mean FD rank |"
     lines = [head, "|" + "---|" * (4 + len(args.runs))]
-    ranks: dict[tuple[str, int], list[int]] = {c: [] for c in CANDIDATES}
+    ranks: dict[tuple[str, int], list[int]] = {c: [] for c in cands}
     for r in args.runs:
-        order = sorted(CANDIDATES, key=lambda c: rows[(str(r), *c)]["fd"])
+        order = sorted(cands, key=lambda c: rows[(str(r), *c)]["fd"])
         for i, c in enumerate(order):
             ranks[c].append(i + 1)
-    for s, k in sorted(CANDIDATES, key=lambda c: sum(ranks[c])):
+    for s, k in sorted(cands, key=lambda c: sum(ranks[c])):
         cells = " | ".join(f"{rows[(str(r), s, k)]['fd']:.2f} / {rows[(str(r), s, k)]['recall']:.3f}" for r in args.runs)
         lines.append(f"| {s} | {k} | {rows[(str(args.runs[0]), s, k)]['nfe']} | {cells} | "
                      f"{sum(ranks[(s, k)]) / len(ranks[(s, k)]):.1f} |")

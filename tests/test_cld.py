@@ -237,7 +237,7 @@ def _cfg(tmp_path):
     return path
 
 
-def test_cli_train_and_sample_with_cld_samplers(tmp_path):
+def test_cli_train_and_sample_with_cld_samplers(tmp_path, capsys):
     from difflab.cli.main import main
 
     run = tmp_path / "run"
@@ -251,5 +251,8 @@ def test_cli_train_and_sample_with_cld_samplers(tmp_path):
         assert main(["sample", "--run", str(run), "--sampler", sampler, "--steps", "3", "--num", "8",
                      "--out", str(tmp_path / f"{sampler}.npz")]) == 0
     assert np.array_equal(np.load(tmp_path / "em.npz")["samples"], np.load(tmp_path / "euler_maruyama.npz")["samples"])
+    capsys.readouterr()
+    assert main(["sample", "--run", str(run), "--grid", "karras", "--out", str(tmp_path / "g.npz")]) == 2
+    assert "--grid karras:" in capsys.readouterr().err  # CLD's samplers keep their own time grid
     assert main(["train", "--family", "cld", "--data", "toy:moons", "--conditional", "--out",
                  str(tmp_path / "c")]) == 2

@@ -203,3 +203,39 @@ def test_cfg_limited_to_an_interval_guides_only_inside_it():
         assert calls == [1]
     with pytest.raises(ValueError, match="interval"):
         ClassifierFreeGuidance(model, 2.0, interval=(3.0, 1.0))
+
+
+def test_cli_grid_option_samples_on_the_named_grid_over_a_stored_one(toy_run, tmp_path, capsys):
+    """--grid NAME: `difflab sample` and `evaluate` step through grids.NAME (not the sampler's own, not a tuned one);
+    an unknown name is argparse's error (a CLD run's refusal: test_cld.py)."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from difflab.cli.main import main
+    from difflab.evaluation.generate import PerSample
+    from difflab.samplers import grids
+
+    toy_run = shutil.copytree(toy_run, tmp_path / "run")
+    args = ["--run", str(toy_run), "--sampler", "dpmpp_2m", "--steps", "4", "--num", "8"]
+    assert main(["tune-steps", "--run", str(toy_run), "--sampler", "dpmpp_2m", "--nfe", "4", "--num", "16",
+                 "--max-evals", "6"]) == 0
+    capsys.readouterr()
+    model = difflab.training.load_run(toy_run).model
+    x_T = PerSample(0, range(8)).prior(model.schedule, (2,))
+    for name in ("karras", "uniform_t"):
+        assert main(["sample", *args, "--grid", name, "--out", str(tmp_path / f"{name}.npz")]) == 0
+        assert "tuned" not in capsys.readouterr().out  # the named grid wins over grids.json
+        want = difflab.sample(model, x_T, "dpmpp_2m", grid=grids.get(name, model.schedule, 4))
+        with np.load(tmp_path / f"{name}.npz") as f:
+            assert np.allclose(f["samples"], want.numpy(), atol=1e-5)
+    with np.load(tmp_path / "karras.npz") as a, np.load(tmp_path / "uniform_t.npz") as b:
+        assert not np.allclose(a["samples"], b["samples"])
+    out = tmp_path / "e.json"
+    assert main(["evaluate", *args, "--grid", "karras", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["grid"] == "karras" and result["tuned_grid"] is False
+    with pytest.raises(SystemExit) as e:  # argparse's choices
+        main(["sample", *args, "--grid", "nope", "--out", str(tmp_path / "x.npz")])
+    assert e.value.code == 2 and "--grid: invalid choice: 'nope'" in capsys.readouterr().err

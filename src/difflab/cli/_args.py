@@ -78,6 +78,15 @@ def device(text: str) -> str:
     return text
 
 
+def add_grid(p: argparse.ArgumentParser) -> None:
+    """``--grid NAME``: the noise levels a diffusion sampler steps through (docs/samplers.md, "Step grids")."""
+    from ..samplers.grids import GRIDS
+
+    p.add_argument("--grid", choices=list(GRIDS),
+                   help="step grid of a diffusion run's sampler instead of the sampler's own (and of a grid stored "
+                        "by 'difflab tune-steps'); docs/samplers.md")
+
+
 def add_overwrite(p: argparse.ArgumentParser) -> None:
     """The ``--overwrite`` flag of commands that write a file or folder given by ``--out``."""
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused otherwise)")

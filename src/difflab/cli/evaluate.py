@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=int, default=1000, help="samples to draw from the run (default 1000)")
     p.add_argument("--sampler", choices=sampler_names(), help="a sampler the run's family accepts (default: the run's)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's; 50 for diffusion runs)")
+    _args.add_grid(p)
     p.add_argument("--seed", type=_args.seed, default=0)
     p.add_argument("--features", choices=["digits", "mnist", "inception", "dinov2"],
                    help="feature network (default: by image size); inception: FID's Inception-v3; dinov2: FD-DINOv2's "
@@ -121,13 +122,15 @@ def run(args: argparse.Namespace) -> int:
 
         r = load_run(args.run, device=args.device)
         r.check_sampler(args.sampler, args.steps)
+        r.check_grid(args.grid)
         if args.nll:
             r.check_nll(args.nll_method)
         ref = load(args.data or r.config["data"], args.split)
-        x, secs = r.timed_sample(args.num, args.seed, sampler=args.sampler, steps=args.steps)  # classes in turn
+        grid = {"grid": args.grid} if args.grid else {}  # only diffusion runs take one (checked above)
+        x, secs = r.timed_sample(args.num, args.seed, sampler=args.sampler, steps=args.steps, **grid)  # classes in turn
         result.update(source=str(args.run), family=r.family, sampler=args.sampler or r.default_sampler,
                       steps=args.steps or r.default_steps, nfe=r.nfe, seconds=secs,
-                      tuned_grid=r.last_tuned)
+                      tuned_grid=r.last_tuned, **grid)
         out_json = args.json or args.run / "evaluation.json"
     else:
         if args.nll:

@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "2022; e.g. 0.995)")
     p.add_argument("--no-tuned-grid", action="store_true",
                    help="ignore a grid stored by 'difflab tune-steps' for this sampler and --steps")
+    _args.add_grid(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--out", required=True, type=Path, metavar="FILE",
                    help="output .png or .npz, or a folder: one .npz per batch (docs/evaluation.md)")
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     r = load(args.run, ema=not args.no_ema, device=distributed.init(args.device).device)
     r.check_sampler(args.sampler, args.steps)
+    r.check_grid(args.grid)
     if not isinstance(r, DiffusionRun) and (not suffix or distributed.launched()):
         raise UserError(f"{args.run}: shard folders and several processes are for diffusion runs; sample it into "
                         "one .png or .npz in one process")
@@ -117,8 +119,8 @@ def sample_diffusion(args: argparse.Namespace, r: DiffusionRun) -> int:
 
         make_cond = with_negative_prompt(model, r.conditioning, args.negative_prompt, make_cond)
     sampler, steps = args.sampler or r.default_sampler, args.steps or r.default_steps
-    tuned = None if args.no_tuned_grid else r.grid(sampler, steps, not args.no_clip, args.threshold)
-    if tuned is not None:
+    tuned = args.grid or (None if args.no_tuned_grid else r.grid(sampler, steps, not args.no_clip, args.threshold))
+    if tuned is not None and args.grid is None:
         from ..samplers.tuned import GRIDS_FILE
 
         print(f"using the tuned {sampler} grid for {steps} calls from {args.run / GRIDS_FILE}")

@@ -92,6 +92,12 @@ class Run:
         if steps is not None and steps < 1:
             raise UserError(f"--steps must be at least 1, got {steps}")
 
+    def check_grid(self, grid: str | None) -> None:
+        """Refuse a named step grid (``--grid``) on a run whose sampler does not step through noise levels."""
+        if grid is not None:
+            raise UserError(f"--grid {grid}: {self.describe()}; only diffusion runs on an alpha/sigma schedule "
+                            "sample on a chosen grid")
+
     def check_label(self, label: int | None) -> None:
         """Refuse a class label on a run that is not class-conditional, or outside its classes."""
         if label is None:

@@ -95,6 +95,18 @@ class DiffusionRun(Run):
 
         return run_grid(self.path, sampler, steps, domain_of(self.loaded).denoised_mode(not clip, threshold))
 
+    def check_grid(self, grid: str | None) -> None:
+        """A named grid of :mod:`difflab.samplers.grids` for the scalar samplers; CLD's samplers keep their own."""
+        from ..samplers import grids, process_name
+
+        if grid is None:
+            return
+        if grid not in grids.GRIDS:
+            raise UserError(f"--grid {grid}: unknown grid; choose one of {', '.join(grids.GRIDS)}")
+        if process_name(self.loaded.model) != "scalar":
+            raise UserError(f"--grid {grid}: {self.path} is a {process_name(self.loaded.model)} run, whose samplers "
+                            "use their own time grid")
+
     def check_nll(self, method: str | None = None) -> None:
         if self.domain == "latents" and method not in (None, *self.likelihood):
             raise UserError(f"--nll-method {method}: a latent run {self.path} has only the bound through its encoder "
