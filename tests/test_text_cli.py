@@ -254,11 +254,12 @@ def test_edit_superres_takes_the_prompt_of_a_text_sr_stage(text_run, tmp_path, c
     assert not np.array_equal(left, edit("c", "--prompt", "a bar on the left", "--guidance-scale", 4))  # clamped
     assert np.array_equal(left, edit("cl", "--prompt", "a bar on the left", "--guidance-scale", 4, "--threshold", 0.9,
                                      target="c"))  # a cascade's text SR stage gets the same
-    for extra, msg in [(("--guidance-scale", 2), "--guidance-scale needs --prompt"),
-                       (("--threshold", 1.5), "--threshold must lie in (0, 1]"),
-                       (("--prompt", "x", "--threshold", 0), "--threshold must lie in (0, 1]")]:
+    for target, extra, msg in [("sr", ("--guidance-scale", 2), "--guidance-scale needs --prompt"),
+                               ("sr", ("--threshold", 1.5), "--threshold must lie in (0, 1]"),
+                               ("sr", ("--prompt", "x", "--threshold", 0), "--threshold must lie in (0, 1]"),
+                               ("c", ("--threshold", 1.5), "--threshold must lie in (0, 1]")]:
         capsys.readouterr()
-        assert run("edit", "superres", "--run", tmp_path / "sr", "--input", small, "--out", tmp_path / "x.png",
+        assert run("edit", "superres", "--run", tmp_path / target, "--input", small, "--out", tmp_path / "x.png",
                    *extra) == 2
         assert msg in capsys.readouterr().err
     assert run("train", "--data", bars, "--task", "superres", "--out", tmp_path / "plain", *common) == 0

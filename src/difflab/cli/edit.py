@@ -89,9 +89,6 @@ def _superres_text(args: argparse.Namespace, conditionings: list[Any]) -> tuple[
                         "(train it with --text-encoder)")
     if w and prompt is None:
         raise UserError("--guidance-scale needs --prompt: the caption to guide towards")
-    threshold = getattr(args, "threshold", None)
-    if threshold is not None and not 0.0 < threshold <= 1.0:
-        raise UserError(f"--threshold must lie in (0, 1], got {threshold}")
     return w, None if prompt is None else [prompt]
 
 
@@ -290,6 +287,8 @@ def _cascade_superres(args: argparse.Namespace, files: list[Path], outs: list[Pa
     c = load_cascade(args.run, ema=not args.no_ema, device=args.device)
     gw, prompts = _superres_text(args, [st.conditioning for st in c.stages])
     threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 < threshold <= 1.0:  # a single run's r.denoiser checks it the same way
+        raise UserError(f"--threshold must lie in (0, 1], got {threshold}")
     wrap = Clamped if threshold is None else (lambda m: Thresholded(m, float(threshold)))
     levels = [(aug_level if aug_level is not None else lv) if st.conditioning.augment else 0.0
               for st, lv in zip(c.stages, c.levels)]
