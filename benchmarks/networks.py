@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from _pairs import run_in_pairs  # noqa: E402  (benchmarks/_pairs.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,14 +105,10 @@ def main() -> None:
         sys.exit(f"error: unknown candidate {unknown[0]!r}; choose from {', '.join(CANDIDATES)}")
     args.seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     command = "python benchmarks/networks.py " + " ".join(sys.argv[1:])
-    loads, t_start = [os.getloadavg()], time.monotonic()
+    t_start = time.monotonic()
     common = ["--data", args.data, "--minutes", str(args.minutes), "--batch", str(args.batch), "--num", str(args.num),
               "--seed", str(args.seed), "--work", str(args.work)]
-    for i in range(0, len(names), 2):
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", n, *common]) for n in names[i:i + 2]]
-        if any(pr.wait() for pr in procs):
-            sys.exit(f"error: a worker of {names[i:i + 2]} failed")
-        loads.append(os.getloadavg())
+    loads = run_in_pairs(__file__, names, common)
     rows = [json.loads((args.work / f"{n}.json").read_text()) for n in names]
     for r, n in zip(rows, names):
         r.setdefault("candidate", n)

@@ -16,12 +16,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from _pairs import run_in_pairs  # noqa: E402  (benchmarks/_pairs.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,16 +120,12 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: unknown candidate {unknown[0]!r}; choose from {', '.join(CANDIDATES)}")
     command = "python benchmarks/recipe_screen.py " + " ".join(sys.argv[1:])
-    loads, t_start = [os.getloadavg()], time.monotonic()
+    t_start = time.monotonic()
     common = ["--data", args.data, "--minutes", str(args.minutes), "--num", str(args.num), "--ref-num",
               str(args.ref_num), "--seed", str(args.seed), "--work", str(args.work)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     todo = [n for n in names if not (args.reuse and (args.work / f"{n}.json").is_file())]
-    for i in range(0, len(todo), 2):
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", n, *common], env=env) for n in todo[i:i + 2]]
-        if any(pr.wait() for pr in procs):
-            sys.exit(f"error: a worker of {todo[i:i + 2]} failed")
-        loads.append(os.getloadavg())
+    loads = run_in_pairs(__file__, todo, common, env)
     rows = [json.loads((args.work / f"{n}.json").read_text()) for n in names]
     table = ["| candidate | overrides of the default recipe | batch | steps | FD | precision | recall | sampling s |",
              "|---|---|---|---|---|---|---|---|"]
