@@ -144,8 +144,39 @@ def test_the_default_recipe_trains_and_samples_a_class_conditional_patch_run(tmp
     assert arr.shape[0] == 3 and np.isfinite(arr).all()
 
 
+def test_a_runs_sample_grid_is_the_grid_of_its_default_sampler(tmp_path, capsys):
+    """TrainConfig.sample_grid: the run's default sampler steps through that grid (unless --grid or a tuned grid says
+    otherwise); another sampler keeps its own; an unknown name is refused when training."""
+    import difflab
+    from difflab.samplers import grids, n_levels
+
+    run = tmp_path / "run"
+    (tmp_path / "g.json").write_text(json.dumps({"sampler": "heun", "sample_steps": 7, "sample_grid": "trailing"}))
+    assert cli("train", "--data", "digits", "--out", run, "--steps", "2", "--batch-size", "8", "--quiet",
+               "--config", tmp_path / "g.json") == 0
+    r = difflab.load(run, device="cpu")
+    assert (r.default_sampler, r.default_steps, r.default_grid) == ("heun", 7, "trailing")
+    trailing = grids.trailing(r.model.schedule, n_levels("heun", 7))
+    x = r.sample(6, seed=3)
+    assert torch.equal(x, r.sample(6, seed=3, grid=trailing))
+    assert not torch.allclose(x, r.sample(6, seed=3, grid="karras"))  # heun's own grid
+    assert torch.equal(r.sample(6, seed=3, sampler="ddim", steps=7), r.sample(6, seed=3, sampler="ddim", steps=7,
+                                                                                grid="uniform_t"))  # ddim's own
+    assert cli("sample", "--run", run, "--num", "6", "--seed", "3", "--out", tmp_path / "s.npz") == 0
+    assert cli("sample", "--run", run, "--num", "6", "--seed", "3", "--grid", "trailing", "--out",
+               tmp_path / "t.npz") == 0
+    assert np.array_equal(np.load(tmp_path / "s.npz")["images"], np.load(tmp_path / "t.npz")["images"])
+    (tmp_path / "bad.json").write_text(json.dumps({"sample_grid": "nope"}))
+    capsys.readouterr()
+    assert cli("train", "--data", "digits", "--out", tmp_path / "bad", "--steps", "1", "--quiet",
+               "--config", tmp_path / "bad.json") == 2
+    assert "sample_grid must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("field, value, message", [("sampler", "bogus", "train.sampler 'bogus' is not a sampler"),
-                                                   ("sample_steps", [1], "train.sample_steps a positive integer")])
+                                                   ("sample_steps", [1], "train.sample_steps a positive integer"),
+                                                   ("sample_grid", "bogus", "train.sample_grid 'bogus' is not a grid")])
 def test_a_broken_default_sampler_in_config_is_one_line(tmp_path, capsys, field, value, message):
     run = tmp_path / "run"
     assert cli("train", "--data", "digits", "--out", run, "--steps", "1", "--batch-size", "8", "--quiet") == 0

@@ -119,8 +119,8 @@ def sample_diffusion(args: argparse.Namespace, r: DiffusionRun) -> int:
 
         make_cond = with_negative_prompt(model, r.conditioning, args.negative_prompt, make_cond)
     sampler, steps = args.sampler or r.default_sampler, args.steps or r.default_steps
-    tuned = args.grid or (None if args.no_tuned_grid else r.grid(sampler, steps, not args.no_clip, args.threshold))
-    if tuned is not None and args.grid is None:
+    tuned = r.sampling_grid(sampler, steps, not args.no_clip, args.threshold, args.grid, not args.no_tuned_grid)
+    if tuned is not None and not isinstance(tuned, str):
         from ..samplers.tuned import GRIDS_FILE
 
         print(f"using the tuned {sampler} grid for {steps} calls from {args.run / GRIDS_FILE}")

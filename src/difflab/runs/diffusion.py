@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError, UserError
 from ..models.protocol import DenoiserLike
+from ..samplers.grids import GRIDS
 from ..tasks.registry import tasks_for
 from ..training.families import DEFAULT_FAMILY, FAMILIES
 from ..training.run import LoadedRun, load_run
@@ -39,6 +40,13 @@ class DiffusionRun(Run):
         self.samplers = tuple(self.cls.samplers(None))
         self.default_sampler, self.default_steps = student_defaults(loaded.config.get("distillation"),
                                                                     loaded.config.get("train"), path / "config.json")
+        train = loaded.config.get("train") if isinstance(loaded.config.get("train"), dict) else {}
+        grid = train.get("sample_grid") if not loaded.config.get("distillation") else None
+        if grid and grid not in GRIDS:
+            raise CheckpointError(f"{path / 'config.json'}: train.sample_grid {grid!r} is not a grid; choose one of "
+                                  f"{', '.join(GRIDS)}")
+        #: the grid of the default sampler (TrainConfig.sample_grid), None for the sampler's own
+        self.default_grid: str | None = grid or None
         if self.default_sampler not in self.samplers:
             raise CheckpointError(f"{path / 'config.json'}: train.sampler {self.default_sampler!r} is not a sampler of "
                                   f"this run; choose one of {', '.join(self.samplers)}")
@@ -95,6 +103,16 @@ class DiffusionRun(Run):
 
         return run_grid(self.path, sampler, steps, domain_of(self.loaded).denoised_mode(not clip, threshold))
 
+    def sampling_grid(self, sampler: str, steps: int, clip: bool = True, threshold: float | None = None,
+                      grid: str | Tensor | None = None, tuned: bool = True) -> str | Tensor | None:
+        """The grid a draw uses: ``grid`` if given, else a grid stored for this sampler and budget (``tuned``), else
+        the run's ``sample_grid`` for its default sampler, else None (the sampler's own)."""
+        if grid is None and tuned:
+            grid = self.grid(sampler, steps, clip, threshold)
+        if grid is None and sampler == self.default_sampler:
+            grid = self.default_grid
+        return grid
+
     def check_grid(self, grid: str | None) -> None:
         """A named grid of :mod:`difflab.samplers.grids` for the scalar samplers; CLD's samplers keep their own."""
         from ..samplers import grids, process_name
@@ -137,8 +155,7 @@ class DiffusionRun(Run):
 
         model = self.denoiser(model, clip, threshold)
         sampler, steps = sampler or self.default_sampler, steps or self.default_steps
-        if grid is None and tuned:
-            grid = self.grid(sampler, steps, clip, threshold)
+        grid = self.sampling_grid(sampler, steps, clip, threshold, grid, tuned)
         self.last_tuned = grid is not None and not isinstance(grid, str)
         starts = iter(range(0, n, batch_size))
         x, self.last_nfe = sample_batches(model, self.shape, n, sampler, steps, seed=seed, batch_size=batch_size,

@@ -91,6 +91,8 @@ def recipe(name: str, shape: Sequence[int], task: str = "generate", latent: bool
     out = default_recipe(shape)
     if set(given) & set(PARAMETERISATION):  # the sampler was chosen for the default parameterisation: drop it too
         out = {k: v for k, v in out.items() if k not in PARAMETERISATION and k not in DEFAULT_SAMPLING}
+    elif "sampler" in set(given):  # the recipe's grid was chosen for its sampler, not for the one given
+        out.pop("sample_grid", None)
     return out
 
 
