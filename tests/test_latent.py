@@ -249,3 +249,8 @@ def test_latent_runs_default_to_ldm_schedule(latent_run, tmp_path):
     assert abs(sigma_max(schedules.from_config(rc["schedule"])) - 14.61) < 0.01  # sqrt(1 / alpha_bar_T - 1)
     # a schedule in the config file is kept (the fixture's linear T = 100 table, sigma_max 12)
     assert json.loads((latent_run / "ldm" / CONFIG).read_text())["schedule"]["kind"] == "linear"
+    # a named recipe brings its own schedule: --recipe flow trains on the flow path, not on LDM's table
+    assert run("train", "--data", "digits", "--autoencoder", latent_run / "ae", "--out", tmp_path / "f", "--steps", 1,
+               "--config", cfg, "--recipe", "flow", "--quiet") == 0
+    rc = json.loads((tmp_path / "f" / CONFIG).read_text())
+    assert rc["schedule"]["kind"] == "flow" and rc["train"]["prediction"] == "flow"

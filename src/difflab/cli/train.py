@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         "autoencoder": args.autoencoder, "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug,
         "aug_blur": args.aug_blur} | _recipe_overrides(args)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.autoencoder is not None and not args.resume and not _config_sets(args.config, "schedule"):
+    if (args.autoencoder is not None and not args.resume and not _config_sets(args.config, "schedule")
+            and args.recipe in (None, "auto")):  # a named recipe brings its own schedule
         from ..training.latent import LATENT_SCHEDULE
 
         overrides["schedule"] = LATENT_SCHEDULE  # latent runs default to LDM's table (docs/latent.md)
