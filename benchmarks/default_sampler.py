@@ -19,7 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-#: (sampler, steps): --steps is a budget of network calls, so each spends about 50 (heun 25: 24 calls)
 #: (sampler, steps, grid): --steps is a budget of network calls, so each spends about 50 (heun 25: 24 calls); grid
 #: None is the sampler's own
 CANDIDATES = [("ddim", 50, None), ("euler", 50, None), ("heun", 50, None), ("heun", 25, None), ("dpmpp_2m", 50, None),
