@@ -8,8 +8,8 @@ Both trainings run at the same time, one thread each, so they see the same machi
             suited to a ~1M-parameter network (1e-3 after 200 warm-up steps, as difflab uses; --diffusers-lr),
             EMAModel (decay 0.999 with warm-up), the same batch size (that of difflab's recipe unless --batch).
 Weights are snapshotted when each budget is reached (the clock pauses while saving). Afterwards every snapshot
-draws --num samples: difflab with its run's default sampler (``difflab.load(run).sample``: Heun in 12 calls on
-the trailing grid for the default recipe) and, like for like, with DDIM in 50 steps; diffusers with DDIMScheduler in 50 steps and its
+draws --num samples: difflab with its run's default sampler (``difflab.load(run).sample``: Heun in 25 calls for
+the default recipe) and, like for like, with DDIM in 50 steps; diffusers with DDIMScheduler in 50 steps and its
 x0 clipping. They are scored by FD, precision and recall
 in the data's feature network against the test split. The seed of the samples is drawn at run time and
 recorded. The floor: --num real training images scored the same way.

@@ -68,8 +68,8 @@ def test_default_recipe_by_data_size():
     assert big["prediction"] == "flow" and big["network"]["patch"] == 2 and big["batch_size"] == 32
     assert "batch_size" not in small
     assert small["warmup_steps"] == big["warmup_steps"] == WARMUP_STEPS < TrainConfig().warmup_steps
-    assert small["sampler"] == big["sampler"] == "heun" and small["sample_steps"] == 13  # default_sampler_grid.md
-    assert small["sample_grid"] == big["sample_grid"] == "trailing"
+    assert small["sampler"] == big["sampler"] == "heun" and small["sample_steps"] == 25  # docs/benchmarks/default_sampler.md
+    assert "sample_grid" not in small  # Heun's own grid (docs/benchmarks/default_sampler_grid.md)
     assert "sampler" not in default_recipe((2,))
 
 
@@ -97,13 +97,12 @@ def test_difflab_train_applies_the_recipe_and_lets_options_override(tmp_path, ca
     import difflab
 
     auto, cos = difflab.load(tmp_path / "auto", device="cpu"), difflab.load(tmp_path / "cos", device="cpu")
-    assert (auto.default_sampler, auto.default_steps, auto.default_grid) == ("heun", 13, "trailing")  # `difflab sample`'s
+    assert (auto.default_sampler, auto.default_steps, auto.default_grid) == ("heun", 25, None)  # `difflab sample`'s
     assert (cos.default_sampler, cos.default_steps, cos.default_grid) == ("ddim", 50, None)
     (tmp_path / "s.json").write_text(json.dumps({"sampler": "dpmpp_2m", "sample_steps": 10}))
     assert cli("train", "--data", "digits", "--out", tmp_path / "mine", "--config", tmp_path / "s.json", *tiny) == 0
     mine = difflab.load(tmp_path / "mine", device="cpu")  # a config's sampler overrides the recipe's
     assert (mine.default_sampler, mine.default_steps) == ("dpmpp_2m", 10) and mine.config["train"]["prediction"] == "flow"
-    assert mine.default_grid is None  # the recipe's grid was for its Heun: dpmpp_2m keeps its own
     assert cli("train", "--data", "digits", "--out", tmp_path / "edm", "--recipe", "edm", "--noise", "uniform", *tiny) == 0
     cfg = config_of(tmp_path / "edm")["train"]
     assert cfg["prediction"] == "edm" and cfg["noise"] == "uniform" and cfg["weighting"] == "edm"

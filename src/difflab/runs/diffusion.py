@@ -187,7 +187,7 @@ def student_defaults(distillation: dict[str, Any] | None, config: dict[str, Any]
                      where: Path | str = "config.json") -> tuple[str, int]:
     """The sampler and steps a run is drawn with by default: a distilled student's own (progressive: DDIM in its
     step count, Salimans & Ho 2022; consistency: one call, Song et al. 2023), else the run's training config's
-    ``sampler`` / ``sample_steps`` (those of its previews: Heun in 12 calls for the default image recipe), DDIM in
+    ``sampler`` / ``sample_steps`` (those of its previews: Heun in 25 calls for the default image recipe), DDIM in
     50 steps for a config without them."""
     if not distillation:
         config = config if isinstance(config, dict) else {}

@@ -187,7 +187,7 @@ class TrainConfig(FitConfig):
     p_uncond: float = 0.1
     text_encoder: str = "none"  # small | minilm | clip:PATH; with conditional: caption cross-attention, not labels
     sample_every: int = 0  # preview grid every N steps (0 = only at the end)
-    sampler: str = "ddim"  # for previews, the final grid and the default of `difflab sample` (the default recipe: heun 13 on trailing)
+    sampler: str = "ddim"  # for previews, the final grid and the default of `difflab sample` (the default recipe: heun 25)
     sample_steps: int = 50
     sample_grid: str = ""  # step grid of `sampler` (a samplers.grids name; "" = the sampler's own)
     autoencoder: str = ""  # a difflab train-autoencoder folder: latent diffusion on its scaled latents ("" = pixels)

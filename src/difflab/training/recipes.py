@@ -24,12 +24,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Lipman et al. 2023 / Liu et al. 2023: the linear path, velocity prediction, SD3's logit-normal t
     "flow": {"schedule": {"kind": "flow"}, "prediction": "flow", "noise": "logit_normal"},
 }
-#: The sampler of the default image recipe's previews and of ``difflab sample`` on its runs: Heun in 12 calls (13 is
-#: the budget: heun spends two per step and saves one on its first) on the ``trailing`` grid had the best mean FD rank
-#: among Heun at 8-48 calls on its own (karras) and the trailing grid, on three runs of that recipe (digits after 1 and
-#: 3 minutes, MNIST after 10), scored against the training split (docs/benchmarks/default_sampler_grid.md); before
-#: it, Heun in 24 calls on karras (docs/benchmarks/default_sampler.md). The other recipes keep TrainConfig's DDIM-50.
-DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "heun", "sample_steps": 13, "sample_grid": "trailing"}
+#: The sampler of the default image recipe's previews and of ``difflab sample`` on its runs: Heun in 25 calls had the
+#: best FD among eight sampler settings of about 50 calls on five runs of that recipe (MNIST, digits), scored
+#: against the training split (docs/benchmarks/default_sampler.md); the other recipes keep TrainConfig's DDIM in 50 steps.
+#: Heun in 12 calls on the trailing grid scored better on three under-trained runs but worse on fresh, fully trained
+#: ones (docs/benchmarks/default_sampler_grid.md): not adopted.
+DEFAULT_SAMPLING: dict[str, Any] = {"sampler": "heun", "sample_steps": 25}
 RECIPE_NAMES: tuple[str, ...] = ("auto", *RECIPES)
 
 #: Images of at least this side get the pixel-unshuffle network (MNIST: 28 -> 14 -> 7).
@@ -57,7 +57,7 @@ def default_recipe(shape: Sequence[int]) -> dict[str, Any]:
     """The TrainConfig fields of ``difflab train`` without --recipe, for data of this shape ([C, H, W] or [D]).
 
     Images: flow matching (best FD per minute on digits and MNIST, docs/benchmarks/edm_flow.md) sampled with Heun
-    in 12 calls on the trailing grid (docs/benchmarks/default_sampler_grid.md) after a 50-step warm-up; from side 16 up the pixel-unshuffle
+    in 25 calls (docs/benchmarks/default_sampler.md) after a 50-step warm-up; from side 16 up the pixel-unshuffle
     U-Net at batch 32 (docs/benchmarks/networks.md), below it a narrow one-block U-Net without dropout
     (docs/benchmarks/recipe_screen_digits.md). Points keep the DDPM recipe."""
     if len(shape) != 3:
@@ -93,8 +93,6 @@ def recipe(name: str, shape: Sequence[int], task: str = "generate", latent: bool
     out = default_recipe(shape)
     if set(given) & set(PARAMETERISATION):  # the sampler was chosen for the default parameterisation: drop it too
         out = {k: v for k, v in out.items() if k not in PARAMETERISATION and k not in DEFAULT_SAMPLING}
-    elif "sampler" in set(given):  # the recipe's grid was chosen for its sampler, not for the one given
-        out.pop("sample_grid", None)
     return out
 
 
