@@ -35,9 +35,10 @@ RECIPES = {
     "diffusion": {},  # the default recipe for 28x28 images: flow matching, logit-normal t, the patch-2 U-Net, batch 32
     "diffusion_vp": {"network": PATCH, "batch_size": PATCH_BATCH},  # --recipe ddpm: VP cosine table, eps
     # docs/benchmarks/latent.md's recipe: an autoencoder 1x28x28 -> 4x7x7 for a third of the minutes, then the
-    # latent runs' default (DDPM on LDM's scaled-linear table)
+    # latent runs' default (flow matching, Euler-Maruyama 50; DDPM on LDM's scaled-linear table before 2026-12-08)
     "autoencoder": {"batch_size": 64, "lr": 2e-3},
     "latent": {"batch_size": 64, "lr": 2e-3},
+    "latent_ddpm": {"batch_size": 64, "lr": 2e-3},  # the same on --recipe ddpm (eps on LDM's table): the former default
     "lsgm": {"batch_size": 64, "network": {"channels": 16}},
     # docs/benchmarks/trilemma_families.md's image recipes
     "ddgan_T4": {"batch_size": 64, "lr": 2e-4, "lr_d": 4e-4, "d_steps": 2},
@@ -46,7 +47,7 @@ RECIPES = {
     # the same patch network (it reads (x, v): two channels) and batch as the diffusion runs; docs/benchmarks/cld.md's lr
     "cld": {"network": dict(PATCH_NETWORK), "batch_size": PATCH_BATCH, "lr": 5e-4},
 }
-DENOISER_METHODS = "ddim:10,ddim:20,ddim:50,euler_maruyama:50,ddpm:100"
+DENOISER_METHODS = "ddim:5,ddim:10,ddim:20,ddim:50,euler_maruyama:50,ddpm:100"
 STUDENT_METHODS = "consistency:1,consistency:2,consistency:4"
 AE_FRACTION = 1 / 3
 
@@ -80,15 +81,17 @@ def train(name: str, data: str, minutes: float, runs: Path, seed: int, teacher: 
              "teacher", "--minutes", f"{minutes:g}", "--threads", "1", "--seed", str(seed), "--out", str(out),
              "--quiet"])
         return out
-    if name == "latent":
+    if name in ("latent", "latent_ddpm"):  # latent_ddpm: start it after latent, which trains the autoencoder
         t0 = time.monotonic()
         ae = runs / "autoencoder"
+        used = minutes * AE_FRACTION  # charged to a prior trained on an autoencoder made earlier
         if not (ae / "checkpoint.safetensors").exists():
             run([PY, "-m", "difflab", "train-autoencoder", "--data", data, "--out", str(ae), "--latent", "4x7x7",
                  "--minutes", f"{minutes * AE_FRACTION:.3f}", "--config", str(config(runs, "autoencoder")),
                  "--threads", "1", "--seed", str(seed), "--quiet"])
-        used = (time.monotonic() - t0) / 60  # the autoencoder, its scale-factor pass and pictures
-        run(common(data, out, max(0.1, minutes - used), seed, config(runs, name)) + ["--autoencoder", str(ae)])
+            used = (time.monotonic() - t0) / 60  # the autoencoder, its scale-factor pass and pictures
+        run(common(data, out, max(0.1, minutes - used), seed, config(runs, name)) + ["--autoencoder", str(ae)]
+            + (["--recipe", "ddpm"] if name == "latent_ddpm" else []))
         return out
     cmd = common(data, out, minutes, seed, config(runs, name))
     family = {"diffusion_vp": None, "ddgan_T4": "ddgan"}.get(name, name)
@@ -175,14 +178,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, help="training and sampling seed (default: drawn at run time)")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "families")
     ap.add_argument("--only", help="comma list of runs (default all)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "families.md",
+                    help="the page; its pictures go to the folder of the same name without .md")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     print(f"seed {seed}", flush=True)
     runs = args.runs
     runs.mkdir(parents=True, exist_ok=True)
     names = ["diffusion", "ddgan_T4", "diffusion_vp", "latent", "gan", "vae", "lsgm", "cld", "student"]
-    if args.only:
-        names = [n for n in names if n in args.only.split(",")]
+    if args.only:  # latent_ddpm (the former latent recipe) only on request
+        names = [n for n in [*names, "latent_ddpm"] if n in args.only.split(",")]
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     t0 = time.time()
     futures: dict[str, Future] = {}
@@ -191,9 +196,10 @@ def main() -> None:
             futures[n] = pool.submit(train, n, args.data, args.minutes, runs, seed, futures.get("diffusion"))
         dirs = {n: f.result() for n, f in futures.items()}
     t_train = time.time() - t0
-    out = ROOT / "docs" / "benchmarks" / "families"
-    groups = [([n for n in names if n in ("diffusion", "diffusion_vp", "latent")], DENOISER_METHODS, "denoisers"),
-              ([n for n in names if n not in ("diffusion", "diffusion_vp", "latent")], STUDENT_METHODS, "others")]
+    out = args.out.with_suffix("")
+    denoisers = ("diffusion", "diffusion_vp", "latent", "latent_ddpm")
+    groups = [([n for n in names if n in denoisers], DENOISER_METHODS, "denoisers"),
+              ([n for n in names if n not in denoisers], STUDENT_METHODS, "others")]
     cmds = [[PY, "-m", "difflab", "report", "--run", *[str(dirs[n]) for n in g], "--methods", m, "--num",
              str(args.num), "--out", str(out / tag), "--threads", "1", "--seed", str(seed), "--ref-num",
              str(args.ref_num)] for g, m, tag in groups if g]
@@ -208,7 +214,8 @@ def main() -> None:
             shutil.copy(d / "samples.png", out / f"samples_{n}.png")
     floor = real_floor(args.data, args.num, args.ref_num)
     load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    write_page(rows, dirs, args, seed, floor, t_train, time.time() - t0, load_before, load_after)
+    write_page(rows, dirs, args, seed, floor, t_train, time.time() - t0, load_before, load_after,
+               [tag for g, _, tag in groups if g])
 
 
 def real_floor(data: str, num: int, ref_num: int) -> float:
@@ -224,7 +231,7 @@ def real_floor(data: str, num: int, ref_num: int) -> float:
     return float(evaluate_features(ex(test.batch(torch.arange(num))), ref)["fd"])
 
 
-def write_page(rows, dirs, args, seed, floor, t_train, t_all, load_before, load_after) -> None:
+def write_page(rows, dirs, args, seed, floor, t_train, t_all, load_before, load_after, tags) -> None:
     cols = ["method", "family", "steps", "nfe", "sec_per_1000", "params", "fd", "precision", "recall", "coverage", "nll"]
     fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["| " + " | ".join(c if c != "steps" else "train steps" for c in cols) + " |",
@@ -235,7 +242,9 @@ def write_page(rows, dirs, args, seed, floor, t_train, t_all, load_before, load_
              "steps": steps_of(dirs[name])}
         lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
     cmd = (f".venv/bin/python benchmarks/families.py --data {args.data} --minutes {args.minutes:g} --num {args.num} "
-           f"--ref-num {args.ref_num}" + (f" --only {args.only}" if args.only else ""))
+           f"--ref-num {args.ref_num}" + (f" --only {args.only}" if args.only else "")
+           + (f" --out {args.out}" if args.out.name != "families.md" else ""))
+    pics = args.out.stem
     text = [
         "# Every family at equal minutes", "",
         f"Command: `{cmd}` (seed drawn at run time: {seed})  ",
@@ -250,10 +259,10 @@ def write_page(rows, dirs, args, seed, floor, t_train, t_all, load_before, load_
         "on the autoencoder). `train steps`: the run's last logged step (the student: its optimisation steps). The two "
         "reports ran at the same time with one thread each, so `sec_per_1000` compares within this table only.", "",
         *lines, "", "Targets of the issue:", "", *[f"- {t}" for t in targets(rows)], "",
-        "![denoisers](families/denoisers/trilemma.png) ![others](families/others/trilemma.png)", "",
-        " ".join(f"![{n}](families/samples_{n}.png)" for n in dirs if (ROOT / "docs/benchmarks/families" /
-                                                                     f"samples_{n}.png").exists()), ""]
-    page = ROOT / "docs" / "benchmarks" / "families.md"
+        " ".join(f"![{t}]({pics}/{t}/trilemma.png)" for t in tags), "",
+        " ".join(f"![{n}]({pics}/samples_{n}.png)" for n in dirs if (args.out.with_suffix("") /
+                                                                   f"samples_{n}.png").exists()), ""]
+    page = args.out
     page.write_text("\n".join(text))
     print(page.read_text())
 

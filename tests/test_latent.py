@@ -236,21 +236,31 @@ def test_every_sampler_runs_on_latents_and_decodes(latent_run):
         assert z.shape == (3, 2, 4, 4) and x.shape == (3, 1, 8, 8) and torch.isfinite(x).all(), name
 
 
-def test_latent_runs_default_to_ldm_schedule(latent_run, tmp_path):
+def test_latent_runs_default_to_flow_matching_and_eps_to_ldm_schedule(latent_run, tmp_path):
+    """The auto recipe trains latents with flow matching (and Euler-Maruyama-50 as the run's sampler); an
+    eps-prediction latent run without a given schedule gets LDM's bounded table; a given schedule is kept."""
     from difflab.training.latent import LATENT_SCHEDULE, sigma_max
     from difflab import schedules
 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"network": TINY_UNET, "batch_size": 8, "sample_steps": 1}))
-    assert run("train", "--data", "digits", "--autoencoder", latent_run / "ae", "--out", tmp_path / "r", "--steps", 1,
-               "--config", cfg, "--quiet") == 0
-    rc = json.loads((tmp_path / "r" / CONFIG).read_text())
-    assert {k: rc["schedule"][k] for k in LATENT_SCHEDULE} == LATENT_SCHEDULE
-    assert abs(sigma_max(schedules.from_config(rc["schedule"])) - 14.61) < 0.01  # sqrt(1 / alpha_bar_T - 1)
+
+    def train(name, *extra):
+        assert run("train", "--data", "digits", "--autoencoder", latent_run / "ae", "--out", tmp_path / name,
+                   "--steps", 1, "--config", cfg, "--quiet", *extra) == 0
+        return json.loads((tmp_path / name / CONFIG).read_text())
+
+    rc = train("auto")
+    assert rc["schedule"]["kind"] == "flow" and rc["train"]["prediction"] == "flow"
+    assert rc["train"]["sampler"] == "euler_maruyama" and rc["train"]["sample_steps"] == 1  # the config's steps
+    for name, extra in (("eps", ("--prediction", "eps")), ("ddpm", ("--recipe", "ddpm"))):
+        rc = train(name, *extra)  # eps on latents: LDM's table, not the cosine table's sigma_max of 2e4
+        assert rc["train"]["prediction"] == "eps" and rc["train"]["sampler"] == "ddim"
+        assert {k: rc["schedule"][k] for k in LATENT_SCHEDULE} == LATENT_SCHEDULE
+        assert abs(sigma_max(schedules.from_config(rc["schedule"])) - 14.61) < 0.01  # sqrt(1 / alpha_bar_T - 1)
+    rc = train("cos", "--prediction", "eps", "--schedule", "cosine")  # a given schedule is kept
+    assert rc["schedule"]["kind"] == "cosine"
+    rc = train("v", "--recipe", "v")  # a named recipe that is not eps brings its own schedule
+    assert rc["schedule"]["kind"] == "cosine" and rc["train"]["prediction"] == "v"
     # a schedule in the config file is kept (the fixture's linear T = 100 table, sigma_max 12)
     assert json.loads((latent_run / "ldm" / CONFIG).read_text())["schedule"]["kind"] == "linear"
-    # a named recipe brings its own schedule: --recipe flow trains on the flow path, not on LDM's table
-    assert run("train", "--data", "digits", "--autoencoder", latent_run / "ae", "--out", tmp_path / "f", "--steps", 1,
-               "--config", cfg, "--recipe", "flow", "--quiet") == 0
-    rc = json.loads((tmp_path / "f" / CONFIG).read_text())
-    assert rc["schedule"]["kind"] == "flow" and rc["train"]["prediction"] == "flow"

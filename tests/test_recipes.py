@@ -76,7 +76,10 @@ def test_default_recipe_by_data_size():
 def test_recipe_rules():
     assert recipe("edm", (1, 8, 8)) == RECIPES["edm"]
     assert recipe("auto", (1, 8, 8), task="superres") == {}  # image-to-image tasks keep the DDPM defaults
-    assert recipe("auto", (4, 7, 7), latent=True) == {}
+    latent = recipe("auto", (4, 7, 7), latent=True)  # flow matching with Euler-Maruyama-50, the preset network
+    assert latent["prediction"] == "flow" and latent["schedule"] == {"kind": "flow"} and "network" not in latent
+    assert (latent["sampler"], latent["sample_steps"]) == ("euler_maruyama", 50)
+    assert recipe("auto", (4, 7, 7), latent=True, given=["prediction"]) == {}
     given = recipe("auto", (1, 28, 28), given=["prediction"])  # part of a parameterisation given: no flow fields
     assert set(given) == {"network", "batch_size", "warmup_steps"}  # the network and the run length's settings stay
     with pytest.raises(ConfigError, match="unknown recipe 'nope'"):

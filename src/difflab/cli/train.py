@@ -86,7 +86,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weighting", choices=WEIGHTINGS, help="loss weighting (edm: Karras et al. 2022)")
     p.add_argument("--recipe", choices=RECIPE_NAMES,
                    help="the parameterisation to start from (default auto: flow matching for images, with the "
-                        "pixel-unshuffle U-Net from side 16; ddpm for points, latents and image-to-image tasks; "
+                        "pixel-unshuffle U-Net from side 16; flow matching with Euler-Maruyama for latents; ddpm for points "
+                        "and image-to-image tasks; "
                         "docs/training.md); the options below override its fields")
     p.add_argument("--posthoc-ema", type=float, nargs="+", metavar="SIGMA_REL",
                    help="track power-function EMAs of these lengths for `difflab ema` (e.g. 0.05 0.1)")
@@ -118,11 +119,6 @@ def run(args: argparse.Namespace) -> int:
         "autoencoder": args.autoencoder, "task": args.task, "scale": args.scale, "noise_aug": args.noise_aug,
         "aug_blur": args.aug_blur} | _recipe_overrides(args)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if (args.autoencoder is not None and not args.resume and not _config_sets(args.config, "schedule")
-            and args.recipe in (None, "auto")):  # a named recipe brings its own schedule
-        from ..training.latent import LATENT_SCHEDULE
-
-        overrides["schedule"] = LATENT_SCHEDULE  # latent runs default to LDM's table (docs/latent.md)
     resumed = args.resume and (args.out / CONFIG).is_file()
     if args.recipe is not None and resumed:
         raise UserError("--recipe applies to a new run; a resumed run keeps the recipe in its config.json")
@@ -134,11 +130,16 @@ def run(args: argparse.Namespace) -> int:
             return TrainConfig.resumed(read_json(args.out / CONFIG), overrides, str(args.out / CONFIG),
                                        more_minutes=args.minutes is not None and args.steps is None)
         from_file = read_config_file(args.config) if args.config is not None else {}
+        latent = bool(overrides.get("autoencoder") or from_file.get("autoencoder"))
         base = recipe(args.recipe or "auto", data.shape, task=overrides.get("task", from_file.get("task", "generate")),
-                      latent=bool(overrides.get("autoencoder") or from_file.get("autoencoder")),
-                      given=[*from_file, *overrides])
-        base = _merge(base, from_file)
-        return TrainConfig.from_dict(_merge(base, overrides), where=str(args.config) if args.config else "")
+                      latent=latent, given=[*from_file, *overrides])
+        merged = _merge(_merge(base, from_file), overrides)
+        if latent and "schedule" not in from_file and "schedule" not in overrides and \
+                merged.get("prediction", TrainConfig.prediction) == "eps":
+            from ..training.latent import LATENT_SCHEDULE
+
+            merged["schedule"] = LATENT_SCHEDULE  # eps prediction on latents: LDM's bounded table (docs/latent.md)
+        return TrainConfig.from_dict(merged, where=str(args.config) if args.config else "")
 
     res, main = _fit(args, lambda data, world: train(recipe_config(data), data, args.out, resume=args.resume,
                                                      progress=not args.quiet, world=world))
@@ -202,13 +203,6 @@ def _merge(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
         same = net_b.get("kind", net_a.get("kind", "auto")) == net_a.get("kind", "auto")
         out["network"] = {**net_a, **net_b} if same else net_b
     return out
-
-
-def _config_sets(path: Path | None, key: str) -> bool:
-    """True if the --config file gives ``key``."""
-    from ..utils.config import read_config_file
-
-    return path is not None and key in read_config_file(path)
 
 
 def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:

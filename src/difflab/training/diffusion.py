@@ -145,8 +145,9 @@ def train(cfg: TrainConfig, data: Dataset, run_dir: str | Path, *, resume: bool 
                 import warnings
 
                 warnings.warn(f"latent run with sigma_max = {top:.3g} and eps prediction: unclamped x0 estimates "
-                              "amplify the eps error by sigma_max at the top of the grid; the latent default schedule "
-                              "(training/latent.py LATENT_SCHEDULE, sigma_max 14.6) avoids this", stacklevel=2)
+                              "amplify the eps error by sigma_max at the top of the grid; LDM's table (training/latent.py "
+                              "LATENT_SCHEDULE, sigma_max 14.6: eps latent runs without a given schedule) or the "
+                              "default flow recipe avoids this", stacklevel=2)
         stage_config(run_dir, rc)  # config.json changes only once a checkpoint matches it
     world.barrier()
     return fit(family, len(data), cfg, run_dir, world=world, resume=resume, progress=progress,
