@@ -67,9 +67,11 @@ def test_folder_captions_are_the_condition(bars):
     assert isinstance(c, CaptionConditioning) and c.table.texts == sorted(PROMPTS)
     ctx, mask = c.table.gather(torch.arange(4))
     want = c.prompts([PROMPTS[i % 2] for i in range(4)], "cpu")
-    assert torch.equal(ctx, want["context"]) and torch.equal(mask, want["context_mask"])
+    # the table encodes each caption once, prompts() the batch given: the same values up to the kernels' batch rounding
+    torch.testing.assert_close(ctx, want["context"], rtol=0, atol=1e-5)
+    assert torch.equal(mask, want["context_mask"])
     prev = c.preview(4, "cpu")  # previews ask for the data's own captions in turn
-    assert torch.equal(prev["context"], c.prompts([*sorted(PROMPTS)] * 2, "cpu")["context"])
+    torch.testing.assert_close(prev["context"], c.prompts([*sorted(PROMPTS)] * 2, "cpu")["context"], rtol=0, atol=1e-5)
 
 
 def test_several_captions_per_image_are_drawn_uniformly(tmp_path):
