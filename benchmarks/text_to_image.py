@@ -76,13 +76,14 @@ def cli(*args) -> None:
     subprocess.run([sys.executable, "-m", "difflab", *map(str, args)], check=True)
 
 
-def train_runs(folder: Path, work: Path, size: int, minutes: float, threads: int) -> dict[str, Path]:
+def train_runs(folder: Path, work: Path, size: int, minutes: float, threads: int,
+               recipe_name: str = "ddpm") -> dict[str, Path]:
     """A pixel and a latent text run (the latent one's autoencoder takes a fifth of its minutes)."""
     net = {"network": {"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [1, 2],
                        "num_heads": 4, "dropout": 0.0}, "p_uncond": 0.15, "batch_size": 64, "sample_steps": 20}
     (work / "net.json").write_text(json.dumps(net))
     common = ["--data", folder, "--image-size", size, "--channels", 3, "--threads", threads, "--quiet"]
-    recipe = ["--recipe", "ddpm"]  # the recipe this page was measured with (docs/training.md, "Default recipes")
+    recipe = ["--recipe", recipe_name]  # ddpm: the recipe text_to_image.md was measured with; auto: the CLI default
     runs = {"pixel": work / "pixel", "latent": work / "latent"}
     if not (runs["pixel"] / "checkpoint.safetensors").is_file():
         cli("train", *common, "--text-encoder", "small", "--config", work / "net.json", "--minutes", minutes,
@@ -148,7 +149,8 @@ def sdedit_recolour(run: Path, folder: Path, size: int, n: int, steps: int, w: f
 
 
 def report(res: dict, args: argparse.Namespace) -> str:
-    lines = ["# Text-to-image on coloured digits", "",
+    title = "" if args.recipe == "ddpm" else f" (`--recipe {args.recipe}`)"
+    lines = [f"# Text-to-image on coloured digits{title}", "",
              f"Data: {args.data} painted in {', '.join(PALETTE)} ({args.num} images, {args.size}x{args.size}), "
              f"captions \"a <colour> <digit>\"; {args.minutes} minutes per model (the latent one: autoencoder "
              f"a fifth of them); {args.samples} samples per scale, DDIM {args.steps}.", "",
@@ -160,7 +162,7 @@ def report(res: dict, args: argparse.Namespace) -> str:
     lines += ["", f"Prompt-guided SDEdit (pixel run, strength 0.8, w = 3), recoloured as asked: "
               f"{res['sdedit']:.2f}.", "", f"Command: `{' '.join(sys.argv)}`; {res['date']}; load {res['load']}.",
               "", "Samples at the scale with the best prompt accuracy (row k asks for the k-th colour, column for the "
-              "digit): ![pixel](text_to_image_pixel.png) ![latent](text_to_image_latent.png)"]
+              f"digit): ![pixel]({args.stem}_pixel.png) ![latent]({args.stem}_latent.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -173,18 +175,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/text_to_image"))
+    p.add_argument("--recipe", default="ddpm", choices=["ddpm", "auto"],
+                   help="the models' recipe: ddpm (text_to_image.md) or auto, the CLI's default "
+                        "(text_to_image_auto.md: flow matching on pixels and on latents)")
     p.add_argument("--write-docs", action="store_true", help="write docs/benchmarks/text_to_image.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.size = 8 if args.data == "digits" else 28
+    args.stem = "text_to_image" if args.recipe == "ddpm" else f"text_to_image_{args.recipe}"
     folder = args.out / "folder"
     if not (folder / "metadata.jsonl").is_file():
         write_folder(args.data, folder, args.num)
-    runs = train_runs(folder, args.out, args.size, args.minutes, args.threads)
+    runs = train_runs(folder, args.out, args.size, args.minutes, args.threads, args.recipe)
     ref_x = datasets.load(str(folder), "train", image_size=args.size, channels=3).x[:2000]
     reference = extract(grey(ref_x), features_name(args.data))
     res = {kind: prompt_accuracy(runs[kind], args.data, args.samples, args.steps, reference,
-                                 DOCS / f"text_to_image_{kind}.png" if args.write_docs else None) for kind in runs}
+                                 DOCS / f"{args.stem}_{kind}.png" if args.write_docs else None) for kind in runs}
     res["sdedit"] = sdedit_recolour(runs["pixel"], folder, args.size, args.samples, args.steps)
     res["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")
     res["load"] = os.getloadavg()
@@ -193,7 +199,7 @@ def main() -> None:
     print(text)
     if args.write_docs:
         DOCS.mkdir(parents=True, exist_ok=True)
-        (DOCS / "text_to_image.md").write_text(text)
+        (DOCS / f"{args.stem}.md").write_text(text)
 
 
 if __name__ == "__main__":
