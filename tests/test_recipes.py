@@ -69,7 +69,6 @@ def test_default_recipe_by_data_size():
     assert "batch_size" not in small
     assert small["warmup_steps"] == big["warmup_steps"] == WARMUP_STEPS < TrainConfig().warmup_steps
     assert small["sampler"] == big["sampler"] == "heun" and small["sample_steps"] == 25  # docs/benchmarks/default_sampler.md
-    assert "sample_grid" not in small  # Heun's own grid (docs/benchmarks/default_sampler_grid.md)
     assert "sampler" not in default_recipe((2,))
 
 
@@ -100,8 +99,8 @@ def test_difflab_train_applies_the_recipe_and_lets_options_override(tmp_path, ca
     import difflab
 
     auto, cos = difflab.load(tmp_path / "auto", device="cpu"), difflab.load(tmp_path / "cos", device="cpu")
-    assert (auto.default_sampler, auto.default_steps, auto.default_grid) == ("heun", 25, None)  # `difflab sample`'s
-    assert (cos.default_sampler, cos.default_steps, cos.default_grid) == ("ddim", 50, None)
+    assert (auto.default_sampler, auto.default_steps) == ("heun", 25)  # what `difflab sample` draws with by default
+    assert (cos.default_sampler, cos.default_steps) == ("ddim", 50)
     (tmp_path / "s.json").write_text(json.dumps({"sampler": "dpmpp_2m", "sample_steps": 10}))
     assert cli("train", "--data", "digits", "--out", tmp_path / "mine", "--config", tmp_path / "s.json", *tiny) == 0
     mine = difflab.load(tmp_path / "mine", device="cpu")  # a config's sampler overrides the recipe's
@@ -148,39 +147,8 @@ def test_the_default_recipe_trains_and_samples_a_class_conditional_patch_run(tmp
     assert arr.shape[0] == 3 and np.isfinite(arr).all()
 
 
-def test_a_runs_sample_grid_is_the_grid_of_its_default_sampler(tmp_path, capsys):
-    """TrainConfig.sample_grid: the run's default sampler steps through that grid (unless --grid or a tuned grid says
-    otherwise); another sampler keeps its own; an unknown name is refused when training."""
-    import difflab
-    from difflab.samplers import grids, n_levels
-
-    run = tmp_path / "run"
-    (tmp_path / "g.json").write_text(json.dumps({"sampler": "heun", "sample_steps": 7, "sample_grid": "trailing"}))
-    assert cli("train", "--data", "digits", "--out", run, "--steps", "2", "--batch-size", "8", "--quiet",
-               "--config", tmp_path / "g.json") == 0
-    r = difflab.load(run, device="cpu")
-    assert (r.default_sampler, r.default_steps, r.default_grid) == ("heun", 7, "trailing")
-    trailing = grids.trailing(r.model.schedule, n_levels("heun", 7))
-    x = r.sample(6, seed=3)
-    assert torch.equal(x, r.sample(6, seed=3, grid=trailing))
-    assert not torch.allclose(x, r.sample(6, seed=3, grid="karras"))  # heun's own grid
-    assert torch.equal(r.sample(6, seed=3, sampler="ddim", steps=7), r.sample(6, seed=3, sampler="ddim", steps=7,
-                                                                                grid="uniform_t"))  # ddim's own
-    assert cli("sample", "--run", run, "--num", "6", "--seed", "3", "--out", tmp_path / "s.npz") == 0
-    assert cli("sample", "--run", run, "--num", "6", "--seed", "3", "--grid", "trailing", "--out",
-               tmp_path / "t.npz") == 0
-    assert np.array_equal(np.load(tmp_path / "s.npz")["images"], np.load(tmp_path / "t.npz")["images"])
-    (tmp_path / "bad.json").write_text(json.dumps({"sample_grid": "nope"}))
-    capsys.readouterr()
-    assert cli("train", "--data", "digits", "--out", tmp_path / "bad", "--steps", "1", "--quiet",
-               "--config", tmp_path / "bad.json") == 2
-    assert "sample_grid must be one of" in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()
-
-
 @pytest.mark.parametrize("field, value, message", [("sampler", "bogus", "train.sampler 'bogus' is not a sampler"),
-                                                   ("sample_steps", [1], "train.sample_steps a positive integer"),
-                                                   ("sample_grid", "bogus", "train.sample_grid 'bogus' is not a grid")])
+                                                   ("sample_steps", [1], "train.sample_steps a positive integer")])
 def test_a_broken_default_sampler_in_config_is_one_line(tmp_path, capsys, field, value, message):
     run = tmp_path / "run"
     assert cli("train", "--data", "digits", "--out", run, "--steps", "1", "--batch-size", "8", "--quiet") == 0

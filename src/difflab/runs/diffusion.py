@@ -9,7 +9,6 @@ from torch import Tensor
 
 from ..errors import CheckpointError, UserError
 from ..models.protocol import DenoiserLike
-from ..samplers.grids import GRIDS
 from ..tasks.registry import tasks_for
 from ..training.families import DEFAULT_FAMILY, FAMILIES
 from ..training.run import LoadedRun, load_run
@@ -40,13 +39,6 @@ class DiffusionRun(Run):
         self.samplers = tuple(self.cls.samplers(None))
         self.default_sampler, self.default_steps = student_defaults(loaded.config.get("distillation"),
                                                                     loaded.config.get("train"), path / "config.json")
-        train = loaded.config.get("train") if isinstance(loaded.config.get("train"), dict) else {}
-        grid = train.get("sample_grid") if not loaded.config.get("distillation") else None
-        if grid and grid not in GRIDS:
-            raise CheckpointError(f"{path / 'config.json'}: train.sample_grid {grid!r} is not a grid; choose one of "
-                                  f"{', '.join(GRIDS)}")
-        #: the grid of the default sampler (TrainConfig.sample_grid), None for the sampler's own
-        self.default_grid: str | None = grid or None
         if self.default_sampler not in self.samplers:
             raise CheckpointError(f"{path / 'config.json'}: train.sampler {self.default_sampler!r} is not a sampler of "
                                   f"this run; choose one of {', '.join(self.samplers)}")
@@ -105,22 +97,19 @@ class DiffusionRun(Run):
 
     def sampling_grid(self, sampler: str, steps: int, clip: bool = True, threshold: float | None = None,
                       grid: str | Tensor | None = None, tuned: bool = True) -> str | Tensor | None:
-        """The grid a draw uses: ``grid`` if given, else a grid stored for this sampler and budget (``tuned``), else
-        the run's ``sample_grid`` for its default sampler, else None (the sampler's own)."""
+        """The grid a draw uses: ``grid`` (a name or levels) if given, else a grid stored for this sampler and budget
+        (``tuned``), else None (the sampler's own)."""
         if grid is None and tuned:
             grid = self.grid(sampler, steps, clip, threshold)
-        if grid is None and sampler == self.default_sampler:
-            grid = self.default_grid
         return grid
 
     def check_grid(self, grid: str | None) -> None:
-        """A named grid of :mod:`difflab.samplers.grids` for the scalar samplers; CLD's samplers keep their own."""
-        from ..samplers import grids, process_name
+        """A named grid (``--grid``, one of :data:`difflab.samplers.grids.GRIDS`) for the scalar samplers; CLD's
+        samplers keep their own."""
+        from ..samplers import process_name
 
         if grid is None:
             return
-        if grid not in grids.GRIDS:
-            raise UserError(f"--grid {grid}: unknown grid; choose one of {', '.join(grids.GRIDS)}")
         if process_name(self.loaded.model) != "scalar":
             raise UserError(f"--grid {grid}: {self.path} is a {process_name(self.loaded.model)} run, whose samplers "
                             "use their own time grid")

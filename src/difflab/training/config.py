@@ -189,7 +189,6 @@ class TrainConfig(FitConfig):
     sample_every: int = 0  # preview grid every N steps (0 = only at the end)
     sampler: str = "ddim"  # for previews, the final grid and the default of `difflab sample` (the default recipe: heun 25)
     sample_steps: int = 50
-    sample_grid: str = ""  # step grid of `sampler` (a samplers.grids name; "" = the sampler's own)
     autoencoder: str = ""  # a difflab train-autoencoder folder: latent diffusion on its scaled latents ("" = pixels)
     task: Literal["generate", "superres", "inpaint", "colorize"] = "generate"  # superres: SR3; inpaint/colorize: Palette
     scale: int = 2  # task = superres: the integer down-sampling factor of the low-res condition
@@ -229,11 +228,6 @@ class TrainConfig(FitConfig):
         from ..samplers import SAMPLERS
 
         require(self.sampler in SAMPLERS, f"{n}.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        from ..samplers.grids import GRIDS
-
-        require(self.sample_grid == "" or self.sample_grid in GRIDS,
-                f"{n}.sample_grid must be one of {', '.join(GRIDS)} (or \"\" for the sampler's own), got "
-                f"{self.sample_grid!r}")
 
     def _check_edm_flow(self, n: str) -> None:
         """The noise distribution, sigma_data and post-hoc EMA fields; edm / noise only with the simple objective."""

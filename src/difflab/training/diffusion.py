@@ -84,8 +84,7 @@ def preview(model: Denoiser, data: Dataset, cfg: TrainConfig, path: Path, condit
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        x = sample(model, x_T, sampler=cfg.sampler, steps=cfg.sample_steps, grid=cfg.sample_grid or None, cond=cond,
-                   generator=g)
+        x = sample(model, x_T, sampler=cfg.sampler, steps=cfg.sample_steps, cond=cond, generator=g)
     model.train(was_training)
     if decode is not None:
         x = decode(x)
